@@ -1,0 +1,313 @@
+//! Settings of a FalconPay runtime. Every field has a default; the binary
+//! layers `falcon.toml` and `FALCON__…` environment variables over them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use falcon_nats::StreamSettings;
+use serde::{Deserialize, Serialize};
+
+/// Everything `falcon run` needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// This process's node name: names its NATS connection and, later, its
+    /// control subjects. Default `local`.
+    pub node: String,
+    pub nats: NatsSettings,
+    pub streams: StreamsSettings,
+    pub consumer: ConsumerSettings,
+    pub relay: RelaySettings,
+    pub payment: PaymentSettings,
+    pub risk: RiskSettings,
+    pub wallet: WalletSettings,
+    pub provider: ProviderSettings,
+    pub saga: SagaSettings,
+    pub sqlite: SqliteSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            node: "local".into(),
+            nats: NatsSettings::default(),
+            streams: StreamsSettings::default(),
+            consumer: ConsumerSettings::default(),
+            relay: RelaySettings::default(),
+            payment: PaymentSettings::default(),
+            risk: RiskSettings::default(),
+            wallet: WalletSettings::default(),
+            provider: ProviderSettings::default(),
+            saga: SagaSettings::default(),
+            sqlite: SqliteSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSettings {
+    /// Server URL. Default `nats://127.0.0.1:4222`.
+    pub url: String,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            url: "nats://127.0.0.1:4222".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamsSettings {
+    /// Retention of every stream, in seconds. Default 604800 (7 days).
+    pub max_age_s: u64,
+    /// JetStream de-duplication window on `Nats-Msg-Id`, in seconds.
+    /// Default 120; the contract requires at least 120.
+    pub duplicate_window_s: u64,
+    /// Replicas per stream (3 on a cluster). Default 1.
+    pub replicas: usize,
+}
+
+impl Default for StreamsSettings {
+    fn default() -> Self {
+        StreamsSettings {
+            max_age_s: 7 * 24 * 3600,
+            duplicate_window_s: 120,
+            replicas: 1,
+        }
+    }
+}
+
+impl StreamsSettings {
+    pub fn to_stream_settings(&self) -> StreamSettings {
+        StreamSettings {
+            max_age: Duration::from_secs(self.max_age_s),
+            duplicate_window: Duration::from_secs(self.duplicate_window_s),
+            replicas: self.replicas,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerSettings {
+    /// Messages pulled and handled in one database transaction, at most.
+    /// Default 256.
+    pub batch_max: usize,
+    /// JetStream redelivers a message not acked within this, in ms.
+    /// Default 30000.
+    pub ack_wait_ms: u64,
+    /// Deliveries of one message, at most. Default 10.
+    pub max_deliver: i64,
+    /// Delivered-but-unacked messages per consumer, at most. Default 10000.
+    pub max_ack_pending: i64,
+    /// Delay before a message nak'd for a transient error comes back, in ms.
+    /// Default 500.
+    pub nak_delay_ms: u64,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        ConsumerSettings {
+            batch_max: 256,
+            ack_wait_ms: 30_000,
+            max_deliver: 10,
+            max_ack_pending: 10_000,
+            nak_delay_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelaySettings {
+    /// Outbox rows published per round, at most. Default 512.
+    pub batch_max: u64,
+    /// The relay also sweeps the outbox this often, in ms, to publish what a
+    /// crashed process left behind. Default 1000.
+    pub interval_ms: u64,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            batch_max: 512,
+            interval_ms: 1000,
+        }
+    }
+}
+
+fn sqlite_url(actor: &str) -> String {
+    format!("sqlite://./data/{actor}.db?mode=rwc")
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentSettings {
+    /// Default `sqlite://./data/payment.db?mode=rwc`; PostgreSQL in production.
+    pub database_url: String,
+}
+
+impl Default for PaymentSettings {
+    fn default() -> Self {
+        PaymentSettings {
+            database_url: sqlite_url("payment"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalletSettings {
+    /// Default `sqlite://./data/wallet.db?mode=rwc`.
+    pub database_url: String,
+}
+
+impl Default for WalletSettings {
+    fn default() -> Self {
+        WalletSettings {
+            database_url: sqlite_url("wallet"),
+        }
+    }
+}
+
+/// Risk rules. Amounts are decimal strings per ISO 4217 currency code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RiskSettings {
+    /// Default `sqlite://./data/risk.db?mode=rwc`.
+    pub database_url: String,
+    /// Largest single payment per currency; a currency not listed has no
+    /// limit. Default USD/EUR/GBP 10000.00, JPY 1500000.
+    pub max_amount: BTreeMap<String, String>,
+    /// The sliding window for velocity, in seconds. Default 60.
+    pub velocity_window_s: u64,
+    /// Approved payments from one wallet within the window, at most.
+    /// Default 1000.
+    pub velocity_count_max: u64,
+    /// Approved money from one wallet within the window, per currency; a
+    /// currency not listed has no limit. Default none.
+    pub velocity_sum_max: BTreeMap<String, String>,
+    /// Wallets that may neither pay nor be paid. Default none.
+    pub blocked_wallets: Vec<String>,
+}
+
+impl Default for RiskSettings {
+    fn default() -> Self {
+        let max_amount = [("USD", "10000.00"), ("EUR", "10000.00"), ("GBP", "10000.00"), ("JPY", "1500000")]
+            .into_iter()
+            .map(|(c, a)| (c.to_owned(), a.to_owned()))
+            .collect();
+        RiskSettings {
+            database_url: sqlite_url("risk"),
+            max_amount,
+            velocity_window_s: 60,
+            velocity_count_max: 1000,
+            velocity_sum_max: BTreeMap::new(),
+            blocked_wallets: Vec::new(),
+        }
+    }
+}
+
+/// The settlement provider simulator and the resilience around it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// Simulated latency of one capture, in ms. Default 0.
+    pub latency_ms: u64,
+    /// Captures declined, in basis points (10000 = all). The decision is a
+    /// hash of the payment id, so a retried capture gets the same answer.
+    /// Default 0.
+    pub decline_bps: u32,
+    /// Capture attempts that fail transiently, in basis points. Default 0.
+    pub transient_error_bps: u32,
+    /// Attempts per capture before the message is nak'd. Default 3.
+    pub retry_attempts_max: usize,
+    /// First retry delay, in ms; doubles up to `retry_delay_ms_max`. Default 20.
+    pub retry_delay_ms_min: u64,
+    /// Default 500.
+    pub retry_delay_ms_max: u64,
+    /// Consecutive failures that open the circuit breaker. Default 5.
+    pub breaker_failures_max: u32,
+    /// How long the open breaker refuses calls, in ms. Default 5000.
+    pub breaker_open_ms: u64,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        ProviderSettings {
+            latency_ms: 0,
+            decline_bps: 0,
+            transient_error_bps: 0,
+            retry_attempts_max: 3,
+            retry_delay_ms_min: 20,
+            retry_delay_ms_max: 500,
+            breaker_failures_max: 5,
+            breaker_open_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SagaSettings {
+    /// How long a payment saga may take, in seconds. Default 60.
+    pub deadline_s: u64,
+}
+
+impl Default for SagaSettings {
+    fn default() -> Self {
+        SagaSettings {
+            deadline_s: falcon_sagas::PAYMENT_SAGA.deadline_default.as_secs(),
+        }
+    }
+}
+
+/// How SQLite databases are opened (PostgreSQL ignores this).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteSettings {
+    /// `full` (default: a committed transaction survives power loss) or
+    /// `normal` (in WAL mode, may lose the last transactions on power loss,
+    /// never corrupts).
+    pub synchronous: String,
+    /// How long a writer waits for another's lock, in ms. Default 10000.
+    pub busy_timeout_ms: u64,
+    /// Pool size per database. Default 4.
+    pub pool_max: u32,
+}
+
+impl Default for SqliteSettings {
+    fn default() -> Self {
+        SqliteSettings {
+            synchronous: "full".into(),
+            busy_timeout_ms: 10_000,
+            pool_max: 4,
+        }
+    }
+}
+
+impl Settings {
+    /// Checks values that types alone cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.streams.duplicate_window_s < 120 {
+            return Err("streams.duplicate_window_s: must be at least 120 (the contract's dedup window)".into());
+        }
+        if self.consumer.batch_max == 0 {
+            return Err("consumer.batch_max: must be at least 1".into());
+        }
+        if self.consumer.max_deliver < 1 {
+            return Err("consumer.max_deliver: must be at least 1".into());
+        }
+        if self.provider.decline_bps > 10_000 || self.provider.transient_error_bps > 10_000 {
+            return Err("provider.decline_bps / transient_error_bps: basis points, 0 to 10000".into());
+        }
+        if !matches!(self.sqlite.synchronous.as_str(), "full" | "normal" | "extra") {
+            return Err(format!("sqlite.synchronous: {:?} is not full, normal or extra", self.sqlite.synchronous));
+        }
+        crate::risk::Rules::from_settings(&self.risk).map(|_| ())
+    }
+}

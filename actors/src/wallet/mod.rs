@@ -1,0 +1,500 @@
+//! The wallet actor: wallets, deposits, a double-entry ledger, and holds
+//! (reserve → commit | release) for the payment saga, refunds for the
+//! refund saga.
+//!
+//! Correctness comes from the database, not from there being one consumer:
+//! every balance change is a guarded `UPDATE … WHERE available >= amount`
+//! whose affected-row count is checked, and every business key (wallet id,
+//! deposit reference, payment id, refund id) is a primary key claimed by
+//! insert, so two processes sharing the consumers can neither overdraw a
+//! wallet nor apply a step twice.
+//!
+//! Shutdown: the consumer loop stops between batches; an unacked batch is
+//! redelivered and finds its inbox rows. On failure the supervisor restarts
+//! the actor from the database.
+
+pub mod entity;
+pub mod migration;
+
+use chrono::{DateTime, Utc};
+use falcon_nats::{ConsumerSpec, Delivery};
+use falcon_sagas::Actor;
+use falcon_schemas::command::{Deposit, OpenWallet};
+use falcon_schemas::event::{
+    DepositedData, FailureData, PaymentData, RefundData, RefundFailureData, WalletOpenedData,
+};
+use falcon_schemas::subject::{STREAM_CMD, STREAM_EVT};
+use falcon_schemas::{Command, Currency, EventData, EventType, Money, ParseError, Reason};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, Set,
+    TryInsertResult,
+};
+
+use crate::batch::{consumer_spec, decode_event, Handler};
+use crate::error::StepError;
+use crate::settings::ConsumerSettings;
+use crate::store::Outbox;
+use entity::{deposit, hold, ledger_entry, refund, wallet};
+
+/// The system account deposits are funded from; its balance is minus the
+/// sum of all deposits.
+pub const FUNDING_ACCOUNT: &str = "@funding";
+
+/// Hold states.
+pub mod hold_state {
+    pub const RESERVED: &str = "reserved";
+    pub const COMMITTED: &str = "committed";
+    pub const RELEASED: &str = "released";
+    pub const DECLINED: &str = "declined";
+}
+
+pub struct Wallet {
+    db: DatabaseConnection,
+}
+
+impl Wallet {
+    pub fn new(db: DatabaseConnection) -> Wallet {
+        Wallet { db }
+    }
+}
+
+/// A wallet's balances, for `falcon wallet balance`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Balance {
+    pub wallet_id: String,
+    pub owner: String,
+    pub currency: String,
+    pub balance: String,
+    pub held: String,
+    pub available: String,
+    pub balance_minor: i64,
+    pub held_minor: i64,
+    pub available_minor: i64,
+}
+
+/// Reads a wallet's balances; `None` when it does not exist.
+pub async fn balance(db: &impl ConnectionTrait, wallet_id: &str) -> Result<Option<Balance>, sea_orm::DbErr> {
+    let Some(w) = wallet::Entity::find_by_id(wallet_id.to_owned()).one(db).await? else {
+        return Ok(None);
+    };
+    let currency = Currency::from_code(&w.currency)
+        .ok_or_else(|| sea_orm::DbErr::Custom(format!("wallet {} has unknown currency {}", w.wallet_id, w.currency)))?;
+    let fmt = |minor: i64| Money::from_minor(minor, currency).amount_string();
+    let available_minor = w.balance_minor - w.held_minor;
+    Ok(Some(Balance {
+        balance: fmt(w.balance_minor),
+        held: fmt(w.held_minor),
+        available: fmt(available_minor),
+        wallet_id: w.wallet_id,
+        owner: w.owner,
+        currency: w.currency,
+        balance_minor: w.balance_minor,
+        held_minor: w.held_minor,
+        available_minor,
+    }))
+}
+
+impl Handler for Wallet {
+    type Prepared = ();
+    const ACTOR: Actor = Actor::Wallet;
+    const SOURCE: &'static str = "falcon/wallet";
+
+    fn consumers(s: &ConsumerSettings) -> Vec<ConsumerSpec> {
+        let events = [
+            EventType::RiskApproved,
+            EventType::PaymentCaptured,
+            EventType::PaymentCaptureFailed,
+            EventType::RefundRequested,
+        ];
+        vec![
+            consumer_spec("wallet-cmd", STREAM_CMD, vec!["falcon.cmd.wallet.>".into()], s),
+            consumer_spec("wallet-evt", STREAM_EVT, events.iter().map(|e| e.filter()).collect(), s),
+        ]
+    }
+
+    fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    async fn prepare(&self, _batch: &[Delivery]) {}
+
+    async fn apply(
+        &self,
+        txn: &DatabaseTransaction,
+        delivery: &Delivery,
+        _prepared: &(),
+        out: &mut Outbox,
+    ) -> Result<(), StepError> {
+        if delivery.stream == STREAM_CMD {
+            return match Command::parse(&delivery.subject, &delivery.payload) {
+                Err(ParseError::Unparseable(e)) => Err(StepError::Poison(e)),
+                Err(ParseError::Rejected(r)) => {
+                    out.push(EventData::WalletRejected(crate::rejection(&r, delivery)));
+                    Ok(())
+                }
+                Ok(Command::OpenWallet(c)) => open(txn, &c, out).await,
+                Ok(Command::Deposit(c)) => deposit(txn, &c, out).await,
+                Ok(other) => Err(StepError::Poison(format!("{} is not a wallet command", other.kind().as_str()))),
+            };
+        }
+        let event = decode_event(delivery)?;
+        match &event.data {
+            EventData::RiskApproved(d) => reserve(txn, &d.payment, out).await,
+            EventData::PaymentCaptured(d) => commit(txn, &d.payment, out).await,
+            EventData::PaymentCaptureFailed(d) => release(txn, d, out).await,
+            EventData::RefundRequested(d) => refund_payment(txn, d, out).await,
+            other => Err(StepError::Poison(format!(
+                "wallet does not handle {}",
+                other.event_type().type_str()
+            ))),
+        }
+    }
+}
+
+fn rejected(out: &mut Outbox, command: &str, key: &str, reason: Reason, message: String) {
+    out.push(EventData::WalletRejected(falcon_schemas::event::RejectedData {
+        command: command.to_owned(),
+        key: key.to_owned(),
+        reason,
+        message,
+        field: None,
+    }));
+}
+
+async fn open(txn: &DatabaseTransaction, c: &OpenWallet, out: &mut Outbox) -> Result<(), StepError> {
+    let row = wallet::ActiveModel {
+        wallet_id: Set(c.wallet_id.clone()),
+        owner: Set(c.owner.clone()),
+        currency: Set(c.currency.code().to_owned()),
+        balance_minor: Set(0),
+        held_minor: Set(0),
+        created_at: Set(out.now),
+        updated_at: Set(out.now),
+    };
+    let inserted = wallet::Entity::insert(row)
+        .on_conflict(OnConflict::column(wallet::Column::WalletId).do_nothing().to_owned())
+        .do_nothing()
+        .exec(txn)
+        .await?;
+    if matches!(inserted, TryInsertResult::Inserted(_)) {
+        out.push(EventData::WalletOpened(WalletOpenedData {
+            wallet_id: c.wallet_id.clone(),
+            owner: c.owner.clone(),
+            currency: c.currency,
+        }));
+        return Ok(());
+    }
+    let existing = find_wallet(txn, &c.wallet_id).await?;
+    if let Some(w) = existing.filter(|w| w.owner != c.owner || w.currency != c.currency.code()) {
+        rejected(
+            out,
+            "wallet.open",
+            &c.wallet_id,
+            Reason::IdempotencyKeyReused,
+            format!("wallet {} exists with owner {:?} in {}", w.wallet_id, w.owner, w.currency),
+        );
+    }
+    Ok(())
+}
+
+async fn find_wallet(txn: &impl ConnectionTrait, wallet_id: &str) -> Result<Option<wallet::Model>, StepError> {
+    Ok(wallet::Entity::find_by_id(wallet_id.to_owned()).one(txn).await?)
+}
+
+async fn deposit(txn: &DatabaseTransaction, c: &Deposit, out: &mut Outbox) -> Result<(), StepError> {
+    let Some(w) = find_wallet(txn, &c.wallet_id).await? else {
+        rejected(out, "wallet.deposit", &c.wallet_id, Reason::WalletNotFound, format!("wallet {} does not exist", c.wallet_id));
+        return Ok(());
+    };
+    if w.currency != c.amount.currency().code() {
+        rejected(
+            out,
+            "wallet.deposit",
+            &c.wallet_id,
+            Reason::CurrencyMismatch,
+            format!("wallet {} holds {}, deposit is in {}", w.wallet_id, w.currency, c.amount.currency()),
+        );
+        return Ok(());
+    }
+    let amount_minor = c.amount.minor();
+    let row = deposit::ActiveModel {
+        reference: Set(c.reference.clone()),
+        wallet_id: Set(c.wallet_id.clone()),
+        amount_minor: Set(amount_minor),
+        currency: Set(w.currency.clone()),
+        created_at: Set(out.now),
+    };
+    let inserted = deposit::Entity::insert(row)
+        .on_conflict(OnConflict::column(deposit::Column::Reference).do_nothing().to_owned())
+        .do_nothing()
+        .exec(txn)
+        .await?;
+    if !matches!(inserted, TryInsertResult::Inserted(_)) {
+        let prior = deposit::Entity::find_by_id(c.reference.clone()).one(txn).await?;
+        if let Some(p) = prior.filter(|p| p.wallet_id != c.wallet_id || p.amount_minor != amount_minor || p.currency != w.currency) {
+            rejected(
+                out,
+                "wallet.deposit",
+                &c.wallet_id,
+                Reason::IdempotencyKeyReused,
+                format!("reference {} was used for {} minor units into {}", p.reference, p.amount_minor, p.wallet_id),
+            );
+        }
+        return Ok(());
+    }
+    let movement = format!("deposit:{}", c.reference);
+    post(txn, &movement, &w.currency, &[(FUNDING_ACCOUNT, -amount_minor), (&c.wallet_id, amount_minor)], out.now).await?;
+    let updated = wallet::Entity::update_many()
+        .col_expr(wallet::Column::BalanceMinor, Expr::col(wallet::Column::BalanceMinor).add(amount_minor))
+        .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
+        .filter(wallet::Column::WalletId.eq(&c.wallet_id))
+        .exec(txn)
+        .await?;
+    assert_eq!(updated.rows_affected, 1, "the wallet was read in this transaction");
+    out.push(EventData::WalletDeposited(DepositedData {
+        wallet_id: c.wallet_id.clone(),
+        reference: c.reference.clone(),
+        amount: c.amount.wire_amount(),
+        currency: c.amount.currency(),
+    }));
+    Ok(())
+}
+
+/// Writes one ledger movement. The entries must sum to zero: a movement
+/// that does not is a bug, so it panics and the supervisor restarts.
+async fn post(
+    txn: &impl ConnectionTrait,
+    movement_id: &str,
+    currency: &str,
+    entries: &[(&str, i64)],
+    now: DateTime<Utc>,
+) -> Result<(), StepError> {
+    let sum = entries.iter().try_fold(0_i64, |acc, (_, a)| acc.checked_add(*a));
+    assert_eq!(sum, Some(0), "ledger movement {movement_id} must sum to zero");
+    let rows = entries.iter().map(|(account, amount_minor)| ledger_entry::ActiveModel {
+        movement_id: Set(movement_id.to_owned()),
+        account: Set((*account).to_owned()),
+        amount_minor: Set(*amount_minor),
+        currency: Set(currency.to_owned()),
+        created_at: Set(now),
+        ..Default::default()
+    });
+    ledger_entry::Entity::insert_many(rows).exec(txn).await?;
+    Ok(())
+}
+
+fn money(p: &PaymentData) -> Result<Money, StepError> {
+    p.money().map_err(|e| StepError::Poison(format!("payment {} has a malformed amount: {e}", p.payment_id)))
+}
+
+async fn reserve(txn: &DatabaseTransaction, p: &PaymentData, out: &mut Outbox) -> Result<(), StepError> {
+    let amount = money(p)?;
+    let decline = |out: &mut Outbox, reason: Reason, message: String| {
+        out.push(EventData::ReservationDeclined(FailureData { payment: p.clone(), reason, message }));
+    };
+    // Claim the payment's hold first: a second reserve for the same payment
+    // finds it and does nothing.
+    let claimed = hold::Entity::insert(hold::ActiveModel {
+        payment_id: Set(p.payment_id.clone()),
+        wallet_id: Set(p.from_wallet.clone()),
+        to_wallet: Set(p.to_wallet.clone()),
+        amount_minor: Set(amount.minor()),
+        currency: Set(amount.currency().code().to_owned()),
+        state: Set(hold_state::DECLINED.to_owned()),
+        reason: Set(None),
+        created_at: Set(out.now),
+        updated_at: Set(out.now),
+    })
+    .on_conflict(OnConflict::column(hold::Column::PaymentId).do_nothing().to_owned())
+    .do_nothing()
+    .exec(txn)
+    .await?;
+    if !matches!(claimed, TryInsertResult::Inserted(_)) {
+        return Ok(());
+    }
+    let mut refuse = None;
+    for wallet_id in [&p.from_wallet, &p.to_wallet] {
+        match find_wallet(txn, wallet_id).await? {
+            None => {
+                refuse = Some((Reason::WalletNotFound, format!("wallet {wallet_id} does not exist")));
+                break;
+            }
+            Some(w) if w.currency != amount.currency().code() => {
+                refuse = Some((Reason::CurrencyMismatch, format!("wallet {wallet_id} holds {}, payment is in {}", w.currency, amount.currency())));
+                break;
+            }
+            Some(_) => {}
+        }
+    }
+    if refuse.is_none() {
+        let reserved = wallet::Entity::update_many()
+            .col_expr(wallet::Column::HeldMinor, Expr::col(wallet::Column::HeldMinor).add(amount.minor()))
+            .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
+            .filter(wallet::Column::WalletId.eq(&p.from_wallet))
+            .filter(
+                Expr::col(wallet::Column::BalanceMinor)
+                    .sub(Expr::col(wallet::Column::HeldMinor))
+                    .gte(amount.minor()),
+            )
+            .exec(txn)
+            .await?;
+        if reserved.rows_affected == 0 {
+            refuse = Some((Reason::InsufficientFunds, format!("wallet {} has less than {amount} available", p.from_wallet)));
+        }
+    }
+    match refuse {
+        Some((reason, message)) => {
+            set_hold_state(txn, &p.payment_id, hold_state::DECLINED, hold_state::DECLINED, Some(reason), out.now).await?;
+            decline(out, reason, message);
+        }
+        None => {
+            let moved = set_hold_state(txn, &p.payment_id, hold_state::DECLINED, hold_state::RESERVED, None, out.now).await?;
+            assert!(moved, "the hold was claimed in this transaction");
+            out.push(EventData::FundsReserved(p.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Moves a hold from `from` to `to`; false when it was not in `from`.
+async fn set_hold_state(
+    txn: &impl ConnectionTrait,
+    payment_id: &str,
+    from: &str,
+    to: &str,
+    reason: Option<Reason>,
+    now: DateTime<Utc>,
+) -> Result<bool, StepError> {
+    let r = hold::Entity::update_many()
+        .col_expr(hold::Column::State, Expr::value(to))
+        .col_expr(hold::Column::Reason, Expr::value(reason.map(|r| r.as_str().to_owned())))
+        .col_expr(hold::Column::UpdatedAt, Expr::value(now))
+        .filter(hold::Column::PaymentId.eq(payment_id))
+        .filter(hold::Column::State.eq(from))
+        .exec(txn)
+        .await?;
+    Ok(r.rows_affected == 1)
+}
+
+async fn find_hold(txn: &impl ConnectionTrait, payment_id: &str) -> Result<hold::Model, StepError> {
+    hold::Entity::find_by_id(payment_id.to_owned())
+        .one(txn)
+        .await?
+        .ok_or_else(|| StepError::Poison(format!("payment {payment_id} has no hold")))
+}
+
+async fn commit(txn: &DatabaseTransaction, p: &PaymentData, out: &mut Outbox) -> Result<(), StepError> {
+    let h = find_hold(txn, &p.payment_id).await?;
+    if !set_hold_state(txn, &p.payment_id, hold_state::RESERVED, hold_state::COMMITTED, None, out.now).await? {
+        return match h.state.as_str() {
+            hold_state::COMMITTED => Ok(()),
+            other => Err(StepError::Poison(format!("payment {} captured but its hold is {other}", p.payment_id))),
+        };
+    }
+    let debited = wallet::Entity::update_many()
+        .col_expr(wallet::Column::BalanceMinor, Expr::col(wallet::Column::BalanceMinor).sub(h.amount_minor))
+        .col_expr(wallet::Column::HeldMinor, Expr::col(wallet::Column::HeldMinor).sub(h.amount_minor))
+        .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
+        .filter(wallet::Column::WalletId.eq(&h.wallet_id))
+        .filter(wallet::Column::HeldMinor.gte(h.amount_minor))
+        .exec(txn)
+        .await?;
+    assert_eq!(debited.rows_affected, 1, "a reserved hold is covered by the wallet's held balance");
+    let credited = wallet::Entity::update_many()
+        .col_expr(wallet::Column::BalanceMinor, Expr::col(wallet::Column::BalanceMinor).add(h.amount_minor))
+        .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
+        .filter(wallet::Column::WalletId.eq(&h.to_wallet))
+        .exec(txn)
+        .await?;
+    assert_eq!(credited.rows_affected, 1, "the destination was checked when the hold was reserved");
+    let movement = format!("transfer:{}", p.payment_id);
+    post(txn, &movement, &h.currency, &[(&h.wallet_id, -h.amount_minor), (&h.to_wallet, h.amount_minor)], out.now).await?;
+    out.push(EventData::TransferCommitted(p.clone()));
+    Ok(())
+}
+
+async fn release(txn: &DatabaseTransaction, f: &FailureData, out: &mut Outbox) -> Result<(), StepError> {
+    let p = &f.payment;
+    let h = find_hold(txn, &p.payment_id).await?;
+    if !set_hold_state(txn, &p.payment_id, hold_state::RESERVED, hold_state::RELEASED, Some(f.reason), out.now).await? {
+        return match h.state.as_str() {
+            hold_state::RELEASED => Ok(()),
+            other => Err(StepError::Poison(format!("payment {} to be released but its hold is {other}", p.payment_id))),
+        };
+    }
+    let released = wallet::Entity::update_many()
+        .col_expr(wallet::Column::HeldMinor, Expr::col(wallet::Column::HeldMinor).sub(h.amount_minor))
+        .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
+        .filter(wallet::Column::WalletId.eq(&h.wallet_id))
+        .filter(wallet::Column::HeldMinor.gte(h.amount_minor))
+        .exec(txn)
+        .await?;
+    assert_eq!(released.rows_affected, 1, "a reserved hold is covered by the wallet's held balance");
+    out.push(EventData::FundsReleased(FailureData {
+        payment: p.clone(),
+        reason: f.reason,
+        message: f.message.clone(),
+    }));
+    Ok(())
+}
+
+async fn refund_payment(txn: &DatabaseTransaction, r: &RefundData, out: &mut Outbox) -> Result<(), StepError> {
+    let amount = r
+        .money()
+        .map_err(|e| StepError::Poison(format!("refund {} has a malformed amount: {e}", r.refund_id)))?;
+    let claimed = refund::Entity::insert(refund::ActiveModel {
+        refund_id: Set(r.refund_id.clone()),
+        payment_id: Set(r.payment_id.clone()),
+        amount_minor: Set(amount.minor()),
+        currency: Set(amount.currency().code().to_owned()),
+        state: Set("declined".to_owned()),
+        created_at: Set(out.now),
+    })
+    .on_conflict(OnConflict::column(refund::Column::RefundId).do_nothing().to_owned())
+    .do_nothing()
+    .exec(txn)
+    .await?;
+    if !matches!(claimed, TryInsertResult::Inserted(_)) {
+        return Ok(());
+    }
+    // The payee gives the money back, if it still has it available.
+    let debited = wallet::Entity::update_many()
+        .col_expr(wallet::Column::BalanceMinor, Expr::col(wallet::Column::BalanceMinor).sub(amount.minor()))
+        .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
+        .filter(wallet::Column::WalletId.eq(&r.to_wallet))
+        .filter(wallet::Column::Currency.eq(amount.currency().code()))
+        .filter(
+            Expr::col(wallet::Column::BalanceMinor)
+                .sub(Expr::col(wallet::Column::HeldMinor))
+                .gte(amount.minor()),
+        )
+        .exec(txn)
+        .await?;
+    if debited.rows_affected == 0 {
+        out.push(EventData::RefundDeclined(RefundFailureData {
+            refund: r.clone(),
+            reason: Reason::InsufficientFunds,
+            message: format!("wallet {} has less than {amount} available", r.to_wallet),
+        }));
+        return Ok(());
+    }
+    let credited = wallet::Entity::update_many()
+        .col_expr(wallet::Column::BalanceMinor, Expr::col(wallet::Column::BalanceMinor).add(amount.minor()))
+        .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
+        .filter(wallet::Column::WalletId.eq(&r.from_wallet))
+        .exec(txn)
+        .await?;
+    if credited.rows_affected != 1 {
+        return Err(StepError::Poison(format!("refund {}: wallet {} does not exist", r.refund_id, r.from_wallet)));
+    }
+    refund::Entity::update_many()
+        .col_expr(refund::Column::State, Expr::value("committed"))
+        .filter(refund::Column::RefundId.eq(&r.refund_id))
+        .exec(txn)
+        .await?;
+    let movement = format!("refund:{}", r.refund_id);
+    post(txn, &movement, amount.currency().code(), &[(&r.to_wallet, -amount.minor()), (&r.from_wallet, amount.minor())], out.now).await?;
+    out.push(EventData::RefundCommitted(r.clone()));
+    Ok(())
+}

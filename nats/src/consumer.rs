@@ -1,0 +1,224 @@
+//! The batch consumer loop's JetStream halves.
+//!
+//! An actor's loop is: [`Source::next_batch`] (wait for at least one
+//! message, then take whatever else is already there, up to the batch
+//! size) → handle the whole batch in one database transaction → for each
+//! message, [`Source::settle`] it with its [`Disposition`]. Settling happens
+//! only after the transaction committed, so a message is never acked before
+//! its effect is durable; a crash in between means a redelivery, which the
+//! actor's inbox turns into a no-op.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use bytes::Bytes;
+use falcon_schemas::subject::{HEADER_MSG_ID, HEADER_TRACEPARENT};
+use futures::stream::{BoxStream, SelectAll};
+use futures::StreamExt;
+
+use crate::topology::ConsumerSpec;
+use crate::Error;
+
+/// Idle heartbeat asked of the server on each pull; a missed one is logged
+/// and the pull renewed.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long one pull request waits for messages before a new one is sent.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+
+/// One delivered message, with what the handler needs to know of it.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The durable consumer it came through.
+    pub consumer: Arc<str>,
+    pub subject: String,
+    pub payload: Bytes,
+    pub headers: Option<async_nats::HeaderMap>,
+    pub stream: String,
+    pub stream_seq: u64,
+    /// Delivery attempt, from 1.
+    pub delivered: i64,
+    message: jetstream::Message,
+}
+
+impl Delivery {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.as_ref()?.get(name).map(|v| v.as_str())
+    }
+
+    /// The publisher's `Nats-Msg-Id`, when set.
+    pub fn msg_id(&self) -> Option<&str> {
+        self.header(HEADER_MSG_ID)
+    }
+
+    pub fn traceparent(&self) -> Option<&str> {
+        self.header(HEADER_TRACEPARENT)
+    }
+
+    /// A key that names this message for the inbox: the `Nats-Msg-Id` when
+    /// the publisher set one, else its place in the stream.
+    pub fn inbox_key(&self) -> String {
+        match self.msg_id() {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => format!("{}:{}", self.stream, self.stream_seq),
+        }
+    }
+}
+
+/// What to do with a message once the batch's transaction has committed
+/// (or failed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (including "done before": a duplicate).
+    Ack,
+    /// Try again after the delay: a transient failure.
+    Nak(Duration),
+    /// Can never succeed: copy to FALCON_DLQ with this error, then term.
+    Term(String),
+}
+
+/// Messages from one or more durable pull consumers, merged.
+pub struct Source {
+    js: jetstream::Context,
+    names: Vec<String>,
+    messages: SelectAll<BoxStream<'static, (Arc<str>, Result<jetstream::Message, String>)>>,
+    batch_max: usize,
+}
+
+impl Source {
+    /// Binds to existing durable consumers (provisioned by
+    /// `topology::apply`); pulls up to `batch_max` messages per request.
+    pub async fn bind(
+        js: &jetstream::Context,
+        specs: &[ConsumerSpec],
+        batch_max: usize,
+    ) -> Result<Source, Error> {
+        let batch_max = batch_max.max(1);
+        let mut messages = SelectAll::new();
+        for spec in specs {
+            let consume_err = |e: &dyn std::fmt::Display| Error::Consume {
+                consumer: spec.name.clone(),
+                detail: e.to_string(),
+            };
+            let consumer: jetstream::consumer::PullConsumer = js
+                .get_stream(spec.stream)
+                .await
+                .map_err(|e| consume_err(&e))?
+                .get_consumer(&spec.name)
+                .await
+                .map_err(|e| consume_err(&e))?;
+            let stream: pull::Stream = consumer
+                .stream()
+                .max_messages_per_batch(batch_max)
+                .heartbeat(HEARTBEAT)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+                .map_err(|e| consume_err(&e))?;
+            let name: Arc<str> = Arc::from(spec.name.as_str());
+            let tagged = stream.map(move |m| (name.clone(), m.map_err(|e| e.to_string())));
+            messages.push(tagged.boxed());
+        }
+        Ok(Source {
+            js: js.clone(),
+            names: specs.iter().map(|s| s.name.clone()).collect(),
+            messages,
+            batch_max,
+        })
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Waits for at least one message, then takes those already received,
+    /// up to the batch size. Transient pull errors (a missed heartbeat) are
+    /// logged and skipped; an error that needs the consumer re-bound is
+    /// returned.
+    pub async fn next_batch(&mut self) -> Result<Vec<Delivery>, Error> {
+        let mut batch = Vec::new();
+        loop {
+            let next = if batch.is_empty() {
+                self.messages.next().await
+            } else {
+                match futures::FutureExt::now_or_never(self.messages.next()) {
+                    Some(item) => item,
+                    None => return Ok(batch),
+                }
+            };
+            let Some((consumer, item)) = next else {
+                return Err(Error::Consume {
+                    consumer: self.names.join(","),
+                    detail: "message stream ended".to_owned(),
+                });
+            };
+            match item {
+                Ok(message) => batch.push(to_delivery(consumer, message)?),
+                Err(e) if e.contains("heartbeat") => {
+                    tracing::warn!(consumer = %consumer, error = %e, "pull interrupted; renewing");
+                }
+                Err(e) => {
+                    return Err(Error::Consume {
+                        consumer: consumer.to_string(),
+                        detail: e,
+                    })
+                }
+            }
+            if batch.len() >= self.batch_max {
+                return Ok(batch);
+            }
+        }
+    }
+
+    /// Applies a disposition. `Term` publishes the dead letter first and
+    /// terms only once FALCON_DLQ has it; if that publish fails the message
+    /// is nak'd instead, so it is never lost.
+    pub async fn settle(
+        &self,
+        delivery: &Delivery,
+        disposition: &Disposition,
+    ) -> Result<(), Error> {
+        let kind = match disposition {
+            Disposition::Ack => AckKind::Ack,
+            Disposition::Nak(delay) => AckKind::Nak(Some(*delay)),
+            Disposition::Term(error) => {
+                match crate::dlq::dead_letter(&self.js, delivery, error).await {
+                    Ok(()) => AckKind::Term,
+                    Err(e) => {
+                        tracing::error!(consumer = %delivery.consumer, stream_seq = delivery.stream_seq, error = %e, "dead-lettering failed; will retry");
+                        AckKind::Nak(Some(Duration::from_secs(1)))
+                    }
+                }
+            }
+        };
+        delivery
+            .message
+            .ack_with(kind)
+            .await
+            .map_err(|e| Error::Settle {
+                consumer: delivery.consumer.to_string(),
+                stream_seq: delivery.stream_seq,
+                detail: e.to_string(),
+            })
+    }
+}
+
+fn to_delivery(consumer: Arc<str>, message: jetstream::Message) -> Result<Delivery, Error> {
+    let (stream, stream_seq, delivered) = {
+        let info = message.info().map_err(|e| Error::Consume {
+            consumer: consumer.to_string(),
+            detail: format!("message without JetStream metadata: {e}"),
+        })?;
+        (info.stream.to_owned(), info.stream_sequence, info.delivered)
+    };
+    Ok(Delivery {
+        consumer,
+        subject: message.subject.to_string(),
+        payload: message.payload.clone(),
+        headers: message.headers.clone(),
+        stream,
+        stream_seq,
+        delivered,
+        message,
+    })
+}

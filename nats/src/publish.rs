@@ -1,0 +1,84 @@
+//! Publishing with `Nats-Msg-Id` and `traceparent`, acks in flight at once.
+
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use falcon_schemas::subject::{HEADER_MSG_ID, HEADER_TRACEPARENT};
+use futures::future::join_all;
+
+use crate::Error;
+
+/// A message to publish: JetStream drops it as a duplicate when `msg_id` was
+/// seen within the stream's duplicate window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutMsg {
+    pub subject: String,
+    pub msg_id: String,
+    pub traceparent: Option<String>,
+    pub payload: Bytes,
+}
+
+/// What JetStream said about one published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub stream_seq: u64,
+    /// True when JetStream had the message id already (nothing stored).
+    pub duplicate: bool,
+}
+
+fn build(msg: &OutMsg) -> PublishMessage {
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_MSG_ID, msg.msg_id.as_str());
+    if let Some(tp) = &msg.traceparent {
+        headers.insert(HEADER_TRACEPARENT, tp.as_str());
+    }
+    PublishMessage::build()
+        .payload(msg.payload.clone())
+        .headers(headers)
+}
+
+async fn send(js: &jetstream::Context, msg: &OutMsg) -> Result<PublishAckFuture, Error> {
+    js.send_publish(msg.subject.clone(), build(msg))
+        .await
+        .map_err(|e| Error::Publish {
+            subject: msg.subject.clone(),
+            detail: e.to_string(),
+        })
+}
+
+async fn confirm(subject: &str, ack: PublishAckFuture) -> Result<Published, Error> {
+    ack.await
+        .map(|a| Published {
+            stream_seq: a.sequence,
+            duplicate: a.duplicate,
+        })
+        .map_err(|e| Error::Publish {
+            subject: subject.to_owned(),
+            detail: e.to_string(),
+        })
+}
+
+/// Publishes one message and waits for JetStream's ack.
+pub async fn publish(js: &jetstream::Context, msg: &OutMsg) -> Result<Published, Error> {
+    let ack = send(js, msg).await?;
+    confirm(&msg.subject, ack).await
+}
+
+/// Publishes every message, then waits for all the acks together: one round
+/// trip for the batch, not one per message. The results are in input order.
+pub async fn publish_all(
+    js: &jetstream::Context,
+    msgs: &[OutMsg],
+) -> Vec<Result<Published, Error>> {
+    let mut pending = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        pending.push(send(js, msg).await);
+    }
+    join_all(msgs.iter().zip(pending).map(|(msg, sent)| async move {
+        match sent {
+            Ok(ack) => confirm(&msg.subject, ack).await,
+            Err(e) => Err(e),
+        }
+    }))
+    .await
+}

@@ -1,0 +1,44 @@
+//! Stream names, subjects and header names of the contract.
+
+/// Commands from clients (`falcon.cmd.>`).
+pub const STREAM_CMD: &str = "FALCON_CMD";
+/// Domain events, the sagas' source of truth (`falcon.evt.>`).
+pub const STREAM_EVT: &str = "FALCON_EVT";
+/// Messages an actor could not process, with why (`falcon.dlq.>`).
+pub const STREAM_DLQ: &str = "FALCON_DLQ";
+
+pub const CMD_PREFIX: &str = "falcon.cmd.";
+pub const EVT_PREFIX: &str = "falcon.evt.";
+pub const DLQ_PREFIX: &str = "falcon.dlq.";
+
+/// JetStream's de-duplication header; FalconPay sets it to the event id.
+pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+/// W3C trace context, also carried in the envelope's `traceparent`.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+
+/// Headers on a dead letter in FALCON_DLQ.
+pub mod dlq {
+    /// Why the message could not be processed (one line).
+    pub const ERROR: &str = "Falcon-Dlq-Error";
+    /// The subject the message was published on.
+    pub const ORIGINAL_SUBJECT: &str = "Falcon-Original-Subject";
+    /// The stream it was stored in.
+    pub const ORIGINAL_STREAM: &str = "Falcon-Original-Stream";
+    /// Its sequence in that stream.
+    pub const ORIGINAL_SEQ: &str = "Falcon-Original-Seq";
+    /// The durable consumer that gave up on it.
+    pub const CONSUMER: &str = "Falcon-Consumer";
+    /// How many times it had been delivered.
+    pub const DELIVERY_COUNT: &str = "Falcon-Delivery-Count";
+}
+
+/// The dead-letter subject for a message that `consumer` gave up on:
+/// `falcon.dlq.<consumer>.<original subject>`.
+pub fn dlq_subject(consumer: &str, original_subject: &str) -> String {
+    format!("{DLQ_PREFIX}{consumer}.{original_subject}")
+}
+
+/// The filter matching every event of one saga (or one wallet's events).
+pub fn saga_filter(saga_id: &str) -> String {
+    format!("{EVT_PREFIX}*.*.{saga_id}")
+}
