@@ -47,7 +47,12 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Builds a consumer spec from the shared consumer settings.
-pub fn consumer_spec(name: &str, stream: &'static str, filters: Vec<String>, s: &ConsumerSettings) -> ConsumerSpec {
+pub fn consumer_spec(
+    name: &str,
+    stream: &'static str,
+    filters: Vec<String>,
+    s: &ConsumerSettings,
+) -> ConsumerSpec {
     ConsumerSpec {
         name: name.to_owned(),
         stream,
@@ -60,7 +65,11 @@ pub fn consumer_spec(name: &str, stream: &'static str, filters: Vec<String>, s: 
 
 /// Handles a batch in one transaction; returns one disposition per message,
 /// in order. When the transaction itself fails, every message is nak'd.
-pub async fn run_batch<H: Handler>(handler: &H, batch: &[Delivery], nak_delay: Duration) -> Vec<Disposition> {
+pub async fn run_batch<H: Handler>(
+    handler: &H,
+    batch: &[Delivery],
+    nak_delay: Duration,
+) -> Vec<Disposition> {
     let prepared = handler.prepare(batch).await;
     let now = Utc::now();
     let all_nak = |why: &dyn std::fmt::Display| {
@@ -128,5 +137,6 @@ async fn step<H: Handler>(
 
 /// Decodes an event delivery; a body that is not a valid event is poison.
 pub fn decode_event(delivery: &Delivery) -> Result<falcon_schemas::Event, StepError> {
-    falcon_schemas::Event::decode(&delivery.payload).map_err(|e| StepError::Poison(format!("undecodable event: {e}")))
+    falcon_schemas::Event::decode(&delivery.payload)
+        .map_err(|e| StepError::Poison(format!("undecodable event: {e}")))
 }

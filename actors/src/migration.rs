@@ -7,12 +7,19 @@ use sea_orm::{DbErr, EntityTrait, Schema};
 use sea_orm_migration::SchemaManager;
 
 /// Creates `entity`'s table (and its indexes) unless it exists.
-pub async fn create_entity_table<E: EntityTrait>(manager: &SchemaManager<'_>, entity: E) -> Result<(), DbErr> {
+pub async fn create_entity_table<E: EntityTrait>(
+    manager: &SchemaManager<'_>,
+    entity: E,
+) -> Result<(), DbErr> {
     let schema = Schema::new(manager.get_database_backend());
     let mut table = schema.create_table_from_entity(entity);
-    manager.create_table(table.if_not_exists().to_owned()).await?;
+    manager
+        .create_table(table.if_not_exists().to_owned())
+        .await?;
     for mut index in schema.create_index_from_entity(entity) {
-        manager.create_index(index.if_not_exists().to_owned()).await?;
+        manager
+            .create_index(index.if_not_exists().to_owned())
+            .await?;
     }
     Ok(())
 }

@@ -197,10 +197,15 @@ pub struct RiskSettings {
 
 impl Default for RiskSettings {
     fn default() -> Self {
-        let max_amount = [("USD", "10000.00"), ("EUR", "10000.00"), ("GBP", "10000.00"), ("JPY", "1500000")]
-            .into_iter()
-            .map(|(c, a)| (c.to_owned(), a.to_owned()))
-            .collect();
+        let max_amount = [
+            ("USD", "10000.00"),
+            ("EUR", "10000.00"),
+            ("GBP", "10000.00"),
+            ("JPY", "1500000"),
+        ]
+        .into_iter()
+        .map(|(c, a)| (c.to_owned(), a.to_owned()))
+        .collect();
         RiskSettings {
             database_url: sqlite_url("risk"),
             max_amount,
@@ -294,7 +299,10 @@ impl Settings {
     /// Checks values that types alone cannot; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
         if self.streams.duplicate_window_s < 120 {
-            return Err("streams.duplicate_window_s: must be at least 120 (the contract's dedup window)".into());
+            return Err(
+                "streams.duplicate_window_s: must be at least 120 (the contract's dedup window)"
+                    .into(),
+            );
         }
         if self.consumer.batch_max == 0 {
             return Err("consumer.batch_max: must be at least 1".into());
@@ -303,10 +311,18 @@ impl Settings {
             return Err("consumer.max_deliver: must be at least 1".into());
         }
         if self.provider.decline_bps > 10_000 || self.provider.transient_error_bps > 10_000 {
-            return Err("provider.decline_bps / transient_error_bps: basis points, 0 to 10000".into());
+            return Err(
+                "provider.decline_bps / transient_error_bps: basis points, 0 to 10000".into(),
+            );
         }
-        if !matches!(self.sqlite.synchronous.as_str(), "full" | "normal" | "extra") {
-            return Err(format!("sqlite.synchronous: {:?} is not full, normal or extra", self.sqlite.synchronous));
+        if !matches!(
+            self.sqlite.synchronous.as_str(),
+            "full" | "normal" | "extra"
+        ) {
+            return Err(format!(
+                "sqlite.synchronous: {:?} is not full, normal or extra",
+                self.sqlite.synchronous
+            ));
         }
         crate::risk::Rules::from_settings(&self.risk).map(|_| ())
     }

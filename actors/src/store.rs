@@ -6,10 +6,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use falcon_nats::Delivery;
 use falcon_schemas::{Event, EventData};
-use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, Set, TransactionOptions, TransactionTrait, TryInsertResult,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, EntityTrait, Set, TransactionOptions, TransactionTrait, TryInsertResult,
 };
 
 use crate::settings::SqliteSettings;
@@ -70,10 +69,12 @@ pub mod outbox {
 /// Opens a database by URL (`sqlite://…` or `postgres://…`).
 pub async fn connect(url: &str, sqlite: &SqliteSettings) -> Result<DatabaseConnection, DbErr> {
     let mut opts = ConnectOptions::new(url.to_owned());
-    opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(30));
+    opts.sqlx_logging(false)
+        .acquire_timeout(Duration::from_secs(30));
     if url.starts_with("sqlite:") {
         if let Some(dir) = sqlite_dir(url) {
-            std::fs::create_dir_all(&dir).map_err(|e| DbErr::Custom(format!("creating {dir}: {e}")))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| DbErr::Custom(format!("creating {dir}: {e}")))?;
         }
         let synchronous = match sqlite.synchronous.as_str() {
             "normal" => sea_orm::sqlx::sqlite::SqliteSynchronous::Normal,
@@ -95,7 +96,9 @@ pub async fn connect(url: &str, sqlite: &SqliteSettings) -> Result<DatabaseConne
 
 /// The directory of a relative or absolute SQLite file URL, to create it.
 fn sqlite_dir(url: &str) -> Option<String> {
-    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = path.split('?').next()?;
     if path.is_empty() || path == ":memory:" {
         return None;
@@ -119,7 +122,11 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
 
 /// Records a message in the inbox; `false` when it was there already (a
 /// duplicate: the caller skips its effect and acks).
-pub async fn claim(txn: &impl ConnectionTrait, delivery: &Delivery, now: DateTime<Utc>) -> Result<bool, DbErr> {
+pub async fn claim(
+    txn: &impl ConnectionTrait,
+    delivery: &Delivery,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
     let row = inbox::ActiveModel {
         msg_id: Set(delivery.inbox_key()),
         consumer: Set(delivery.consumer.to_string()),
@@ -129,8 +136,7 @@ pub async fn claim(txn: &impl ConnectionTrait, delivery: &Delivery, now: DateTim
         processed_at: Set(now),
     };
     let result = inbox::Entity::insert(row)
-        .on_conflict(OnConflict::column(inbox::Column::MsgId).do_nothing().to_owned())
-        .do_nothing()
+        .on_conflict_do_nothing_on([inbox::Column::MsgId])
         .exec(txn)
         .await?;
     Ok(matches!(result, TryInsertResult::Inserted(_)))
@@ -203,7 +209,9 @@ impl Outbox {
 }
 
 /// Creates the inbox and outbox tables (used by every actor's migration).
-pub async fn create_common_tables(manager: &sea_orm_migration::SchemaManager<'_>) -> Result<(), DbErr> {
+pub async fn create_common_tables(
+    manager: &sea_orm_migration::SchemaManager<'_>,
+) -> Result<(), DbErr> {
     crate::migration::create_entity_table(manager, inbox::Entity).await?;
     crate::migration::create_entity_table(manager, outbox::Entity).await
 }

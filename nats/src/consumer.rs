@@ -131,6 +131,14 @@ impl Source {
         &self.js
     }
 
+    /// What acks, naks and terms this source's messages; cheap to clone and
+    /// shareable across tasks.
+    pub fn settler(&self) -> Settler {
+        Settler {
+            js: self.js.clone(),
+        }
+    }
+
     /// Waits for at least one message, then takes those already received,
     /// up to the batch size. Transient pull errors (a missed heartbeat) are
     /// logged and skipped; an error that needs the consumer re-bound is
@@ -169,7 +177,15 @@ impl Source {
             }
         }
     }
+}
 
+/// Applies dispositions to delivered messages.
+#[derive(Clone)]
+pub struct Settler {
+    js: jetstream::Context,
+}
+
+impl Settler {
     /// Applies a disposition. `Term` publishes the dead letter first and
     /// terms only once FALCON_DLQ has it; if that publish fails the message
     /// is nak'd instead, so it is never lost.

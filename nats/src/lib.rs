@@ -25,7 +25,7 @@ pub mod publish;
 pub mod topology;
 pub mod trace;
 
-pub use consumer::{Delivery, Disposition, Source};
+pub use consumer::{Delivery, Disposition, Settler, Source};
 pub use error::Error;
 pub use publish::OutMsg;
 pub use topology::{ConsumerSpec, StreamSettings};

@@ -25,10 +25,10 @@ use falcon_schemas::event::{
 };
 use falcon_schemas::subject::{STREAM_CMD, STREAM_EVT};
 use falcon_schemas::{Command, Currency, EventData, EventType, Money, ParseError, Reason};
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, Set,
-    TryInsertResult,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    QueryFilter, Set, TryInsertResult,
 };
 
 use crate::batch::{consumer_spec, decode_event, Handler};
@@ -74,12 +74,22 @@ pub struct Balance {
 }
 
 /// Reads a wallet's balances; `None` when it does not exist.
-pub async fn balance(db: &impl ConnectionTrait, wallet_id: &str) -> Result<Option<Balance>, sea_orm::DbErr> {
-    let Some(w) = wallet::Entity::find_by_id(wallet_id.to_owned()).one(db).await? else {
+pub async fn balance(
+    db: &impl ConnectionTrait,
+    wallet_id: &str,
+) -> Result<Option<Balance>, sea_orm::DbErr> {
+    let Some(w) = wallet::Entity::find_by_id(wallet_id.to_owned())
+        .one(db)
+        .await?
+    else {
         return Ok(None);
     };
-    let currency = Currency::from_code(&w.currency)
-        .ok_or_else(|| sea_orm::DbErr::Custom(format!("wallet {} has unknown currency {}", w.wallet_id, w.currency)))?;
+    let currency = Currency::from_code(&w.currency).ok_or_else(|| {
+        sea_orm::DbErr::Custom(format!(
+            "wallet {} has unknown currency {}",
+            w.wallet_id, w.currency
+        ))
+    })?;
     let fmt = |minor: i64| Money::from_minor(minor, currency).amount_string();
     let available_minor = w.balance_minor - w.held_minor;
     Ok(Some(Balance {
@@ -108,8 +118,18 @@ impl Handler for Wallet {
             EventType::RefundRequested,
         ];
         vec![
-            consumer_spec("wallet-cmd", STREAM_CMD, vec!["falcon.cmd.wallet.>".into()], s),
-            consumer_spec("wallet-evt", STREAM_EVT, events.iter().map(|e| e.filter()).collect(), s),
+            consumer_spec(
+                "wallet-cmd",
+                STREAM_CMD,
+                vec!["falcon.cmd.wallet.>".into()],
+                s,
+            ),
+            consumer_spec(
+                "wallet-evt",
+                STREAM_EVT,
+                events.iter().map(|e| e.filter()).collect(),
+                s,
+            ),
         ]
     }
 
@@ -135,7 +155,10 @@ impl Handler for Wallet {
                 }
                 Ok(Command::OpenWallet(c)) => open(txn, &c, out).await,
                 Ok(Command::Deposit(c)) => deposit(txn, &c, out).await,
-                Ok(other) => Err(StepError::Poison(format!("{} is not a wallet command", other.kind().as_str()))),
+                Ok(other) => Err(StepError::Poison(format!(
+                    "{} is not a wallet command",
+                    other.kind().as_str()
+                ))),
             };
         }
         let event = decode_event(delivery)?;
@@ -153,16 +176,22 @@ impl Handler for Wallet {
 }
 
 fn rejected(out: &mut Outbox, command: &str, key: &str, reason: Reason, message: String) {
-    out.push(EventData::WalletRejected(falcon_schemas::event::RejectedData {
-        command: command.to_owned(),
-        key: key.to_owned(),
-        reason,
-        message,
-        field: None,
-    }));
+    out.push(EventData::WalletRejected(
+        falcon_schemas::event::RejectedData {
+            command: command.to_owned(),
+            key: key.to_owned(),
+            reason,
+            message,
+            field: None,
+        },
+    ));
 }
 
-async fn open(txn: &DatabaseTransaction, c: &OpenWallet, out: &mut Outbox) -> Result<(), StepError> {
+async fn open(
+    txn: &DatabaseTransaction,
+    c: &OpenWallet,
+    out: &mut Outbox,
+) -> Result<(), StepError> {
     let row = wallet::ActiveModel {
         wallet_id: Set(c.wallet_id.clone()),
         owner: Set(c.owner.clone()),
@@ -173,8 +202,7 @@ async fn open(txn: &DatabaseTransaction, c: &OpenWallet, out: &mut Outbox) -> Re
         updated_at: Set(out.now),
     };
     let inserted = wallet::Entity::insert(row)
-        .on_conflict(OnConflict::column(wallet::Column::WalletId).do_nothing().to_owned())
-        .do_nothing()
+        .on_conflict_do_nothing_on([wallet::Column::WalletId])
         .exec(txn)
         .await?;
     if matches!(inserted, TryInsertResult::Inserted(_)) {
@@ -192,19 +220,37 @@ async fn open(txn: &DatabaseTransaction, c: &OpenWallet, out: &mut Outbox) -> Re
             "wallet.open",
             &c.wallet_id,
             Reason::IdempotencyKeyReused,
-            format!("wallet {} exists with owner {:?} in {}", w.wallet_id, w.owner, w.currency),
+            format!(
+                "wallet {} exists with owner {:?} in {}",
+                w.wallet_id, w.owner, w.currency
+            ),
         );
     }
     Ok(())
 }
 
-async fn find_wallet(txn: &impl ConnectionTrait, wallet_id: &str) -> Result<Option<wallet::Model>, StepError> {
-    Ok(wallet::Entity::find_by_id(wallet_id.to_owned()).one(txn).await?)
+async fn find_wallet(
+    txn: &impl ConnectionTrait,
+    wallet_id: &str,
+) -> Result<Option<wallet::Model>, StepError> {
+    Ok(wallet::Entity::find_by_id(wallet_id.to_owned())
+        .one(txn)
+        .await?)
 }
 
-async fn deposit(txn: &DatabaseTransaction, c: &Deposit, out: &mut Outbox) -> Result<(), StepError> {
+async fn deposit(
+    txn: &DatabaseTransaction,
+    c: &Deposit,
+    out: &mut Outbox,
+) -> Result<(), StepError> {
     let Some(w) = find_wallet(txn, &c.wallet_id).await? else {
-        rejected(out, "wallet.deposit", &c.wallet_id, Reason::WalletNotFound, format!("wallet {} does not exist", c.wallet_id));
+        rejected(
+            out,
+            "wallet.deposit",
+            &c.wallet_id,
+            Reason::WalletNotFound,
+            format!("wallet {} does not exist", c.wallet_id),
+        );
         return Ok(());
     };
     if w.currency != c.amount.currency().code() {
@@ -213,7 +259,12 @@ async fn deposit(txn: &DatabaseTransaction, c: &Deposit, out: &mut Outbox) -> Re
             "wallet.deposit",
             &c.wallet_id,
             Reason::CurrencyMismatch,
-            format!("wallet {} holds {}, deposit is in {}", w.wallet_id, w.currency, c.amount.currency()),
+            format!(
+                "wallet {} holds {}, deposit is in {}",
+                w.wallet_id,
+                w.currency,
+                c.amount.currency()
+            ),
         );
         return Ok(());
     }
@@ -226,32 +277,54 @@ async fn deposit(txn: &DatabaseTransaction, c: &Deposit, out: &mut Outbox) -> Re
         created_at: Set(out.now),
     };
     let inserted = deposit::Entity::insert(row)
-        .on_conflict(OnConflict::column(deposit::Column::Reference).do_nothing().to_owned())
-        .do_nothing()
+        .on_conflict_do_nothing_on([deposit::Column::Reference])
         .exec(txn)
         .await?;
     if !matches!(inserted, TryInsertResult::Inserted(_)) {
-        let prior = deposit::Entity::find_by_id(c.reference.clone()).one(txn).await?;
-        if let Some(p) = prior.filter(|p| p.wallet_id != c.wallet_id || p.amount_minor != amount_minor || p.currency != w.currency) {
+        let prior = deposit::Entity::find_by_id(c.reference.clone())
+            .one(txn)
+            .await?;
+        if let Some(p) = prior.filter(|p| {
+            p.wallet_id != c.wallet_id || p.amount_minor != amount_minor || p.currency != w.currency
+        }) {
             rejected(
                 out,
                 "wallet.deposit",
                 &c.wallet_id,
                 Reason::IdempotencyKeyReused,
-                format!("reference {} was used for {} minor units into {}", p.reference, p.amount_minor, p.wallet_id),
+                format!(
+                    "reference {} was used for {} minor units into {}",
+                    p.reference, p.amount_minor, p.wallet_id
+                ),
             );
         }
         return Ok(());
     }
     let movement = format!("deposit:{}", c.reference);
-    post(txn, &movement, &w.currency, &[(FUNDING_ACCOUNT, -amount_minor), (&c.wallet_id, amount_minor)], out.now).await?;
+    post(
+        txn,
+        &movement,
+        &w.currency,
+        &[
+            (FUNDING_ACCOUNT, -amount_minor),
+            (&c.wallet_id, amount_minor),
+        ],
+        out.now,
+    )
+    .await?;
     let updated = wallet::Entity::update_many()
-        .col_expr(wallet::Column::BalanceMinor, Expr::col(wallet::Column::BalanceMinor).add(amount_minor))
+        .col_expr(
+            wallet::Column::BalanceMinor,
+            Expr::col(wallet::Column::BalanceMinor).add(amount_minor),
+        )
         .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
         .filter(wallet::Column::WalletId.eq(&c.wallet_id))
         .exec(txn)
         .await?;
-    assert_eq!(updated.rows_affected, 1, "the wallet was read in this transaction");
+    assert_eq!(
+        updated.rows_affected, 1,
+        "the wallet was read in this transaction"
+    );
     out.push(EventData::WalletDeposited(DepositedData {
         wallet_id: c.wallet_id.clone(),
         reference: c.reference.clone(),
@@ -270,28 +343,49 @@ async fn post(
     entries: &[(&str, i64)],
     now: DateTime<Utc>,
 ) -> Result<(), StepError> {
-    let sum = entries.iter().try_fold(0_i64, |acc, (_, a)| acc.checked_add(*a));
-    assert_eq!(sum, Some(0), "ledger movement {movement_id} must sum to zero");
-    let rows = entries.iter().map(|(account, amount_minor)| ledger_entry::ActiveModel {
-        movement_id: Set(movement_id.to_owned()),
-        account: Set((*account).to_owned()),
-        amount_minor: Set(*amount_minor),
-        currency: Set(currency.to_owned()),
-        created_at: Set(now),
-        ..Default::default()
-    });
+    let sum = entries
+        .iter()
+        .try_fold(0_i64, |acc, (_, a)| acc.checked_add(*a));
+    assert_eq!(
+        sum,
+        Some(0),
+        "ledger movement {movement_id} must sum to zero"
+    );
+    let rows = entries
+        .iter()
+        .map(|(account, amount_minor)| ledger_entry::ActiveModel {
+            movement_id: Set(movement_id.to_owned()),
+            account: Set((*account).to_owned()),
+            amount_minor: Set(*amount_minor),
+            currency: Set(currency.to_owned()),
+            created_at: Set(now),
+            ..Default::default()
+        });
     ledger_entry::Entity::insert_many(rows).exec(txn).await?;
     Ok(())
 }
 
 fn money(p: &PaymentData) -> Result<Money, StepError> {
-    p.money().map_err(|e| StepError::Poison(format!("payment {} has a malformed amount: {e}", p.payment_id)))
+    p.money().map_err(|e| {
+        StepError::Poison(format!(
+            "payment {} has a malformed amount: {e}",
+            p.payment_id
+        ))
+    })
 }
 
-async fn reserve(txn: &DatabaseTransaction, p: &PaymentData, out: &mut Outbox) -> Result<(), StepError> {
+async fn reserve(
+    txn: &DatabaseTransaction,
+    p: &PaymentData,
+    out: &mut Outbox,
+) -> Result<(), StepError> {
     let amount = money(p)?;
     let decline = |out: &mut Outbox, reason: Reason, message: String| {
-        out.push(EventData::ReservationDeclined(FailureData { payment: p.clone(), reason, message }));
+        out.push(EventData::ReservationDeclined(FailureData {
+            payment: p.clone(),
+            reason,
+            message,
+        }));
     };
     // Claim the payment's hold first: a second reserve for the same payment
     // finds it and does nothing.
@@ -306,8 +400,7 @@ async fn reserve(txn: &DatabaseTransaction, p: &PaymentData, out: &mut Outbox) -
         created_at: Set(out.now),
         updated_at: Set(out.now),
     })
-    .on_conflict(OnConflict::column(hold::Column::PaymentId).do_nothing().to_owned())
-    .do_nothing()
+    .on_conflict_do_nothing_on([hold::Column::PaymentId])
     .exec(txn)
     .await?;
     if !matches!(claimed, TryInsertResult::Inserted(_)) {
@@ -317,11 +410,21 @@ async fn reserve(txn: &DatabaseTransaction, p: &PaymentData, out: &mut Outbox) -
     for wallet_id in [&p.from_wallet, &p.to_wallet] {
         match find_wallet(txn, wallet_id).await? {
             None => {
-                refuse = Some((Reason::WalletNotFound, format!("wallet {wallet_id} does not exist")));
+                refuse = Some((
+                    Reason::WalletNotFound,
+                    format!("wallet {wallet_id} does not exist"),
+                ));
                 break;
             }
             Some(w) if w.currency != amount.currency().code() => {
-                refuse = Some((Reason::CurrencyMismatch, format!("wallet {wallet_id} holds {}, payment is in {}", w.currency, amount.currency())));
+                refuse = Some((
+                    Reason::CurrencyMismatch,
+                    format!(
+                        "wallet {wallet_id} holds {}, payment is in {}",
+                        w.currency,
+                        amount.currency()
+                    ),
+                ));
                 break;
             }
             Some(_) => {}
@@ -329,7 +432,10 @@ async fn reserve(txn: &DatabaseTransaction, p: &PaymentData, out: &mut Outbox) -
     }
     if refuse.is_none() {
         let reserved = wallet::Entity::update_many()
-            .col_expr(wallet::Column::HeldMinor, Expr::col(wallet::Column::HeldMinor).add(amount.minor()))
+            .col_expr(
+                wallet::Column::HeldMinor,
+                Expr::col(wallet::Column::HeldMinor).add(amount.minor()),
+            )
             .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
             .filter(wallet::Column::WalletId.eq(&p.from_wallet))
             .filter(
@@ -340,16 +446,35 @@ async fn reserve(txn: &DatabaseTransaction, p: &PaymentData, out: &mut Outbox) -
             .exec(txn)
             .await?;
         if reserved.rows_affected == 0 {
-            refuse = Some((Reason::InsufficientFunds, format!("wallet {} has less than {amount} available", p.from_wallet)));
+            refuse = Some((
+                Reason::InsufficientFunds,
+                format!("wallet {} has less than {amount} available", p.from_wallet),
+            ));
         }
     }
     match refuse {
         Some((reason, message)) => {
-            set_hold_state(txn, &p.payment_id, hold_state::DECLINED, hold_state::DECLINED, Some(reason), out.now).await?;
+            set_hold_state(
+                txn,
+                &p.payment_id,
+                hold_state::DECLINED,
+                hold_state::DECLINED,
+                Some(reason),
+                out.now,
+            )
+            .await?;
             decline(out, reason, message);
         }
         None => {
-            let moved = set_hold_state(txn, &p.payment_id, hold_state::DECLINED, hold_state::RESERVED, None, out.now).await?;
+            let moved = set_hold_state(
+                txn,
+                &p.payment_id,
+                hold_state::DECLINED,
+                hold_state::RESERVED,
+                None,
+                out.now,
+            )
+            .await?;
             assert!(moved, "the hold was claimed in this transaction");
             out.push(EventData::FundsReserved(p.clone()));
         }
@@ -368,7 +493,10 @@ async fn set_hold_state(
 ) -> Result<bool, StepError> {
     let r = hold::Entity::update_many()
         .col_expr(hold::Column::State, Expr::value(to))
-        .col_expr(hold::Column::Reason, Expr::value(reason.map(|r| r.as_str().to_owned())))
+        .col_expr(
+            hold::Column::Reason,
+            Expr::value(reason.map(|r| r.as_str().to_owned())),
+        )
         .col_expr(hold::Column::UpdatedAt, Expr::value(now))
         .filter(hold::Column::PaymentId.eq(payment_id))
         .filter(hold::Column::State.eq(from))
@@ -384,53 +512,116 @@ async fn find_hold(txn: &impl ConnectionTrait, payment_id: &str) -> Result<hold:
         .ok_or_else(|| StepError::Poison(format!("payment {payment_id} has no hold")))
 }
 
-async fn commit(txn: &DatabaseTransaction, p: &PaymentData, out: &mut Outbox) -> Result<(), StepError> {
+async fn commit(
+    txn: &DatabaseTransaction,
+    p: &PaymentData,
+    out: &mut Outbox,
+) -> Result<(), StepError> {
     let h = find_hold(txn, &p.payment_id).await?;
-    if !set_hold_state(txn, &p.payment_id, hold_state::RESERVED, hold_state::COMMITTED, None, out.now).await? {
+    if !set_hold_state(
+        txn,
+        &p.payment_id,
+        hold_state::RESERVED,
+        hold_state::COMMITTED,
+        None,
+        out.now,
+    )
+    .await?
+    {
         return match h.state.as_str() {
             hold_state::COMMITTED => Ok(()),
-            other => Err(StepError::Poison(format!("payment {} captured but its hold is {other}", p.payment_id))),
+            other => Err(StepError::Poison(format!(
+                "payment {} captured but its hold is {other}",
+                p.payment_id
+            ))),
         };
     }
     let debited = wallet::Entity::update_many()
-        .col_expr(wallet::Column::BalanceMinor, Expr::col(wallet::Column::BalanceMinor).sub(h.amount_minor))
-        .col_expr(wallet::Column::HeldMinor, Expr::col(wallet::Column::HeldMinor).sub(h.amount_minor))
+        .col_expr(
+            wallet::Column::BalanceMinor,
+            Expr::col(wallet::Column::BalanceMinor).sub(h.amount_minor),
+        )
+        .col_expr(
+            wallet::Column::HeldMinor,
+            Expr::col(wallet::Column::HeldMinor).sub(h.amount_minor),
+        )
         .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
         .filter(wallet::Column::WalletId.eq(&h.wallet_id))
         .filter(wallet::Column::HeldMinor.gte(h.amount_minor))
         .exec(txn)
         .await?;
-    assert_eq!(debited.rows_affected, 1, "a reserved hold is covered by the wallet's held balance");
+    assert_eq!(
+        debited.rows_affected, 1,
+        "a reserved hold is covered by the wallet's held balance"
+    );
     let credited = wallet::Entity::update_many()
-        .col_expr(wallet::Column::BalanceMinor, Expr::col(wallet::Column::BalanceMinor).add(h.amount_minor))
+        .col_expr(
+            wallet::Column::BalanceMinor,
+            Expr::col(wallet::Column::BalanceMinor).add(h.amount_minor),
+        )
         .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
         .filter(wallet::Column::WalletId.eq(&h.to_wallet))
         .exec(txn)
         .await?;
-    assert_eq!(credited.rows_affected, 1, "the destination was checked when the hold was reserved");
+    assert_eq!(
+        credited.rows_affected, 1,
+        "the destination was checked when the hold was reserved"
+    );
     let movement = format!("transfer:{}", p.payment_id);
-    post(txn, &movement, &h.currency, &[(&h.wallet_id, -h.amount_minor), (&h.to_wallet, h.amount_minor)], out.now).await?;
+    post(
+        txn,
+        &movement,
+        &h.currency,
+        &[
+            (&h.wallet_id, -h.amount_minor),
+            (&h.to_wallet, h.amount_minor),
+        ],
+        out.now,
+    )
+    .await?;
     out.push(EventData::TransferCommitted(p.clone()));
     Ok(())
 }
 
-async fn release(txn: &DatabaseTransaction, f: &FailureData, out: &mut Outbox) -> Result<(), StepError> {
+async fn release(
+    txn: &DatabaseTransaction,
+    f: &FailureData,
+    out: &mut Outbox,
+) -> Result<(), StepError> {
     let p = &f.payment;
     let h = find_hold(txn, &p.payment_id).await?;
-    if !set_hold_state(txn, &p.payment_id, hold_state::RESERVED, hold_state::RELEASED, Some(f.reason), out.now).await? {
+    if !set_hold_state(
+        txn,
+        &p.payment_id,
+        hold_state::RESERVED,
+        hold_state::RELEASED,
+        Some(f.reason),
+        out.now,
+    )
+    .await?
+    {
         return match h.state.as_str() {
             hold_state::RELEASED => Ok(()),
-            other => Err(StepError::Poison(format!("payment {} to be released but its hold is {other}", p.payment_id))),
+            other => Err(StepError::Poison(format!(
+                "payment {} to be released but its hold is {other}",
+                p.payment_id
+            ))),
         };
     }
     let released = wallet::Entity::update_many()
-        .col_expr(wallet::Column::HeldMinor, Expr::col(wallet::Column::HeldMinor).sub(h.amount_minor))
+        .col_expr(
+            wallet::Column::HeldMinor,
+            Expr::col(wallet::Column::HeldMinor).sub(h.amount_minor),
+        )
         .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
         .filter(wallet::Column::WalletId.eq(&h.wallet_id))
         .filter(wallet::Column::HeldMinor.gte(h.amount_minor))
         .exec(txn)
         .await?;
-    assert_eq!(released.rows_affected, 1, "a reserved hold is covered by the wallet's held balance");
+    assert_eq!(
+        released.rows_affected, 1,
+        "a reserved hold is covered by the wallet's held balance"
+    );
     out.push(EventData::FundsReleased(FailureData {
         payment: p.clone(),
         reason: f.reason,
@@ -439,10 +630,17 @@ async fn release(txn: &DatabaseTransaction, f: &FailureData, out: &mut Outbox) -
     Ok(())
 }
 
-async fn refund_payment(txn: &DatabaseTransaction, r: &RefundData, out: &mut Outbox) -> Result<(), StepError> {
-    let amount = r
-        .money()
-        .map_err(|e| StepError::Poison(format!("refund {} has a malformed amount: {e}", r.refund_id)))?;
+async fn refund_payment(
+    txn: &DatabaseTransaction,
+    r: &RefundData,
+    out: &mut Outbox,
+) -> Result<(), StepError> {
+    let amount = r.money().map_err(|e| {
+        StepError::Poison(format!(
+            "refund {} has a malformed amount: {e}",
+            r.refund_id
+        ))
+    })?;
     let claimed = refund::Entity::insert(refund::ActiveModel {
         refund_id: Set(r.refund_id.clone()),
         payment_id: Set(r.payment_id.clone()),
@@ -451,8 +649,7 @@ async fn refund_payment(txn: &DatabaseTransaction, r: &RefundData, out: &mut Out
         state: Set("declined".to_owned()),
         created_at: Set(out.now),
     })
-    .on_conflict(OnConflict::column(refund::Column::RefundId).do_nothing().to_owned())
-    .do_nothing()
+    .on_conflict_do_nothing_on([refund::Column::RefundId])
     .exec(txn)
     .await?;
     if !matches!(claimed, TryInsertResult::Inserted(_)) {
@@ -460,7 +657,10 @@ async fn refund_payment(txn: &DatabaseTransaction, r: &RefundData, out: &mut Out
     }
     // The payee gives the money back, if it still has it available.
     let debited = wallet::Entity::update_many()
-        .col_expr(wallet::Column::BalanceMinor, Expr::col(wallet::Column::BalanceMinor).sub(amount.minor()))
+        .col_expr(
+            wallet::Column::BalanceMinor,
+            Expr::col(wallet::Column::BalanceMinor).sub(amount.minor()),
+        )
         .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
         .filter(wallet::Column::WalletId.eq(&r.to_wallet))
         .filter(wallet::Column::Currency.eq(amount.currency().code()))
@@ -480,13 +680,19 @@ async fn refund_payment(txn: &DatabaseTransaction, r: &RefundData, out: &mut Out
         return Ok(());
     }
     let credited = wallet::Entity::update_many()
-        .col_expr(wallet::Column::BalanceMinor, Expr::col(wallet::Column::BalanceMinor).add(amount.minor()))
+        .col_expr(
+            wallet::Column::BalanceMinor,
+            Expr::col(wallet::Column::BalanceMinor).add(amount.minor()),
+        )
         .col_expr(wallet::Column::UpdatedAt, Expr::value(out.now))
         .filter(wallet::Column::WalletId.eq(&r.from_wallet))
         .exec(txn)
         .await?;
     if credited.rows_affected != 1 {
-        return Err(StepError::Poison(format!("refund {}: wallet {} does not exist", r.refund_id, r.from_wallet)));
+        return Err(StepError::Poison(format!(
+            "refund {}: wallet {} does not exist",
+            r.refund_id, r.from_wallet
+        )));
     }
     refund::Entity::update_many()
         .col_expr(refund::Column::State, Expr::value("committed"))
@@ -494,7 +700,17 @@ async fn refund_payment(txn: &DatabaseTransaction, r: &RefundData, out: &mut Out
         .exec(txn)
         .await?;
     let movement = format!("refund:{}", r.refund_id);
-    post(txn, &movement, amount.currency().code(), &[(&r.to_wallet, -amount.minor()), (&r.from_wallet, amount.minor())], out.now).await?;
+    post(
+        txn,
+        &movement,
+        amount.currency().code(),
+        &[
+            (&r.to_wallet, -amount.minor()),
+            (&r.from_wallet, amount.minor()),
+        ],
+        out.now,
+    )
+    .await?;
     out.push(EventData::RefundCommitted(r.clone()));
     Ok(())
 }

@@ -1,0 +1,31 @@
+//! The payment actor's migrations, applied at start.
+
+use sea_orm_migration::prelude::*;
+
+use super::entity::{payment, refund};
+use crate::migration::create_entity_table;
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(Initial)]
+    }
+}
+
+struct Initial;
+
+impl MigrationName for Initial {
+    fn name(&self) -> &str {
+        "m0001_payment_initial"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Initial {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        crate::store::create_common_tables(manager).await?;
+        create_entity_table(manager, payment::Entity).await?;
+        create_entity_table(manager, refund::Entity).await
+    }
+}

@@ -1,0 +1,755 @@
+//! The payment actor: accepts `payment.create` and `payment.refund`, runs
+//! its steps of the payment saga (capture with the settlement provider,
+//! completion, failure) and of the refund saga, and keeps each saga's state.
+//!
+//! Every transition goes through `falcon_sagas::State::apply`: a duplicate
+//! event is a no-op, an event ahead of its predecessor is nak'd until the
+//! predecessor has been handled, and the row is updated only from the state
+//! it was read in, so two processes cannot both take a step.
+//!
+//! Provider calls happen before the batch transaction opens (they are slow
+//! and idempotent by payment id); their results are applied inside it.
+//!
+//! Shutdown and failure: as every actor, it stops between batches and is
+//! restarted by its supervisor from the database.
+
+pub mod entity;
+pub mod migration;
+pub mod provider;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use falcon_nats::{ConsumerSpec, Delivery};
+use falcon_sagas::{Actor, State, Transition};
+use falcon_schemas::command::{CreatePayment, RefundPayment};
+use falcon_schemas::event::{
+    CapturedData, FailureData, PaymentData, PaymentFailedData, RefundData, RefundFailureData,
+    RejectedData,
+};
+use falcon_schemas::subject::{STREAM_CMD, STREAM_EVT};
+use falcon_schemas::{Command, Currency, EventData, EventType, Money, ParseError, Reason};
+use futures::future::join_all;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    QueryFilter, Set, TryInsertResult,
+};
+
+use crate::batch::{consumer_spec, decode_event, Handler};
+use crate::error::StepError;
+use crate::settings::ConsumerSettings;
+use crate::store::Outbox;
+use entity::{payment, refund};
+use provider::{CaptureRequest, ProviderError, Resilient, Settlement};
+
+/// Refund row states.
+pub mod refund_state {
+    pub const REQUESTED: &str = "refund_requested";
+    pub const REFUNDED: &str = "refunded";
+    pub const FAILED: &str = "refund_failed";
+}
+
+pub struct Payment {
+    db: DatabaseConnection,
+    provider: Arc<Resilient>,
+    deadline: chrono::Duration,
+}
+
+impl Payment {
+    pub fn new(
+        db: DatabaseConnection,
+        provider: Arc<Resilient>,
+        deadline: std::time::Duration,
+    ) -> Payment {
+        Payment {
+            db,
+            provider,
+            deadline: chrono::Duration::from_std(deadline).unwrap_or(chrono::Duration::MAX),
+        }
+    }
+}
+
+/// Provider results for the batch's `funds_reserved` events, by payment id.
+pub type Captures = HashMap<String, Result<Settlement, ProviderError>>;
+
+const FUNDS_RESERVED_PREFIX: &str = "falcon.evt.wallet.funds_reserved.";
+
+impl Handler for Payment {
+    type Prepared = Captures;
+    const ACTOR: Actor = Actor::Payment;
+    const SOURCE: &'static str = "falcon/payment";
+
+    fn consumers(s: &ConsumerSettings) -> Vec<ConsumerSpec> {
+        let events = [
+            EventType::RiskApproved,
+            EventType::RiskRejected,
+            EventType::FundsReserved,
+            EventType::ReservationDeclined,
+            EventType::TransferCommitted,
+            EventType::FundsReleased,
+            EventType::RefundCommitted,
+            EventType::RefundDeclined,
+        ];
+        vec![
+            consumer_spec(
+                "payment-cmd",
+                STREAM_CMD,
+                vec!["falcon.cmd.payment.>".into()],
+                s,
+            ),
+            consumer_spec(
+                "payment-evt",
+                STREAM_EVT,
+                events.iter().map(|e| e.filter()).collect(),
+                s,
+            ),
+        ]
+    }
+
+    fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    async fn prepare(&self, batch: &[Delivery]) -> Captures {
+        let requests: Vec<CaptureRequest> = batch
+            .iter()
+            .filter(|d| d.subject.starts_with(FUNDS_RESERVED_PREFIX))
+            .filter_map(
+                |d| match falcon_schemas::Event::decode(&d.payload).ok()?.data {
+                    EventData::FundsReserved(p) => Some(CaptureRequest {
+                        amount: p.money().ok()?,
+                        payment_id: p.payment_id,
+                    }),
+                    _ => None,
+                },
+            )
+            .collect();
+        let results = join_all(requests.iter().map(|r| self.provider.capture(r))).await;
+        requests
+            .into_iter()
+            .map(|r| r.payment_id)
+            .zip(results)
+            .collect()
+    }
+
+    async fn apply(
+        &self,
+        txn: &DatabaseTransaction,
+        delivery: &Delivery,
+        captures: &Captures,
+        out: &mut Outbox,
+    ) -> Result<(), StepError> {
+        if delivery.stream == STREAM_CMD {
+            return match Command::parse(&delivery.subject, &delivery.payload) {
+                Err(ParseError::Unparseable(e)) => Err(StepError::Poison(e)),
+                Err(ParseError::Rejected(r)) => {
+                    out.push(EventData::PaymentRejected(crate::rejection(&r, delivery)));
+                    Ok(())
+                }
+                Ok(Command::CreatePayment(c)) => self.create(txn, &c, out).await,
+                Ok(Command::RefundPayment(c)) => request_refund(txn, &c, out).await,
+                Ok(other) => Err(StepError::Poison(format!(
+                    "{} is not a payment command",
+                    other.kind().as_str()
+                ))),
+            };
+        }
+        let event = decode_event(delivery)?;
+        match event.data {
+            EventData::RiskApproved(d) => advance(
+                txn,
+                &d.payment.payment_id,
+                &[EventType::RiskApproved],
+                None,
+                out.now,
+            )
+            .await
+            .map(drop),
+            EventData::RiskRejected(d) => {
+                let reasons: Vec<&str> = d.risk_reasons.iter().map(Reason::as_str).collect();
+                let message = format!(
+                    "risk rejected the payment (score {}): {}",
+                    d.score,
+                    reasons.join(", ")
+                );
+                fail(
+                    txn,
+                    &d.payment,
+                    EventType::RiskRejected,
+                    Reason::RiskRejected,
+                    message,
+                    false,
+                    out,
+                )
+                .await
+            }
+            EventData::ReservationDeclined(d) => {
+                fail(
+                    txn,
+                    &d.payment,
+                    EventType::ReservationDeclined,
+                    d.reason,
+                    d.message,
+                    false,
+                    out,
+                )
+                .await
+            }
+            EventData::FundsReleased(d) => {
+                fail(
+                    txn,
+                    &d.payment,
+                    EventType::FundsReleased,
+                    d.reason,
+                    d.message,
+                    true,
+                    out,
+                )
+                .await
+            }
+            EventData::FundsReserved(p) => capture(txn, &p, captures, out).await,
+            EventData::TransferCommitted(p) => {
+                if advance(
+                    txn,
+                    &p.payment_id,
+                    &[EventType::TransferCommitted, EventType::PaymentCompleted],
+                    None,
+                    out.now,
+                )
+                .await?
+                {
+                    out.push(EventData::PaymentCompleted(p));
+                }
+                Ok(())
+            }
+            EventData::RefundCommitted(r) => finish_refund(txn, r, None, out).await,
+            EventData::RefundDeclined(d) => {
+                finish_refund(txn, d.refund, Some((d.reason, d.message)), out).await
+            }
+            other => Err(StepError::Poison(format!(
+                "payment does not handle {}",
+                other.event_type().type_str()
+            ))),
+        }
+    }
+}
+
+fn reject(out: &mut Outbox, command: &str, key: &str, reason: Reason, message: String) {
+    out.push(EventData::PaymentRejected(RejectedData {
+        command: command.to_owned(),
+        key: key.to_owned(),
+        reason,
+        message,
+        field: None,
+    }));
+}
+
+fn payment_data(p: &payment::Model) -> Result<PaymentData, StepError> {
+    let currency = Currency::from_code(&p.currency).ok_or_else(|| {
+        StepError::Poison(format!(
+            "payment {} has unknown currency {}",
+            p.payment_id, p.currency
+        ))
+    })?;
+    Ok(PaymentData {
+        payment_id: p.payment_id.clone(),
+        from_wallet: p.from_wallet.clone(),
+        to_wallet: p.to_wallet.clone(),
+        amount: Money::from_minor(p.amount_minor, currency).wire_amount(),
+        currency,
+    })
+}
+
+impl Payment {
+    async fn create(
+        &self,
+        txn: &DatabaseTransaction,
+        c: &CreatePayment,
+        out: &mut Outbox,
+    ) -> Result<(), StepError> {
+        let row = payment::ActiveModel {
+            payment_id: Set(c.payment_id.clone()),
+            from_wallet: Set(c.from_wallet.clone()),
+            to_wallet: Set(c.to_wallet.clone()),
+            amount_minor: Set(c.amount.minor()),
+            currency: Set(c.amount.currency().code().to_owned()),
+            state: Set(State::Requested.as_str().to_owned()),
+            reason: Set(None),
+            settlement_id: Set(None),
+            refunded_minor: Set(0),
+            created_at: Set(out.now),
+            updated_at: Set(out.now),
+            deadline_at: Set(out.now + self.deadline),
+        };
+        let inserted = payment::Entity::insert(row)
+            .on_conflict_do_nothing_on([payment::Column::PaymentId])
+            .exec(txn)
+            .await?;
+        if matches!(inserted, TryInsertResult::Inserted(_)) {
+            out.push(EventData::PaymentRequested(PaymentData {
+                payment_id: c.payment_id.clone(),
+                from_wallet: c.from_wallet.clone(),
+                to_wallet: c.to_wallet.clone(),
+                amount: c.amount.wire_amount(),
+                currency: c.amount.currency(),
+            }));
+            return Ok(());
+        }
+        let existing = payment::Entity::find_by_id(c.payment_id.clone())
+            .one(txn)
+            .await?;
+        if let Some(p) = existing {
+            let same = p.from_wallet == c.from_wallet
+                && p.to_wallet == c.to_wallet
+                && p.amount_minor == c.amount.minor()
+                && p.currency == c.amount.currency().code();
+            if !same {
+                reject(
+                    out,
+                    "payment.create",
+                    &c.payment_id,
+                    Reason::IdempotencyKeyReused,
+                    format!(
+                        "payment {} exists: {} {} from {} to {}",
+                        p.payment_id, p.amount_minor, p.currency, p.from_wallet, p.to_wallet
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies `events` in order to the payment's saga state and stores the
+/// result. `Ok(false)`: already applied (duplicate), nothing to do.
+/// An event the state does not allow yet is transient (its predecessor is
+/// still on the way); one that can never apply is poison.
+async fn advance(
+    txn: &DatabaseTransaction,
+    payment_id: &str,
+    events: &[EventType],
+    update: Option<(Option<Reason>, Option<String>)>,
+    now: DateTime<Utc>,
+) -> Result<bool, StepError> {
+    let Some(p) = payment::Entity::find_by_id(payment_id.to_owned())
+        .one(txn)
+        .await?
+    else {
+        return Err(StepError::Transient(format!(
+            "payment {payment_id} is not known (yet)"
+        )));
+    };
+    let from = State::parse(&p.state).ok_or_else(|| {
+        StepError::Poison(format!(
+            "payment {payment_id} has unknown state {}",
+            p.state
+        ))
+    })?;
+    let mut state = from;
+    for (i, ev) in events.iter().enumerate() {
+        match State::apply(Some(state), *ev) {
+            Transition::Moved(next) => state = next,
+            Transition::Duplicate | Transition::Ignored if i == 0 => return Ok(false),
+            Transition::Invalid { .. } if !from.is_terminal() && i == 0 => {
+                return Err(StepError::Transient(format!(
+                    "payment {payment_id} is {from}; {ev:?} must wait"
+                )));
+            }
+            other => {
+                return Err(StepError::Poison(format!(
+                    "payment {payment_id} in {from} cannot take {ev:?}: {other:?}"
+                )));
+            }
+        }
+    }
+    let mut q = payment::Entity::update_many()
+        .col_expr(payment::Column::State, Expr::value(state.as_str()))
+        .col_expr(payment::Column::UpdatedAt, Expr::value(now));
+    if let Some((reason, settlement)) = update {
+        if let Some(r) = reason {
+            q = q.col_expr(payment::Column::Reason, Expr::value(r.as_str()));
+        }
+        if let Some(s) = settlement {
+            q = q.col_expr(payment::Column::SettlementId, Expr::value(s));
+        }
+    }
+    let r = q
+        .filter(payment::Column::PaymentId.eq(payment_id))
+        .filter(payment::Column::State.eq(from.as_str()))
+        .exec(txn)
+        .await?;
+    if r.rows_affected != 1 {
+        return Err(StepError::Transient(format!(
+            "payment {payment_id} changed concurrently"
+        )));
+    }
+    Ok(true)
+}
+
+async fn fail(
+    txn: &DatabaseTransaction,
+    p: &PaymentData,
+    cause: EventType,
+    reason: Reason,
+    message: String,
+    compensated: bool,
+    out: &mut Outbox,
+) -> Result<(), StepError> {
+    if advance(
+        txn,
+        &p.payment_id,
+        &[cause, EventType::PaymentFailed],
+        Some((Some(reason), None)),
+        out.now,
+    )
+    .await?
+    {
+        out.push(EventData::PaymentFailed(PaymentFailedData {
+            payment: p.clone(),
+            reason,
+            message,
+            compensated,
+        }));
+    }
+    Ok(())
+}
+
+async fn capture(
+    txn: &DatabaseTransaction,
+    p: &PaymentData,
+    captures: &Captures,
+    out: &mut Outbox,
+) -> Result<(), StepError> {
+    let result = captures.get(&p.payment_id);
+    let (next, update) = match result {
+        None => {
+            return Err(StepError::Transient(format!(
+                "no capture result for {}",
+                p.payment_id
+            )))
+        }
+        Some(Err(ProviderError::Unavailable(e))) => {
+            return Err(StepError::Transient(format!(
+                "provider unavailable for {}: {e}",
+                p.payment_id
+            )))
+        }
+        Some(Ok(s)) => (
+            EventType::PaymentCaptured,
+            (None, Some(s.settlement_id.clone())),
+        ),
+        Some(Err(ProviderError::Declined(_))) => (
+            EventType::PaymentCaptureFailed,
+            (Some(Reason::CaptureDeclined), None),
+        ),
+    };
+    if !advance(
+        txn,
+        &p.payment_id,
+        &[EventType::FundsReserved, next],
+        Some(update),
+        out.now,
+    )
+    .await?
+    {
+        return Ok(());
+    }
+    match result {
+        Some(Ok(s)) => out.push(EventData::PaymentCaptured(CapturedData {
+            payment: p.clone(),
+            settlement_id: s.settlement_id.clone(),
+        })),
+        Some(Err(e)) => out.push(EventData::PaymentCaptureFailed(FailureData {
+            payment: p.clone(),
+            reason: Reason::CaptureDeclined,
+            message: e.to_string(),
+        })),
+        None => unreachable!("returned above"),
+    }
+    Ok(())
+}
+
+async fn request_refund(
+    txn: &DatabaseTransaction,
+    c: &RefundPayment,
+    out: &mut Outbox,
+) -> Result<(), StepError> {
+    const CMD: &str = "payment.refund";
+    let key = &c.refund_id;
+    let existing = refund::Entity::find_by_id(c.refund_id.clone())
+        .one(txn)
+        .await?;
+    let payment = payment::Entity::find_by_id(c.payment_id.clone())
+        .one(txn)
+        .await?;
+    if let Some(r) = existing {
+        let same_amount = match (c.amount, Currency::from_code(&r.currency)) {
+            (None, _) => true,
+            (Some(a), Some(cur)) => Money::new(a, cur).is_ok_and(|m| m.minor() == r.amount_minor),
+            (Some(_), None) => false,
+        };
+        if r.payment_id != c.payment_id || !same_amount {
+            reject(
+                out,
+                CMD,
+                key,
+                Reason::IdempotencyKeyReused,
+                format!(
+                    "refund {} exists for payment {} ({} minor units)",
+                    r.refund_id, r.payment_id, r.amount_minor
+                ),
+            );
+        }
+        return Ok(());
+    }
+    let Some(p) = payment else {
+        reject(
+            out,
+            CMD,
+            key,
+            Reason::PaymentNotFound,
+            format!("payment {} does not exist", c.payment_id),
+        );
+        return Ok(());
+    };
+    if p.state != State::Completed.as_str() {
+        reject(
+            out,
+            CMD,
+            key,
+            Reason::PaymentNotRefundable,
+            format!("payment {} is {}, not completed", p.payment_id, p.state),
+        );
+        return Ok(());
+    }
+    let pd = payment_data(&p)?;
+    let remaining = p.amount_minor - p.refunded_minor;
+    let amount = match c.amount {
+        Some(a) => match Money::positive(a, pd.currency) {
+            Ok(m) => m,
+            Err(e) => {
+                reject(out, CMD, key, e.reason, e.message);
+                return Ok(());
+            }
+        },
+        None => Money::from_minor(remaining, pd.currency),
+    };
+    if amount.minor() > remaining || remaining == 0 {
+        let left = Money::from_minor(remaining, pd.currency);
+        reject(
+            out,
+            CMD,
+            key,
+            Reason::RefundExceedsPayment,
+            format!(
+                "refund of {amount} exceeds the {left} left to refund of payment {}",
+                p.payment_id
+            ),
+        );
+        return Ok(());
+    }
+    // Guarded: two refunds racing for the same payment cannot both pass.
+    let reserved = payment::Entity::update_many()
+        .col_expr(
+            payment::Column::RefundedMinor,
+            Expr::col(payment::Column::RefundedMinor).add(amount.minor()),
+        )
+        .col_expr(payment::Column::UpdatedAt, Expr::value(out.now))
+        .filter(payment::Column::PaymentId.eq(&p.payment_id))
+        .filter(payment::Column::RefundedMinor.eq(p.refunded_minor))
+        .exec(txn)
+        .await?;
+    if reserved.rows_affected != 1 {
+        return Err(StepError::Transient(format!(
+            "payment {} refunded concurrently",
+            p.payment_id
+        )));
+    }
+    refund::Entity::insert(refund::ActiveModel {
+        refund_id: Set(c.refund_id.clone()),
+        payment_id: Set(p.payment_id.clone()),
+        amount_minor: Set(amount.minor()),
+        currency: Set(p.currency.clone()),
+        state: Set(refund_state::REQUESTED.to_owned()),
+        reason: Set(None),
+        created_at: Set(out.now),
+        updated_at: Set(out.now),
+    })
+    .exec(txn)
+    .await?;
+    out.push(EventData::RefundRequested(RefundData {
+        refund_id: c.refund_id.clone(),
+        payment_id: p.payment_id.clone(),
+        from_wallet: p.from_wallet.clone(),
+        to_wallet: p.to_wallet.clone(),
+        amount: amount.wire_amount(),
+        currency: amount.currency(),
+    }));
+    Ok(())
+}
+
+async fn finish_refund(
+    txn: &DatabaseTransaction,
+    r: RefundData,
+    failure: Option<(Reason, String)>,
+    out: &mut Outbox,
+) -> Result<(), StepError> {
+    let to = if failure.is_some() {
+        refund_state::FAILED
+    } else {
+        refund_state::REFUNDED
+    };
+    let moved = refund::Entity::update_many()
+        .col_expr(refund::Column::State, Expr::value(to))
+        .col_expr(
+            refund::Column::Reason,
+            Expr::value(failure.as_ref().map(|(r, _)| r.as_str())),
+        )
+        .col_expr(refund::Column::UpdatedAt, Expr::value(out.now))
+        .filter(refund::Column::RefundId.eq(&r.refund_id))
+        .filter(refund::Column::State.eq(refund_state::REQUESTED))
+        .exec(txn)
+        .await?;
+    if moved.rows_affected == 0 {
+        let existing = refund::Entity::find_by_id(r.refund_id.clone())
+            .one(txn)
+            .await?;
+        return match existing {
+            Some(e) if e.state == to => Ok(()),
+            Some(e) => Err(StepError::Poison(format!(
+                "refund {} is {}, cannot become {to}",
+                e.refund_id, e.state
+            ))),
+            None => Err(StepError::Transient(format!(
+                "refund {} is not known (yet)",
+                r.refund_id
+            ))),
+        };
+    }
+    match failure {
+        None => out.push(EventData::PaymentRefunded(r)),
+        Some((reason, message)) => {
+            let amount = r.money().map_err(|e| StepError::Poison(e.to_string()))?;
+            // The refund did not happen: its amount is refundable again.
+            payment::Entity::update_many()
+                .col_expr(
+                    payment::Column::RefundedMinor,
+                    Expr::col(payment::Column::RefundedMinor).sub(amount.minor()),
+                )
+                .filter(payment::Column::PaymentId.eq(&r.payment_id))
+                .exec(txn)
+                .await?;
+            out.push(EventData::RefundFailed(RefundFailureData {
+                refund: r,
+                reason,
+                message,
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// A saga as the payment database knows it, for `falcon saga list`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SagaRow {
+    pub saga_id: String,
+    pub kind: &'static str,
+    pub state: String,
+    pub terminal: bool,
+    pub amount: String,
+    pub currency: String,
+    pub from_wallet: String,
+    pub to_wallet: String,
+    pub reason: Option<String>,
+    pub payment_id: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Lists payment and refund sagas, newest first.
+pub async fn list_sagas(
+    db: &impl ConnectionTrait,
+    state: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    limit: u64,
+) -> Result<Vec<SagaRow>, sea_orm::DbErr> {
+    use sea_orm::{QueryOrder, QuerySelect};
+    let mut pq = payment::Entity::find()
+        .order_by_desc(payment::Column::CreatedAt)
+        .limit(limit);
+    let mut rq = refund::Entity::find()
+        .order_by_desc(refund::Column::CreatedAt)
+        .limit(limit);
+    if let Some(s) = state {
+        pq = pq.filter(payment::Column::State.eq(s));
+        rq = rq.filter(refund::Column::State.eq(s));
+    }
+    if let Some(t) = since {
+        pq = pq.filter(payment::Column::CreatedAt.gte(t));
+        rq = rq.filter(refund::Column::CreatedAt.gte(t));
+    }
+    let fmt = |minor: i64, cur: &str| {
+        Currency::from_code(cur).map_or_else(
+            || minor.to_string(),
+            |c| Money::from_minor(minor, c).amount_string(),
+        )
+    };
+    let payments = pq.all(db).await?;
+    let refunds = rq.all(db).await?;
+    let by_id: HashMap<String, payment::Model> = if refunds.is_empty() {
+        HashMap::new()
+    } else {
+        let ids: Vec<String> = refunds.iter().map(|r| r.payment_id.clone()).collect();
+        payment::Entity::find()
+            .filter(payment::Column::PaymentId.is_in(ids))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|p| (p.payment_id.clone(), p))
+            .collect()
+    };
+    let mut rows: Vec<SagaRow> = payments
+        .into_iter()
+        .map(|p| SagaRow {
+            terminal: State::parse(&p.state).is_some_and(|s| s.is_terminal()),
+            amount: fmt(p.amount_minor, &p.currency),
+            saga_id: p.payment_id.clone(),
+            kind: "payment",
+            state: p.state,
+            currency: p.currency,
+            from_wallet: p.from_wallet,
+            to_wallet: p.to_wallet,
+            reason: p.reason,
+            payment_id: p.payment_id,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        })
+        .collect();
+    rows.extend(refunds.into_iter().map(|r| {
+        let p = by_id.get(&r.payment_id);
+        SagaRow {
+            terminal: State::parse(&r.state).is_some_and(|s| s.is_terminal()),
+            amount: fmt(r.amount_minor, &r.currency),
+            saga_id: r.refund_id,
+            kind: "refund",
+            state: r.state,
+            currency: r.currency,
+            // A refund moves money from the payee back to the payer.
+            from_wallet: p.map(|p| p.to_wallet.clone()).unwrap_or_default(),
+            to_wallet: p.map(|p| p.from_wallet.clone()).unwrap_or_default(),
+            reason: r.reason,
+            payment_id: r.payment_id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }));
+    rows.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| a.saga_id.cmp(&b.saga_id))
+    });
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(rows)
+}

@@ -1,0 +1,504 @@
+//! The root supervisor and [`Runtime`]: what `falcon run` starts.
+//!
+//! `Runtime::start` connects to NATS, provisions the streams and consumers,
+//! opens and migrates each actor's database, and spawns the root
+//! supervisor, which spawns per actor a consumer loop and an outbox relay.
+//! When a child fails (a panic, an error, a kill) the supervisor starts it
+//! again with backoff; its unacked messages are redelivered and its inbox
+//! makes them harmless. Stopping the runtime stops the children between
+//! batches.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use falcon_nats::Disposition;
+use falcon_sagas::Actor as ActorName;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use sea_orm::DatabaseConnection;
+use sea_orm_migration::MigratorTrait;
+use tokio::sync::watch;
+
+use crate::batch::Handler;
+use crate::consumer::{Consumer, ConsumerArgs};
+use crate::payment::provider::{Resilient, Simulator};
+use crate::relay::{Poke, Relay, RelayArgs};
+use crate::settings::Settings;
+use crate::{payment, risk, store, wallet, Error};
+
+/// Where an injected fault fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultPoint {
+    /// After a batch's transaction committed, before its messages are acked:
+    /// the worst moment to die.
+    AfterCommit,
+}
+
+/// Faults armed by tests and chaos tooling: the next batch of the actor
+/// panics at the point, `times` times.
+#[derive(Debug, Default)]
+pub struct Faults {
+    armed: Mutex<HashMap<(ActorName, FaultPoint), u32>>,
+}
+
+impl Faults {
+    pub fn arm(&self, actor: ActorName, point: FaultPoint, times: u32) {
+        self.armed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((actor, point), times);
+    }
+
+    /// Panics if a fault is armed here (that is the point of it).
+    pub fn trip(&self, actor: ActorName, point: FaultPoint) {
+        let fire = {
+            let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+            match armed.get_mut(&(actor, point)) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if fire {
+            panic!("injected fault: {actor} at {point:?}");
+        }
+    }
+}
+
+/// Counters a test or an operator can watch.
+#[derive(Debug)]
+pub struct Stats {
+    restarts: watch::Sender<u64>,
+    pub acked: AtomicU64,
+    pub nakked: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            restarts: watch::Sender::new(0),
+            acked: AtomicU64::new(0),
+            nakked: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stats {
+    pub fn record_batch(&self, dispositions: &[Disposition]) {
+        for d in dispositions {
+            let counter = match d {
+                Disposition::Ack => &self.acked,
+                Disposition::Nak(_) => &self.nakked,
+                Disposition::Term(_) => &self.dead_lettered,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Children restarted by the supervisor so far.
+    pub fn restarts(&self) -> u64 {
+        *self.restarts.borrow()
+    }
+
+    /// Resolves once at least `n` restarts happened.
+    pub async fn wait_restarts(&self, n: u64) {
+        let mut rx = self.restarts.subscribe();
+        // The sender lives as long as `self`, so `wait_for` only ends when
+        // the condition holds.
+        let _ = rx.wait_for(|r| *r >= n).await;
+    }
+}
+
+type SpawnFuture = Pin<Box<dyn Future<Output = Result<ActorCell, ActorProcessingErr>> + Send>>;
+
+/// How to (re)start one child.
+#[derive(Clone)]
+pub struct ChildSpec {
+    pub name: String,
+    spawn: Arc<dyn Fn(ActorCell) -> SpawnFuture + Send + Sync>,
+}
+
+impl ChildSpec {
+    fn new<A: Actor>(
+        name: String,
+        actor: impl Fn() -> A + Send + Sync + 'static,
+        args: impl Fn() -> A::Arguments + Send + Sync + 'static,
+    ) -> ChildSpec
+    where
+        A::Arguments: Send,
+    {
+        let spawn_name = name.clone();
+        let actor = Arc::new(actor);
+        let args = Arc::new(args);
+        ChildSpec {
+            name,
+            spawn: Arc::new(move |supervisor| {
+                let (name, actor, args) = (spawn_name.clone(), actor.clone(), args.clone());
+                Box::pin(async move {
+                    let (r, _) =
+                        Actor::spawn_linked(Some(name), actor(), args(), supervisor).await?;
+                    Ok(r.get_cell())
+                })
+            }),
+        }
+    }
+}
+
+/// Restart delay: doubles per quick failure, from 50 ms up to 5 s.
+const RESTART_DELAY_MIN: Duration = Duration::from_millis(50);
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
+/// A child that ran at least this long before failing restarts at once.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+
+pub struct Supervisor;
+
+pub struct SupervisorArgs {
+    pub children: Vec<ChildSpec>,
+    pub stats: Arc<Stats>,
+}
+
+pub struct SupervisorState {
+    children: HashMap<String, ChildSpec>,
+    started_at: HashMap<String, Instant>,
+    quick_failures: HashMap<String, u32>,
+    stats: Arc<Stats>,
+}
+
+pub enum SupervisorMsg {
+    Start(String),
+}
+
+impl SupervisorState {
+    fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, name: String) {
+        let quick = self
+            .started_at
+            .get(&name)
+            .is_some_and(|t| t.elapsed() < HEALTHY_AFTER);
+        let n = self.quick_failures.entry(name.clone()).or_insert(0);
+        *n = if quick { n.saturating_add(1) } else { 0 };
+        let delay = RESTART_DELAY_MIN
+            .saturating_mul(1 << (*n).min(7))
+            .min(RESTART_DELAY_MAX);
+        self.stats.restarts.send_modify(|r| *r += 1);
+        myself.send_after(delay, move || SupervisorMsg::Start(name));
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            children: HashMap::new(),
+            started_at: HashMap::new(),
+            quick_failures: HashMap::new(),
+            stats: args.stats,
+        };
+        for child in args.children {
+            (child.spawn)(myself.get_cell()).await?;
+            state.started_at.insert(child.name.clone(), Instant::now());
+            state.children.insert(child.name.clone(), child);
+        }
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        _state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        myself
+            .get_cell()
+            .stop_children_and_wait(
+                Some("runtime stopping".into()),
+                Some(Duration::from_secs(30)),
+            )
+            .await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisorMsg::Start(name) = msg;
+        let Some(child) = state.children.get(&name).cloned() else {
+            return Ok(());
+        };
+        match (child.spawn)(myself.get_cell()).await {
+            Ok(_) => {
+                tracing::info!(child = %name, "restarted");
+                state.started_at.insert(name, Instant::now());
+            }
+            Err(e) => {
+                tracing::error!(child = %name, error = %e, "restart failed; will try again");
+                state.schedule_restart(&myself, name);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, e) => (cell, e.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let Some(name) = cell.get_name() else {
+            return Ok(());
+        };
+        if state.children.contains_key(&name) {
+            tracing::error!(child = %name, reason = %why, "child ended; restarting");
+            state.schedule_restart(&myself, name);
+        }
+        Ok(())
+    }
+}
+
+/// A database per actor, opened and migrated.
+#[derive(Clone)]
+pub struct Stores {
+    pub payment: Option<DatabaseConnection>,
+    pub risk: Option<DatabaseConnection>,
+    pub wallet: Option<DatabaseConnection>,
+}
+
+fn db_err(actor: &'static str) -> impl Fn(sea_orm::DbErr) -> Error {
+    move |e| Error::Database {
+        actor,
+        detail: e.to_string(),
+    }
+}
+
+/// Opens an actor's database and applies its migrations.
+pub async fn open_store(
+    actor: ActorName,
+    settings: &Settings,
+) -> Result<DatabaseConnection, Error> {
+    let name = actor.as_str();
+    let url = match actor {
+        ActorName::Payment => &settings.payment.database_url,
+        ActorName::Risk => &settings.risk.database_url,
+        ActorName::Wallet => &settings.wallet.database_url,
+    };
+    let db = store::connect(url, &settings.sqlite)
+        .await
+        .map_err(db_err(name))?;
+    match actor {
+        ActorName::Payment => payment::migration::Migrator::up(&db, None).await,
+        ActorName::Risk => risk::migration::Migrator::up(&db, None).await,
+        ActorName::Wallet => wallet::migration::Migrator::up(&db, None).await,
+    }
+    .map_err(db_err(name))?;
+    Ok(db)
+}
+
+impl Stores {
+    /// Opens (and migrates) the databases of the given actors.
+    pub async fn open(settings: &Settings, actors: &[ActorName]) -> Result<Stores, Error> {
+        let mut stores = Stores {
+            payment: None,
+            risk: None,
+            wallet: None,
+        };
+        for actor in actors {
+            let db = Some(open_store(*actor, settings).await?);
+            match actor {
+                ActorName::Payment => stores.payment = db,
+                ActorName::Risk => stores.risk = db,
+                ActorName::Wallet => stores.wallet = db,
+            }
+        }
+        Ok(stores)
+    }
+}
+
+/// Every consumer of the given actors.
+pub fn consumer_specs(settings: &Settings, actors: &[ActorName]) -> Vec<falcon_nats::ConsumerSpec> {
+    actors
+        .iter()
+        .flat_map(|a| match a {
+            ActorName::Payment => payment::Payment::consumers(&settings.consumer),
+            ActorName::Risk => risk::Risk::consumers(&settings.consumer),
+            ActorName::Wallet => wallet::Wallet::consumers(&settings.consumer),
+        })
+        .collect()
+}
+
+/// Provisions the streams and the consumers of every actor.
+pub async fn apply_topology(
+    js: &jetstream::Context,
+    settings: &Settings,
+) -> Result<Vec<falcon_nats::topology::Change>, Error> {
+    let specs = consumer_specs(settings, &ActorName::ALL);
+    Ok(falcon_nats::topology::apply(js, &settings.streams.to_stream_settings(), &specs).await?)
+}
+
+/// A running set of actors under one root supervisor.
+pub struct Runtime {
+    supervisor: ActorRef<SupervisorMsg>,
+    join: tokio::task::JoinHandle<()>,
+    stats: Arc<Stats>,
+    faults: Arc<Faults>,
+    stores: Stores,
+    client: async_nats::Client,
+    instance: String,
+}
+
+impl Runtime {
+    /// Starts the given actors (all three for `falcon run`).
+    pub async fn start(settings: &Settings, actors: &[ActorName]) -> Result<Runtime, Error> {
+        settings.validate().map_err(Error::Config)?;
+        let instance = format!(
+            "{}-{}",
+            settings.node,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let client =
+            falcon_nats::connect(&settings.nats.url, &format!("falcon-{instance}")).await?;
+        let js = jetstream::new(client.clone());
+        apply_topology(&js, settings).await?;
+        let stores = Stores::open(settings, actors).await?;
+        let stats = Arc::new(Stats::default());
+        let faults = Arc::new(Faults::default());
+        let mut children = Vec::new();
+        let ctx = ChildContext {
+            settings,
+            js: &js,
+            instance: &instance,
+            stats: &stats,
+            faults: &faults,
+        };
+        if let Some(db) = &stores.payment {
+            let provider = Arc::new(Resilient::new(
+                Arc::new(Simulator::new(&settings.provider)),
+                &settings.provider,
+            ));
+            let deadline = Duration::from_secs(settings.saga.deadline_s);
+            let handler = payment::Payment::new(db.clone(), provider, deadline);
+            children.extend(ctx.children(handler, db.clone()));
+        }
+        if let Some(db) = &stores.risk {
+            let rules = risk::Rules::from_settings(&settings.risk).map_err(Error::Config)?;
+            children.extend(ctx.children(risk::Risk::new(db.clone(), rules), db.clone()));
+        }
+        if let Some(db) = &stores.wallet {
+            children.extend(ctx.children(wallet::Wallet::new(db.clone()), db.clone()));
+        }
+        let args = SupervisorArgs {
+            children,
+            stats: stats.clone(),
+        };
+        let (supervisor, join) =
+            Actor::spawn(Some(format!("{instance}/supervisor")), Supervisor, args)
+                .await
+                .map_err(|e| Error::Spawn(e.to_string()))?;
+        tracing::info!(instance = %instance, actors = ?actors, "runtime started");
+        Ok(Runtime {
+            supervisor,
+            join,
+            stats,
+            faults,
+            stores,
+            client,
+            instance,
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Stops every actor between batches, flushes, and closes the connection.
+    pub async fn shutdown(self) {
+        self.supervisor.stop(Some("shutdown".into()));
+        if let Err(e) = self.join.await {
+            tracing::warn!(error = %e, "supervisor task ended abnormally");
+        }
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, "flushing NATS at shutdown");
+        }
+    }
+}
+
+struct ChildContext<'a> {
+    settings: &'a Settings,
+    js: &'a jetstream::Context,
+    instance: &'a str,
+    stats: &'a Arc<Stats>,
+    faults: &'a Arc<Faults>,
+}
+
+impl ChildContext<'_> {
+    /// The consumer loop and the outbox relay of one actor.
+    fn children<H: Handler>(&self, handler: H, db: DatabaseConnection) -> [ChildSpec; 2] {
+        let actor = H::ACTOR.as_str();
+        let relay_name = format!("{}/{actor}-relay", self.instance);
+        let poke = Poke::new(relay_name.clone());
+        let consumer_args = ConsumerArgs {
+            handler: Arc::new(handler),
+            js: self.js.clone(),
+            specs: H::consumers(&self.settings.consumer),
+            batch_max: self.settings.consumer.batch_max,
+            nak_delay: Duration::from_millis(self.settings.consumer.nak_delay_ms),
+            poke: poke.clone(),
+            faults: self.faults.clone(),
+            stats: self.stats.clone(),
+        };
+        let (js, relay) = (self.js.clone(), self.settings.relay.clone());
+        [
+            ChildSpec::new(
+                relay_name,
+                || Relay,
+                move || RelayArgs {
+                    actor,
+                    db: db.clone(),
+                    js: js.clone(),
+                    batch_max: relay.batch_max,
+                    interval: Duration::from_millis(relay.interval_ms),
+                    poke: poke.clone(),
+                },
+            ),
+            ChildSpec::new(
+                format!("{}/{actor}", self.instance),
+                Consumer::<H>::default,
+                move || consumer_args.clone(),
+            ),
+        ]
+    }
+}

