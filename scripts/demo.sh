@@ -55,7 +55,7 @@ falcon_outcome() {
     local rc=0
     printf '%s$ falcon %s%s\n' "$BOLD" "$*" "$RESET"
     if command -v timeout >/dev/null 2>&1; then
-        timeout "$((WAIT_S + 5))" "$FALCON_BIN" "$@" || rc=$?
+        timeout "$((WAIT_S + 10))" "$FALCON_BIN" "$@" || rc=$?
     else
         "$FALCON_BIN" "$@" || rc=$?
     fi
@@ -75,49 +75,11 @@ check_actors_alive() {
     fi
 }
 
-# True when the JSON document on stdin holds, anywhere, a value equal to the
-# decimal $1 ("1000" matches "1000.00").
-json_has_amount() {
-    python3 -c '
-import json, sys
-from decimal import Decimal, InvalidOperation
-want = Decimal(sys.argv[1])
-def walk(v):
-    if isinstance(v, dict):
-        return any(walk(x) for x in v.values())
-    if isinstance(v, list):
-        return any(walk(x) for x in v)
-    if isinstance(v, (str, int)) and not isinstance(v, bool):
-        try:
-            return Decimal(str(v)) == want
-        except InvalidOperation:
-            return False
-    return False
-try:
-    sys.exit(0 if walk(json.load(sys.stdin)) else 1)
-except ValueError:
-    sys.exit(1)
-' "$1"
-}
-
-# Wallet commands are published and applied asynchronously: wait until the
-# wallet actor has applied them (balance $2) before paying from the wallet.
-wait_balance() {
-    local wallet=$1 amount=$2 deadline=$((SECONDS + WAIT_S))
-    until "$FALCON_BIN" --json wallet balance "$wallet" 2>/dev/null | json_has_amount "$amount"; do
-        check_actors_alive
-        if ((SECONDS >= deadline)); then
-            note "wallet $wallet does not show $amount after ${WAIT_S}s; going on"
-            return 0
-        fi
-        sleep 0.2
-    done
-}
-
-# Waits until `falcon saga show $1` shows a terminal state.
+# Waits until saga $1 is in a terminal state (`falcon --json saga show`).
 wait_saga_terminal() {
     local id=$1 deadline=$((SECONDS + WAIT_S))
-    until "$FALCON_BIN" saga show "$id" 2>/dev/null | grep -Eqi 'completed|failed|rejected|refunded'; do
+    until "$FALCON_BIN" --json saga show "$id" 2>/dev/null |
+        python3 -c 'import json, sys; sys.exit(0 if json.load(sys.stdin).get("terminal") else 1)' 2>/dev/null; do
         check_actors_alive
         if ((SECONDS >= deadline)); then
             note "saga $id not terminal after ${WAIT_S}s; going on"
@@ -175,23 +137,20 @@ start_actors main
 # ---------------------------------------------------------------------------
 section "1. Wallets and deposits"
 # ---------------------------------------------------------------------------
-note "commands are JetStream messages on falcon.cmd.wallet.*; the wallet actor applies them"
-falcon wallet open alice --owner "Alice" --currency USD
-falcon wallet open bob --owner "Bob" --currency USD
-falcon wallet open carol --owner "Carol" --currency USD
-falcon wallet open yuki --owner "Yuki" --currency JPY
+note "commands are JetStream messages on falcon.cmd.wallet.*; --wait follows the events they cause"
+falcon wallet open alice --owner "Alice" --currency USD --wait
+falcon wallet open bob --owner "Bob" --currency USD --wait
+falcon wallet open carol --owner "Carol" --currency USD --wait
+falcon wallet open yuki --owner "Yuki" --currency JPY --wait
+falcon wallet deposit alice 1000.00 --currency USD --reference dep-alice-1 --wait
+falcon wallet deposit bob 100.00 --currency USD --reference dep-bob-1 --wait
+falcon wallet deposit carol 50.00 --currency USD --reference dep-carol-1 --wait
+falcon wallet deposit yuki 50000 --currency JPY --reference dep-yuki-1 --wait
+note "the reference is the deposit's idempotency key: the same deposit again is accepted by"
+note "JetStream (a new Nats-Msg-Id) but has no effect; alice keeps 1000.00"
 falcon wallet deposit alice 1000.00 --currency USD --reference dep-alice-1
-falcon wallet deposit bob 100.00 --currency USD --reference dep-bob-1
-falcon wallet deposit carol 50.00 --currency USD --reference dep-carol-1
-falcon wallet deposit yuki 50000 --currency JPY --reference dep-yuki-1
-note "the deposit's reference is its idempotency key: sending it again has no effect"
-falcon wallet deposit alice 1000.00 --currency USD --reference dep-alice-1
-note "JPY has no minor units, so 1.5 JPY is refused"
-falcon_outcome wallet deposit yuki 1.5 --currency JPY --reference dep-yuki-bad
-wait_balance alice 1000.00
-wait_balance bob 100.00
-wait_balance carol 50.00
-wait_balance yuki 50000
+note "JPY has no minor units, so a deposit of 1.5 JPY is rejected"
+falcon_outcome wallet deposit yuki 1.5 --currency JPY --reference dep-yuki-bad --wait
 falcon wallet balance alice
 falcon wallet balance yuki
 

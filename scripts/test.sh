@@ -96,9 +96,22 @@ if [[ -n ${CI:-} || -n ${FALCON_TEST_TIMEOUT:-} ]] && command -v timeout >/dev/n
     timeout_cmd=(timeout --signal=TERM --kill-after=60s "${FALCON_TEST_TIMEOUT:-80m}")
 fi
 echo "build took $((SECONDS - started))s; running tests, ${FALCON_TEST_THREADS:-2} at a time per test binary"
+test_log=$(mktemp "${TMPDIR:-/tmp}/falcon-test.XXXXXX")
+falcon_on_exit "rm -f $(printf '%q' "$test_log")"
 rc=0
 ${timeout_cmd[@]+"${timeout_cmd[@]}"} cargo test --no-fail-fast "${cargo_args[@]}" -- \
-    --test-threads="${FALCON_TEST_THREADS:-2}" ${test_args[@]+"${test_args[@]}"} || rc=$?
+    --test-threads="${FALCON_TEST_THREADS:-2}" ${test_args[@]+"${test_args[@]}"} 2>&1 | tee "$test_log" ||
+    rc=${PIPESTATUS[0]}
+
+# One closing line over all test binaries (cargo's own last line is the
+# doc-tests' count, often 0).
+awk '/^test result: /{
+        for (i = 1; i <= NF; i++) {
+            if ($(i+1) ~ /^passed/) p += $i
+            if ($(i+1) ~ /^failed/) f += $i
+            if ($(i+1) ~ /^ignored/) s += $i
+        }
+    } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$test_log"
 if ((rc == 124)); then
     echo "falcon: cargo test ran longer than its ${FALCON_TEST_TIMEOUT:-80m} bound (FALCON_TEST_TIMEOUT) and was stopped" >&2
 elif ((rc != 0)); then

@@ -22,6 +22,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod error;
 pub mod publish;
+pub mod read;
 pub mod topology;
 pub mod trace;
 

@@ -1,0 +1,379 @@
+//! The command line: verbs of DESIGN.md and their dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use falcon_actors::runtime::{apply_topology, Stores};
+use falcon_actors::{invariants, payment, wallet, Runtime, Settings};
+use falcon_sagas::Actor;
+
+use crate::{config, inspect, output, send};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "falcon",
+    version,
+    about = "FalconPay: payment sagas on NATS JetStream"
+)]
+pub struct Cli {
+    /// Configuration file (default: ./falcon.toml when present).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Start the supervised actors (all by default) until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Provision the JetStream streams and consumers.
+    #[command(subcommand)]
+    Streams(StreamsVerb),
+    /// Open, fund and inspect wallets.
+    #[command(subcommand)]
+    Wallet(WalletVerb),
+    /// Pay from one wallet to another (publishes falcon.cmd.payment.create).
+    Pay(PayArgs),
+    /// Refund all or part of a completed payment (falcon.cmd.payment.refund).
+    Refund(RefundArgs),
+    /// Inspect sagas.
+    #[command(subcommand)]
+    Saga(SagaVerb),
+    /// Check the money invariants; non-zero exit when one fails.
+    Verify,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Actors to run, comma-separated: payment,risk,wallet.
+    #[arg(long, value_delimiter = ',', default_values_t = ["payment".to_string(), "risk".to_string(), "wallet".to_string()])]
+    pub actors: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StreamsVerb {
+    /// Create or update streams and consumers (idempotent).
+    Apply,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Wait for the outcome and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalletVerb {
+    /// Open a wallet (falcon.cmd.wallet.open).
+    Open {
+        wallet_id: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        currency: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Deposit into a wallet from the funding account (falcon.cmd.wallet.deposit).
+    Deposit {
+        wallet_id: String,
+        /// Decimal string, e.g. 100.00.
+        amount: String,
+        #[arg(long)]
+        currency: String,
+        /// Idempotency key (default: generated).
+        #[arg(long)]
+        reference: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Show a wallet's balance, held and available amounts.
+    Balance { wallet_id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct PayArgs {
+    #[arg(long)]
+    pub from: String,
+    #[arg(long)]
+    pub to: String,
+    /// Decimal string, e.g. 12.50.
+    #[arg(long)]
+    pub amount: String,
+    #[arg(long)]
+    pub currency: String,
+    /// Payment id, the idempotency key (default: generated).
+    #[arg(long)]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RefundArgs {
+    #[arg(long)]
+    pub payment: String,
+    /// Decimal string; the whole remaining amount when absent.
+    #[arg(long)]
+    pub amount: Option<String>,
+    /// Refund id, the idempotency key (default: generated).
+    #[arg(long)]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SagaVerb {
+    /// A saga's timeline: events, actors, step latency, compensation, state.
+    Show { id: String },
+    /// List sagas, newest first.
+    List {
+        /// Only sagas in this state (requested, completed, failed, …).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only sagas started within this duration, e.g. 10m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+}
+
+fn parse_actors(names: &[String]) -> Result<Vec<Actor>> {
+    let mut actors = Vec::new();
+    for n in names {
+        let a = Actor::parse(n.trim())
+            .with_context(|| format!("unknown actor {n:?} (payment, risk, wallet)"))?;
+        if !actors.contains(&a) {
+            actors.push(a);
+        }
+    }
+    if actors.is_empty() {
+        bail!("--actors names no actor");
+    }
+    Ok(actors)
+}
+
+pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let settings = config::load(cli.config.as_deref())?;
+    let json = cli.json;
+    match cli.verb {
+        Verb::Run(args) => run(&settings, &parse_actors(&args.actors)?).await,
+        Verb::Streams(StreamsVerb::Apply) => streams_apply(&settings, json).await,
+        Verb::Wallet(WalletVerb::Balance { wallet_id }) => {
+            balance(&settings, &wallet_id, json).await
+        }
+        Verb::Wallet(WalletVerb::Open {
+            wallet_id,
+            owner,
+            currency,
+            wait,
+        }) => {
+            let body =
+                serde_json::json!({ "wallet_id": wallet_id, "owner": owner, "currency": currency });
+            send::command(&settings, "wallet.open", body, &wallet_id, &wait, json).await
+        }
+        Verb::Wallet(WalletVerb::Deposit {
+            wallet_id,
+            amount,
+            currency,
+            reference,
+            wait,
+        }) => {
+            let reference = reference.unwrap_or_else(|| send::generated_id("dep"));
+            let body = serde_json::json!({ "wallet_id": wallet_id, "amount": amount, "currency": currency, "reference": reference });
+            send::command(&settings, "wallet.deposit", body, &wallet_id, &wait, json).await
+        }
+        Verb::Pay(a) => {
+            let id = a.id.unwrap_or_else(|| send::generated_id("pay"));
+            let body = serde_json::json!({ "payment_id": id, "from_wallet": a.from, "to_wallet": a.to, "amount": a.amount, "currency": a.currency });
+            send::command(&settings, "payment.create", body, &id, &a.wait, json).await
+        }
+        Verb::Refund(a) => {
+            let id = a.id.unwrap_or_else(|| send::generated_id("ref"));
+            let mut body = serde_json::json!({ "payment_id": a.payment, "refund_id": id });
+            if let Some(amount) = a.amount {
+                body["amount"] = serde_json::Value::String(amount);
+            }
+            send::command(&settings, "payment.refund", body, &id, &a.wait, json).await
+        }
+        Verb::Saga(SagaVerb::Show { id }) => inspect::show(&settings, &id, json).await,
+        Verb::Saga(SagaVerb::List {
+            state,
+            since,
+            limit,
+        }) => saga_list(&settings, state, since, limit, json).await,
+        Verb::Verify => verify(&settings, json).await,
+    }
+}
+
+async fn run(settings: &Settings, actors: &[Actor]) -> Result<ExitCode> {
+    let runtime = Runtime::start(settings, actors).await?;
+    let names: Vec<&str> = actors.iter().map(Actor::as_str).collect();
+    eprintln!(
+        "falcon: running {} as {} (Ctrl-C to stop)",
+        names.join(","),
+        runtime.instance()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    eprintln!("falcon: stopping");
+    runtime.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn streams_apply(settings: &Settings, json: bool) -> Result<ExitCode> {
+    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
+    let js = async_nats::jetstream::new(client);
+    let changes = apply_topology(&js, settings).await?;
+    if json {
+        let v: Vec<_> = changes
+            .iter()
+            .map(|c| serde_json::json!({ "kind": c.kind, "name": c.name, "action": c.action.to_string() }))
+            .collect();
+        output::json(&v)?;
+    } else {
+        let rows: Vec<Vec<String>> = changes
+            .iter()
+            .map(|c| vec![c.kind.to_owned(), c.name.clone(), c.action.to_string()])
+            .collect();
+        output::table(&["KIND", "NAME", "ACTION"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn balance(settings: &Settings, wallet_id: &str, json: bool) -> Result<ExitCode> {
+    let db = falcon_actors::runtime::open_store(Actor::Wallet, settings).await?;
+    let Some(b) = wallet::balance(&db, wallet_id).await? else {
+        bail!("wallet {wallet_id} does not exist");
+    };
+    if json {
+        output::json(&b)?;
+    } else {
+        output::table(
+            &[
+                "WALLET",
+                "OWNER",
+                "CURRENCY",
+                "BALANCE",
+                "HELD",
+                "AVAILABLE",
+            ],
+            &[vec![
+                b.wallet_id,
+                b.owner,
+                b.currency,
+                b.balance,
+                b.held,
+                b.available,
+            ]],
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn saga_list(
+    settings: &Settings,
+    state: Option<String>,
+    since: Option<Duration>,
+    limit: u64,
+    json: bool,
+) -> Result<ExitCode> {
+    if let Some(s) = &state {
+        if falcon_sagas::State::parse(s).is_none() {
+            let all: Vec<&str> = falcon_sagas::State::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect();
+            bail!("unknown state {s:?}; one of {}", all.join(", "));
+        }
+    }
+    let since = match since {
+        Some(d) => Some(
+            chrono::Utc::now() - chrono::Duration::from_std(d).context("--since is too long")?,
+        ),
+        None => None,
+    };
+    let db = falcon_actors::runtime::open_store(Actor::Payment, settings).await?;
+    let rows = payment::list_sagas(&db, state.as_deref(), since, limit).await?;
+    if json {
+        output::json(&rows)?;
+    } else {
+        let table: Vec<Vec<String>> = rows
+            .into_iter()
+            .map(|r| {
+                vec![
+                    r.saga_id,
+                    r.kind.to_owned(),
+                    r.state,
+                    format!("{} {}", r.amount, r.currency),
+                    format!("{} -> {}", r.from_wallet, r.to_wallet),
+                    r.reason.unwrap_or_default(),
+                    r.created_at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+                ]
+            })
+            .collect();
+        output::table(
+            &[
+                "SAGA", "KIND", "STATE", "AMOUNT", "WALLETS", "REASON", "STARTED",
+            ],
+            &table,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(settings: &Settings, json: bool) -> Result<ExitCode> {
+    let stores = Stores::open(settings, &Actor::ALL).await?;
+    let report = invariants::check(&stores, false).await?;
+    if json {
+        output::json(&report)?;
+    } else {
+        let c = &report.counts;
+        println!(
+            "wallets: {}  ledger entries: {}  holds open: {}",
+            c.wallets, c.ledger_entries, c.holds_open
+        );
+        println!("payments: {:?}", c.payments_by_state);
+        println!("refunds: {:?}", c.refunds_by_state);
+        println!("outbox backlog: {:?}", c.outbox_backlog);
+        for v in &report.violations {
+            println!(
+                "VIOLATION invariant {} {}: {}",
+                v.invariant, v.code, v.detail
+            );
+        }
+        println!(
+            "{}",
+            if report.ok() {
+                "verify: ok"
+            } else {
+                "verify: FAILED"
+            }
+        );
+    }
+    if report.ok() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "falcon: {} money invariant violation(s)",
+            report.violations.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -1,0 +1,35 @@
+//! Loading settings: built-in defaults < `falcon.toml` (or `--config`) <
+//! environment (`FALCON__NATS__URL`, `FALCON__WALLET__DATABASE_URL`, …).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use config::{Config, Environment, File};
+use falcon_actors::Settings;
+
+pub fn load(path: Option<&Path>) -> Result<Settings> {
+    let defaults = Config::try_from(&Settings::default()).context("encoding default settings")?;
+    let file = match path {
+        Some(p) => File::from(p).required(true),
+        None => File::with_name("falcon.toml").required(false),
+    };
+    let settings: Settings = Config::builder()
+        .add_source(defaults)
+        .add_source(file)
+        .add_source(
+            Environment::with_prefix("FALCON")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("risk.blocked_wallets"),
+        )
+        .build()
+        .context("reading configuration")?
+        .try_deserialize()
+        .context("invalid configuration")?;
+    settings
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    Ok(settings)
+}
