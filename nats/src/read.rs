@@ -14,6 +14,7 @@ use crate::Error;
 pub struct Stored {
     pub subject: String,
     pub payload: Bytes,
+    pub headers: Option<async_nats::HeaderMap>,
     pub stream_seq: u64,
 }
 
@@ -69,6 +70,7 @@ pub async fn read_filtered(
             out.push(Stored {
                 subject: m.subject.to_string(),
                 payload: m.payload.clone(),
+                headers: m.headers.clone(),
                 stream_seq: seq,
             });
         }
@@ -110,6 +112,7 @@ pub async fn watch(
         Ok(Stored {
             subject: m.subject.to_string(),
             payload: m.payload.clone(),
+            headers: m.headers.clone(),
             stream_seq: seq,
         })
     }))

@@ -219,7 +219,11 @@ impl Risk {
                 "count",
             )
             .column_as(
-                Expr::from(Func::sum(Expr::col(decision::Column::AmountMinor))),
+                // SUM of BIGINT is NUMERIC on PostgreSQL: cast back to BIGINT.
+                Expr::from(Func::cast_as(
+                    Func::sum(Expr::col(decision::Column::AmountMinor)),
+                    "BIGINT",
+                )),
                 "sum",
             )
             .filter(decision::Column::FromWallet.eq(&p.from_wallet))

