@@ -96,7 +96,7 @@ start_actors() {
     shift
     RUN_LOG="$DEMO_DIR/falcon-run-$name.log"
     note "falcon run${*:+ with $*} (log: $RUN_LOG)"
-    falcon_start_bg "falcon run" "$RUN_LOG" env "$@" "$FALCON_BIN" run
+    falcon_start_bg "falcon run" "$RUN_LOG" env NO_COLOR=1 "$@" "$FALCON_BIN" run
     RUN_PID=$FALCON_BG_PID
 }
 

@@ -58,14 +58,21 @@ pub async fn command(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let outcome = tokio::time::timeout(wait.timeout, outcome(&js, name, key, &msg_id))
-        .await
-        .with_context(|| {
-            format!(
-                "no outcome for {key} within {}",
-                humantime::format_duration(wait.timeout)
-            )
-        })??;
+    let reference = body
+        .get("reference")
+        .and_then(|r| r.as_str())
+        .map(str::to_owned);
+    let outcome = tokio::time::timeout(
+        wait.timeout,
+        outcome(&js, name, key, &msg_id, reference.as_deref()),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "no outcome for {key} within {}",
+            humantime::format_duration(wait.timeout)
+        )
+    })??;
     let rejected = matches!(
         outcome.data,
         EventData::PaymentRejected(_) | EventData::WalletRejected(_)
@@ -95,6 +102,7 @@ async fn outcome(
     name: &str,
     key: &str,
     msg_id: &str,
+    reference: Option<&str>,
 ) -> Result<Event> {
     let filter = match name {
         "wallet.open" | "wallet.deposit" => format!("falcon.evt.wallet.*.{key}"),
@@ -115,7 +123,10 @@ async fn outcome(
             (EventData::PaymentRefunded(_) | EventData::RefundFailed(_), "payment.refund") => true,
             (EventData::WalletOpened(_), "wallet.open") => true,
             // A resent open of an existing wallet causes no new event.
-            (EventData::WalletDeposited(_), "wallet.deposit") => caused_by_us,
+            // A resent deposit has no new event: its reference finds the first.
+            (EventData::WalletDeposited(d), "wallet.deposit") => {
+                caused_by_us || reference == Some(d.reference.as_str())
+            }
             _ => false,
         };
         if ends {

@@ -1,0 +1,242 @@
+//! The `falcon` binary against a real nats-server and real databases.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result};
+use common::{Backend, NatsServer, World};
+
+/// Runs `falcon` with the world's settings in the environment, from an
+/// empty directory (no stray `falcon.toml`).
+fn falcon(w: &World, dir: &std::path::Path, args: &[&str]) -> Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_falcon"))
+        .args(args)
+        .current_dir(dir)
+        .env("FALCON__NATS__URL", &w.settings.nats.url)
+        .env(
+            "FALCON__PAYMENT__DATABASE_URL",
+            &w.settings.payment.database_url,
+        )
+        .env("FALCON__RISK__DATABASE_URL", &w.settings.risk.database_url)
+        .env(
+            "FALCON__WALLET__DATABASE_URL",
+            &w.settings.wallet.database_url,
+        )
+        .env_remove("RUST_LOG")
+        .output()
+        .context("running falcon")
+}
+
+fn json(out: &Output) -> Result<serde_json::Value> {
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "not JSON: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn ok(out: Output) -> Result<Output> {
+    anyhow::ensure!(
+        out.status.success(),
+        "falcon failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_apply_is_idempotent() -> Result<()> {
+    let w = World::new(Backend::Sqlite).await?;
+    let dir = tempfile::tempdir()?;
+    let first = json(&ok(falcon(
+        &w,
+        dir.path(),
+        &["--json", "streams", "apply"],
+    )?)?)?;
+    let second = json(&ok(falcon(
+        &w,
+        dir.path(),
+        &["--json", "streams", "apply"],
+    )?)?)?;
+    let actions = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c["action"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        actions(&first).len(),
+        8,
+        "3 streams and 5 consumers: {first}"
+    );
+    assert!(actions(&first).iter().all(|a| a == "created"), "{first}");
+    assert!(
+        actions(&second).iter().all(|a| a == "unchanged"),
+        "{second}"
+    );
+    let info =
+        w.js.get_stream("FALCON_CMD")
+            .await?
+            .info()
+            .await?
+            .config
+            .clone();
+    assert!(info.duplicate_window >= std::time::Duration::from_secs(120));
+    assert_eq!(
+        info.storage,
+        async_nats::jetstream::stream::StorageType::File
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_verbs_end_to_end() -> Result<()> {
+    let w = World::new(Backend::Sqlite).await?;
+    let rt = w.start().await?;
+    let dir = tempfile::tempdir()?;
+    let run = |args: &[&str]| falcon(&w, dir.path(), args);
+    ok(run(&[
+        "wallet",
+        "open",
+        "alice",
+        "--owner",
+        "Alice",
+        "--currency",
+        "USD",
+        "--wait",
+    ])?)?;
+    ok(run(&[
+        "wallet",
+        "open",
+        "bob",
+        "--owner",
+        "Bob",
+        "--currency",
+        "USD",
+        "--wait",
+    ])?)?;
+    ok(run(&[
+        "wallet",
+        "deposit",
+        "alice",
+        "50.00",
+        "--currency",
+        "USD",
+        "--reference",
+        "d1",
+        "--wait",
+    ])?)?;
+    // A resent deposit finds its first outcome and moves nothing.
+    ok(run(&[
+        "wallet",
+        "deposit",
+        "alice",
+        "50.00",
+        "--currency",
+        "USD",
+        "--reference",
+        "d1",
+        "--wait",
+    ])?)?;
+    let paid = json(&ok(run(&[
+        "--json",
+        "pay",
+        "--from",
+        "alice",
+        "--to",
+        "bob",
+        "--amount",
+        "20.00",
+        "--currency",
+        "USD",
+        "--id",
+        "p1",
+        "--wait",
+    ])?)?)?;
+    assert_eq!(paid["type"], "falcon.payment.completed.v1");
+
+    let show = json(&ok(run(&["--json", "saga", "show", "p1"])?)?)?;
+    assert_eq!(show["state"], "completed");
+    assert_eq!(show["terminal"], true);
+    assert_eq!(show["steps"].as_array().map(Vec::len), Some(6));
+    assert_eq!(show["steps"][2]["actor"], "wallet");
+    assert_eq!(show["steps"][2]["step"], "reserve_funds");
+    let human = ok(run(&["saga", "show", "p1"])?)?;
+    let text = String::from_utf8(human.stdout)?;
+    assert!(
+        text.contains("wallet.funds_reserved") && text.contains("state: completed"),
+        "{text}"
+    );
+
+    let list = json(&ok(run(&[
+        "--json",
+        "saga",
+        "list",
+        "--state",
+        "completed",
+    ])?)?)?;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    let balance = json(&ok(run(&["--json", "wallet", "balance", "alice"])?)?)?;
+    assert_eq!(
+        (balance["balance"].as_str(), balance["available"].as_str()),
+        (Some("30.00"), Some("30.00"))
+    );
+
+    // A rejected command: exit code 2 and the reason.
+    let rejected = run(&[
+        "pay",
+        "--from",
+        "alice",
+        "--to",
+        "bob",
+        "--amount",
+        "1.001",
+        "--currency",
+        "USD",
+        "--id",
+        "p2",
+        "--wait",
+    ])?;
+    assert_eq!(rejected.status.code(), Some(2));
+    assert!(String::from_utf8(rejected.stdout)?.contains("amount_scale_exceeds_currency"));
+
+    // Errors: one line on stderr, non-zero exit.
+    for args in [
+        &["wallet", "balance", "ghost"][..],
+        &["saga", "show", "nothing-here"],
+        &["saga", "list", "--state", "bogus"],
+        &["run", "--actors", "ledger"],
+    ] {
+        let out = run(args)?;
+        let err = String::from_utf8(out.stderr)?;
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("falcon: "), "{args:?}: {err}");
+    }
+    w.assert_invariants().await?;
+    let verify = ok(run(&["verify"])?)?;
+    assert!(String::from_utf8(verify.stdout)?.contains("verify: ok"));
+    rt.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_fails_with_the_key() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_falcon"))
+        .args(["streams", "apply"])
+        .current_dir(dir.path())
+        .env("FALCON__NATS__URL", nats.url())
+        .env("FALCON__STREAMS__DUPLICATE_WINDOW_S", "5")
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr)?;
+    assert!(err.contains("streams.duplicate_window_s"), "{err}");
+    Ok(())
+}
