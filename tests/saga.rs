@@ -22,6 +22,7 @@ backend_tests!(
     invalid_commands_are_rejected_with_reasons,
     unparseable_body_is_dead_lettered,
     panicking_actors_are_restarted,
+    exhausted_retries_are_dead_lettered,
 );
 
 async fn saga_events(w: &World, id: &str) -> Result<Vec<Event>> {
@@ -554,6 +555,52 @@ async fn panicking_actors_are_restarted(b: Backend) -> Result<()> {
         (1, 1)
     );
     assert_eq!(w.balance("alice").await?.balance, "90.00");
+    w.assert_invariants().await?;
+    rt.shutdown().await;
+    Ok(())
+}
+
+async fn exhausted_retries_are_dead_lettered(b: Backend) -> Result<()> {
+    let w = World::with(b, |s| s.consumer.max_deliver = 3).await?;
+    let rt = w.start().await?;
+    // An event for a payment nobody created: the payment actor waits for the
+    // payment to appear (a transient error), then gives up on the last
+    // allowed delivery and dead-letters it rather than dropping it.
+    let usd = falcon_schemas::Currency::from_code("USD").context("USD")?;
+    let orphan = Event::new(
+        EventData::TransferCommitted(falcon_schemas::event::PaymentData {
+            payment_id: "ghost".into(),
+            from_wallet: "a".into(),
+            to_wallet: "b".into(),
+            amount: rust_decimal::Decimal::new(100, 2),
+            currency: usd,
+        }),
+        "orphan-event".into(),
+        chrono::Utc::now(),
+        "falcon/test",
+        "test",
+        None,
+    );
+    let sent = w
+        .publish_raw(&orphan.nats_subject(), orphan.encode(), Some(&orphan.id))
+        .await?;
+    let letters = eventually(|| async {
+        let letters =
+            falcon_nats::read::read_filtered(&w.js, STREAM_DLQ, "falcon.dlq.payment-evt.>", 10)
+                .await?;
+        Ok((!letters.is_empty()).then_some(letters))
+    })
+    .await?;
+    let headers = letters[0].headers.as_ref().context("dead letter headers")?;
+    let h = |n: &str| headers.get(n).map(|v| v.as_str().to_owned());
+    assert_eq!(h(dlq::ORIGINAL_SEQ), Some(sent.stream_seq.to_string()));
+    assert_eq!(h(dlq::DELIVERY_COUNT).as_deref(), Some("3"));
+    assert!(
+        h(dlq::ERROR)
+            .is_some_and(|e| e.contains("gave up after 3 deliveries") && e.contains("ghost")),
+        "{:?}",
+        h(dlq::ERROR)
+    );
     w.assert_invariants().await?;
     rt.shutdown().await;
     Ok(())

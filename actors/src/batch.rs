@@ -74,7 +74,13 @@ pub async fn run_batch<H: Handler>(
     let now = Utc::now();
     let all_nak = |why: &dyn std::fmt::Display| {
         tracing::warn!(actor = H::ACTOR.as_str(), error = %why, batch = batch.len(), "batch transaction failed; nak'ing");
-        vec![Disposition::Nak(nak_delay); batch.len()]
+        vec![
+            Disposition::Nak {
+                delay: nak_delay,
+                error: format!("batch transaction: {why}"),
+            };
+            batch.len()
+        ]
     };
     let txn = match begin_write(handler.db()).await {
         Ok(txn) => txn,

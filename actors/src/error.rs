@@ -43,7 +43,10 @@ impl StepError {
     /// The one place an error becomes an ack decision.
     pub fn disposition(&self, nak_delay: Duration) -> Disposition {
         match self {
-            StepError::Transient(_) => Disposition::Nak(nak_delay),
+            StepError::Transient(why) => Disposition::Nak {
+                delay: nak_delay,
+                error: why.clone(),
+            },
             StepError::Poison(why) => Disposition::Term(why.clone()),
         }
     }

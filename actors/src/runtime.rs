@@ -96,7 +96,7 @@ impl Stats {
         for d in dispositions {
             let counter = match d {
                 Disposition::Ack => &self.acked,
-                Disposition::Nak(_) => &self.nakked,
+                Disposition::Nak { .. } => &self.nakked,
                 Disposition::Term(_) => &self.dead_lettered,
             };
             counter.fetch_add(1, Ordering::Relaxed);

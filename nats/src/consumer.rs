@@ -8,6 +8,7 @@
 //! its effect is durable; a crash in between means a redelivery, which the
 //! actor's inbox turns into a no-op.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,8 +72,9 @@ impl Delivery {
 pub enum Disposition {
     /// Done (including "done before": a duplicate).
     Ack,
-    /// Try again after the delay: a transient failure.
-    Nak(Duration),
+    /// Try again after the delay: a transient failure. On the consumer's
+    /// last allowed delivery it is dead-lettered instead, with this error.
+    Nak { delay: Duration, error: String },
     /// Can never succeed: copy to FALCON_DLQ with this error, then term.
     Term(String),
 }
@@ -80,6 +82,7 @@ pub enum Disposition {
 /// Messages from one or more durable pull consumers, merged.
 pub struct Source {
     js: jetstream::Context,
+    max_deliver: Arc<HashMap<String, i64>>,
     names: Vec<String>,
     messages: SelectAll<BoxStream<'static, (Arc<str>, Result<jetstream::Message, String>)>>,
     batch_max: usize,
@@ -121,6 +124,12 @@ impl Source {
         }
         Ok(Source {
             js: js.clone(),
+            max_deliver: Arc::new(
+                specs
+                    .iter()
+                    .map(|s| (s.name.clone(), s.max_deliver))
+                    .collect(),
+            ),
             names: specs.iter().map(|s| s.name.clone()).collect(),
             messages,
             batch_max,
@@ -136,6 +145,7 @@ impl Source {
     pub fn settler(&self) -> Settler {
         Settler {
             js: self.js.clone(),
+            max_deliver: self.max_deliver.clone(),
         }
     }
 
@@ -183,20 +193,38 @@ impl Source {
 #[derive(Clone)]
 pub struct Settler {
     js: jetstream::Context,
+    max_deliver: Arc<HashMap<String, i64>>,
 }
 
 impl Settler {
     /// Applies a disposition. `Term` publishes the dead letter first and
     /// terms only once FALCON_DLQ has it; if that publish fails the message
-    /// is nak'd instead, so it is never lost.
+    /// is nak'd instead, so it is never lost. A nak on the consumer's last
+    /// allowed delivery would leave the message with no further delivery:
+    /// it is dead-lettered instead, so nothing is silently dropped.
     pub async fn settle(
         &self,
         delivery: &Delivery,
         disposition: &Disposition,
     ) -> Result<(), Error> {
+        let last_delivery = self
+            .max_deliver
+            .get(&*delivery.consumer)
+            .is_some_and(|max| *max > 0 && delivery.delivered >= *max);
+        let gave_up;
+        let disposition = match disposition {
+            Disposition::Nak { error, .. } if last_delivery => {
+                gave_up = Disposition::Term(format!(
+                    "gave up after {} deliveries; last error: {error}",
+                    delivery.delivered
+                ));
+                &gave_up
+            }
+            d => d,
+        };
         let kind = match disposition {
             Disposition::Ack => AckKind::Ack,
-            Disposition::Nak(delay) => AckKind::Nak(Some(*delay)),
+            Disposition::Nak { delay, .. } => AckKind::Nak(Some(*delay)),
             Disposition::Term(error) => {
                 match crate::dlq::dead_letter(&self.js, delivery, error).await {
                     Ok(()) => AckKind::Term,
