@@ -266,17 +266,15 @@ async fn check_payments(
             .unwrap_or(0)
             > 0;
         match state {
-            Some(State::Completed) => {
-                if hold != Some(hold_state::COMMITTED) || !moved {
-                    report.violate(
-                        4,
-                        "completed_without_transfer",
-                        format!(
-                            "payment {} completed but hold is {hold:?}, transfer posted: {moved}",
-                            p.payment_id
-                        ),
-                    );
-                }
+            Some(State::Completed) if hold != Some(hold_state::COMMITTED) || !moved => {
+                report.violate(
+                    4,
+                    "completed_without_transfer",
+                    format!(
+                        "payment {} completed but hold is {hold:?}, transfer posted: {moved}",
+                        p.payment_id
+                    ),
+                );
             }
             Some(State::Failed | State::Rejected) => {
                 if hold == Some(hold_state::RESERVED) {

@@ -79,12 +79,15 @@ pub enum Disposition {
     Term(String),
 }
 
+/// A pulled message (or pull error) with the consumer it came through.
+type Tagged = (Arc<str>, Result<jetstream::Message, String>);
+
 /// Messages from one or more durable pull consumers, merged.
 pub struct Source {
     js: jetstream::Context,
     max_deliver: Arc<HashMap<String, i64>>,
     names: Vec<String>,
-    messages: SelectAll<BoxStream<'static, (Arc<str>, Result<jetstream::Message, String>)>>,
+    messages: SelectAll<BoxStream<'static, Tagged>>,
     batch_max: usize,
 }
 
