@@ -100,7 +100,8 @@ fn money_table(
     table
         .iter()
         .map(|(code, amount)| {
-            let currency = Currency::from_code(code)
+            // Environment variables arrive lower-cased: codes are matched upper-case.
+            let currency = Currency::from_code(&code.to_ascii_uppercase())
                 .ok_or_else(|| format!("risk.{key}.{code}: unknown currency"))?;
             let money =
                 Money::parse(amount, currency).map_err(|e| format!("risk.{key}.{code}: {e}"))?;
