@@ -83,7 +83,14 @@ async fn happy_path(b: Backend) -> Result<()> {
 }
 
 async fn risk_rejection(b: Backend) -> Result<()> {
-    let w = World::with(b, |s| s.risk.blocked_wallets = vec!["mallory".into()]).await?;
+    let w = World::with(b, |s| {
+        s.risk.blocked_wallets = vec!["mallory".into()];
+        s.risk.velocity_count_max = 3;
+        s.risk
+            .velocity_sum_max
+            .insert("USD".into(), "100.00".into());
+    })
+    .await?;
     let rt = w.start().await?;
     funded(&w, "50000.00").await?;
     w.open_wallet("mallory", "USD").await?;
@@ -107,6 +114,50 @@ async fn risk_rejection(b: Backend) -> Result<()> {
         assert!(!types(&events).contains(&EventType::FundsReserved));
     }
     assert_eq!(w.balance("alice").await?.available, "50000.00");
+    // Velocity: approved payments from one wallet within the window are
+    // counted and summed; rejected ones are not.
+    w.open_wallet("carol", "USD").await?;
+    w.deposit("carol", "1000.00", "USD").await?;
+    assert_eq!(
+        w.pay("v1", "carol", "bob", "60.00", "USD")
+            .await?
+            .event_type(),
+        EventType::PaymentCompleted
+    );
+    let over_sum = w.pay("v2", "carol", "bob", "50.00", "USD").await?;
+    assert!(
+        matches!(&over_sum.data, EventData::PaymentFailed(f) if f.reason == Reason::RiskRejected)
+    );
+    assert_eq!(
+        w.pay("v3", "carol", "bob", "30.00", "USD")
+            .await?
+            .event_type(),
+        EventType::PaymentCompleted
+    );
+    assert_eq!(
+        w.pay("v4", "carol", "bob", "1.00", "USD")
+            .await?
+            .event_type(),
+        EventType::PaymentCompleted
+    );
+    let over_count = w.pay("v5", "carol", "bob", "1.00", "USD").await?;
+    assert!(
+        matches!(&over_count.data, EventData::PaymentFailed(f) if f.reason == Reason::RiskRejected)
+    );
+    for id in ["v2", "v5"] {
+        let rejected = saga_events(&w, id)
+            .await?
+            .into_iter()
+            .find_map(|e| match e.data {
+                EventData::RiskRejected(r) => Some(r),
+                _ => None,
+            });
+        assert_eq!(
+            rejected.map(|r| r.risk_reasons),
+            Some(vec![Reason::VelocityExceeded]),
+            "{id}"
+        );
+    }
     w.assert_invariants().await?;
     rt.shutdown().await;
     Ok(())
