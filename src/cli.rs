@@ -10,7 +10,7 @@ use falcon_actors::runtime::{apply_topology, Stores};
 use falcon_actors::{invariants, payment, wallet, Runtime, Settings};
 use falcon_sagas::Actor;
 
-use crate::{config, inspect, output, send};
+use crate::{config, dlq, inspect, output, send};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,8 +46,45 @@ pub enum Verb {
     /// Inspect sagas.
     #[command(subcommand)]
     Saga(SagaVerb),
+    /// Inspect, re-drive and purge dead letters (FALCON_DLQ).
+    #[command(subcommand)]
+    Dlq(DlqVerb),
     /// Check the money invariants; non-zero exit when one fails.
     Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqVerb {
+    /// List dead letters, oldest first.
+    List {
+        /// Only those whose original subject matches, e.g. 'falcon.evt.wallet.>'.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// One dead letter with its headers and body.
+    Show { seq: u64 },
+    /// Re-drive dead letters through their actor; each leaves the DLQ only once it succeeded.
+    Replay {
+        /// The dead letter's sequence in FALCON_DLQ.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        seq: Option<u64>,
+        /// Every dead letter (or every one matching --subject).
+        #[arg(long)]
+        all: bool,
+        #[arg(long, requires = "all")]
+        subject: Option<String>,
+        /// Re-drive even when the saga is already terminal.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        #[arg(long)]
+        subject: Option<String>,
+        /// Confirms the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +186,11 @@ pub enum SagaVerb {
         #[arg(long, default_value_t = 50)]
         limit: u64,
     },
+    /// Sagas not terminal and unchanged for longer than --older-than, with what each waits on.
+    Stuck {
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        older_than: Duration,
+    },
 }
 
 fn parse_actors(names: &[String]) -> Result<Vec<Actor>> {
@@ -215,6 +257,8 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             since,
             limit,
         }) => saga_list(&settings, state, since, limit, json).await,
+        Verb::Saga(SagaVerb::Stuck { older_than }) => saga_stuck(&settings, older_than, json).await,
+        Verb::Dlq(verb) => dlq::run(&settings, verb, json).await,
         Verb::Verify => verify(&settings, json).await,
     }
 }
@@ -338,9 +382,75 @@ async fn saga_list(
     Ok(ExitCode::SUCCESS)
 }
 
+async fn saga_stuck(settings: &Settings, older_than: Duration, json: bool) -> Result<ExitCode> {
+    let before = chrono::Utc::now()
+        - chrono::Duration::from_std(older_than).context("--older-than is too long")?;
+    let db = falcon_actors::runtime::open_store(Actor::Payment, settings).await?;
+    let rows = payment::stuck_sagas(&db, before).await?;
+    let now = chrono::Utc::now();
+    let with_wait: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let wait = falcon_sagas::State::parse(&r.state).and_then(|s| s.waits_on());
+            serde_json::json!({
+                "saga_id": r.saga_id, "kind": r.kind, "state": r.state,
+                "waits_on": wait.map(|w| serde_json::json!({
+                    "actor": w.actor.as_str(),
+                    "events": w.events.iter().map(|e| e.short()).collect::<Vec<_>>(),
+                    "compensating": w.compensating,
+                })),
+                "idle_ms": (now - r.updated_at).num_milliseconds(),
+                "amount": r.amount, "currency": r.currency, "created_at": r.created_at,
+            })
+        })
+        .collect();
+    if json {
+        output::json(&with_wait)?;
+    } else {
+        let table: Vec<Vec<String>> = with_wait
+            .iter()
+            .map(|v| {
+                let waits = match &v["waits_on"] {
+                    serde_json::Value::Null => String::new(),
+                    w => format!(
+                        "{} for {}",
+                        w["actor"].as_str().unwrap_or_default(),
+                        w["events"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|e| e.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    ),
+                };
+                vec![
+                    v["saga_id"].as_str().unwrap_or_default().to_owned(),
+                    v["kind"].as_str().unwrap_or_default().to_owned(),
+                    v["state"].as_str().unwrap_or_default().to_owned(),
+                    format!("{}s", v["idle_ms"].as_i64().unwrap_or(0) / 1000),
+                    waits,
+                ]
+            })
+            .collect();
+        output::table(&["SAGA", "KIND", "STATE", "IDLE", "WAITS ON"], &table);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn verify(settings: &Settings, json: bool) -> Result<ExitCode> {
     let stores = Stores::open(settings, &Actor::ALL).await?;
-    let report = invariants::check(&stores, false).await?;
+    let mut report = invariants::check(&stores, false).await?;
+    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
+    let js = async_nats::jetstream::new(client);
+    report.counts.dlq_depth = Some(
+        js.get_stream(falcon_schemas::subject::STREAM_DLQ)
+            .await?
+            .info()
+            .await?
+            .state
+            .messages,
+    );
     if json {
         output::json(&report)?;
     } else {
@@ -352,6 +462,7 @@ async fn verify(settings: &Settings, json: bool) -> Result<ExitCode> {
         println!("payments: {:?}", c.payments_by_state);
         println!("refunds: {:?}", c.refunds_by_state);
         println!("outbox backlog: {:?}", c.outbox_backlog);
+        println!("dead letters: {}", c.dlq_depth.unwrap_or(0));
         for v in &report.violations {
             println!(
                 "VIOLATION invariant {} {}: {}",

@@ -4,6 +4,7 @@
 
 mod cli;
 mod config;
+mod dlq;
 mod inspect;
 mod output;
 mod send;

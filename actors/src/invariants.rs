@@ -45,6 +45,8 @@ pub struct Counts {
     pub refunds_by_state: BTreeMap<String, u64>,
     pub holds_open: u64,
     pub outbox_backlog: BTreeMap<String, u64>,
+    /// Messages in FALCON_DLQ, when the caller read the stream.
+    pub dlq_depth: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

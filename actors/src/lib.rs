@@ -21,6 +21,7 @@
 
 pub mod batch;
 pub mod consumer;
+pub mod dlq;
 pub mod error;
 pub mod invariants;
 pub mod migration;

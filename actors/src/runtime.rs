@@ -357,10 +357,27 @@ pub async fn apply_topology(
     Ok(falcon_nats::topology::apply(js, &settings.streams.to_stream_settings(), &specs).await?)
 }
 
+/// The payment actor's behaviour: the provider simulator behind retry and
+/// a circuit breaker, the saga deadline from config.
+pub fn payment_handler(settings: &Settings, db: DatabaseConnection) -> payment::Payment {
+    let provider = Arc::new(Resilient::new(
+        Arc::new(Simulator::new(&settings.provider)),
+        &settings.provider,
+    ));
+    payment::Payment::new(db, provider, Duration::from_secs(settings.saga.deadline_s))
+}
+
+/// The risk actor's behaviour with the rules from config.
+pub fn risk_handler(settings: &Settings, db: DatabaseConnection) -> Result<risk::Risk, Error> {
+    let rules = risk::Rules::from_settings(&settings.risk).map_err(Error::Config)?;
+    Ok(risk::Risk::new(db, rules))
+}
+
 /// A running set of actors under one root supervisor.
 pub struct Runtime {
     supervisor: ActorRef<SupervisorMsg>,
     join: tokio::task::JoinHandle<()>,
+    dlq_watcher: tokio::task::JoinHandle<()>,
     stats: Arc<Stats>,
     faults: Arc<Faults>,
     stores: Stores,
@@ -393,17 +410,10 @@ impl Runtime {
             faults: &faults,
         };
         if let Some(db) = &stores.payment {
-            let provider = Arc::new(Resilient::new(
-                Arc::new(Simulator::new(&settings.provider)),
-                &settings.provider,
-            ));
-            let deadline = Duration::from_secs(settings.saga.deadline_s);
-            let handler = payment::Payment::new(db.clone(), provider, deadline);
-            children.extend(ctx.children(handler, db.clone()));
+            children.extend(ctx.children(payment_handler(settings, db.clone()), db.clone()));
         }
         if let Some(db) = &stores.risk {
-            let rules = risk::Rules::from_settings(&settings.risk).map_err(Error::Config)?;
-            children.extend(ctx.children(risk::Risk::new(db.clone(), rules), db.clone()));
+            children.extend(ctx.children(risk_handler(settings, db.clone())?, db.clone()));
         }
         if let Some(db) = &stores.wallet {
             children.extend(ctx.children(wallet::Wallet::new(db.clone()), db.clone()));
@@ -416,10 +426,29 @@ impl Runtime {
             Actor::spawn(Some(format!("{instance}/supervisor")), Supervisor, args)
                 .await
                 .map_err(|e| Error::Spawn(e.to_string()))?;
+        let consumers: Vec<String> = consumer_specs(settings, actors)
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        let (watch_client, watch_js) = (client.clone(), js.clone());
+        let dlq_watcher = tokio::spawn(async move {
+            loop {
+                let watched = falcon_nats::dlq::watch_max_deliveries(
+                    watch_client.clone(),
+                    watch_js.clone(),
+                    consumers.clone(),
+                );
+                if let Err(e) = watched.await {
+                    tracing::warn!(error = %e, "max-deliveries watcher stopped; re-subscribing");
+                }
+                tokio::time::sleep(falcon_nats::dlq::WATCH_RETRY).await;
+            }
+        });
         tracing::info!(instance = %instance, actors = ?actors, "runtime started");
         Ok(Runtime {
             supervisor,
             join,
+            dlq_watcher,
             stats,
             faults,
             stores,
@@ -446,6 +475,7 @@ impl Runtime {
 
     /// Stops every actor between batches, flushes, and closes the connection.
     pub async fn shutdown(self) {
+        self.dlq_watcher.abort();
         self.supervisor.stop(Some("shutdown".into()));
         if let Err(e) = self.join.await {
             tracing::warn!(error = %e, "supervisor task ended abnormally");

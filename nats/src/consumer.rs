@@ -39,10 +39,48 @@ pub struct Delivery {
     pub stream_seq: u64,
     /// Delivery attempt, from 1.
     pub delivered: i64,
-    message: jetstream::Message,
+    /// `None` for a detached delivery (a dead letter being replayed): there
+    /// is nothing to ack.
+    message: Option<jetstream::Message>,
 }
 
 impl Delivery {
+    /// A delivery rebuilt from where a message came from, not bound to a
+    /// JetStream delivery: settling it does nothing. Its inbox key is the
+    /// original's, so a replay finds what the original did.
+    pub fn detached(origin: &crate::dlq::Origin, payload: Bytes) -> Delivery {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(id) = &origin.msg_id {
+            headers.insert(HEADER_MSG_ID, id.as_str());
+        }
+        if let Some(tp) = &origin.traceparent {
+            headers.insert(HEADER_TRACEPARENT, tp.as_str());
+        }
+        Delivery {
+            consumer: Arc::from(origin.consumer.as_str()),
+            subject: origin.subject.clone(),
+            payload,
+            headers: Some(headers),
+            stream: origin.stream.clone(),
+            stream_seq: origin.stream_seq,
+            delivered: origin.delivered,
+            message: None,
+        }
+    }
+
+    /// Where this message came from, as a dead letter records it.
+    pub fn origin(&self) -> crate::dlq::Origin {
+        crate::dlq::Origin {
+            subject: self.subject.clone(),
+            stream: self.stream.clone(),
+            stream_seq: self.stream_seq,
+            consumer: self.consumer.to_string(),
+            delivered: self.delivered,
+            msg_id: self.msg_id().map(str::to_owned),
+            traceparent: self.traceparent().map(str::to_owned),
+        }
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.as_ref()?.get(name).map(|v| v.as_str())
     }
@@ -229,7 +267,14 @@ impl Settler {
             Disposition::Ack => AckKind::Ack,
             Disposition::Nak { delay, .. } => AckKind::Nak(Some(*delay)),
             Disposition::Term(error) => {
-                match crate::dlq::dead_letter(&self.js, delivery, error).await {
+                match crate::dlq::dead_letter(
+                    &self.js,
+                    &delivery.origin(),
+                    delivery.payload.clone(),
+                    error,
+                )
+                .await
+                {
                     Ok(()) => AckKind::Term,
                     Err(e) => {
                         tracing::error!(consumer = %delivery.consumer, stream_seq = delivery.stream_seq, error = %e, "dead-lettering failed; will retry");
@@ -238,15 +283,14 @@ impl Settler {
                 }
             }
         };
-        delivery
-            .message
-            .ack_with(kind)
-            .await
-            .map_err(|e| Error::Settle {
-                consumer: delivery.consumer.to_string(),
-                stream_seq: delivery.stream_seq,
-                detail: e.to_string(),
-            })
+        let Some(message) = &delivery.message else {
+            return Ok(());
+        };
+        message.ack_with(kind).await.map_err(|e| Error::Settle {
+            consumer: delivery.consumer.to_string(),
+            stream_seq: delivery.stream_seq,
+            detail: e.to_string(),
+        })
     }
 }
 
@@ -266,6 +310,6 @@ fn to_delivery(consumer: Arc<str>, message: jetstream::Message) -> Result<Delive
         stream,
         stream_seq,
         delivered,
-        message,
+        message: Some(message),
     })
 }

@@ -1,25 +1,80 @@
-//! Dead letters: a copy of a message that can never succeed, in
-//! `FALCON_DLQ`, with where it came from and why in headers.
+//! Dead letters: a copy of a message that can never succeed, or that
+//! exhausted its deliveries, in `FALCON_DLQ` on
+//! `falcon.dlq.<consumer>.<original subject>`, with where it came from and
+//! why in headers. Listing, reading, deleting and purging them, and the
+//! watcher of JetStream's MAX_DELIVERIES advisory, which catches a message
+//! whose last delivery was never acked (its process died).
+
+use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
-use falcon_schemas::subject::{dlq, dlq_subject, HEADER_MSG_ID, HEADER_TRACEPARENT};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use falcon_schemas::subject::{
+    dlq, dlq_subject, DLQ_PREFIX, HEADER_MSG_ID, HEADER_TRACEPARENT, STREAM_DLQ,
+};
+use futures::StreamExt;
+use serde::Serialize;
 
-use crate::consumer::Delivery;
 use crate::Error;
 
 /// Longest error text kept in a header, in bytes.
 pub const ERROR_LEN_MAX: usize = 1024;
+/// Dead letters listed at most by one read.
+pub const LIST_MAX: usize = 100_000;
 
-/// Publishes a copy of `delivery` to `falcon.dlq.<consumer>.<subject>` and
-/// waits for JetStream's ack. The copy's message id is derived from the
-/// original's stream and sequence, so dead-lettering twice stores it once.
+/// Where a message came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    pub subject: String,
+    pub stream: String,
+    pub stream_seq: u64,
+    /// The durable consumer that gave up on it.
+    pub consumer: String,
+    /// Deliveries it had had.
+    pub delivered: i64,
+    pub msg_id: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+/// A message in FALCON_DLQ.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// Its sequence in FALCON_DLQ.
+    pub seq: u64,
+    pub time: Option<DateTime<Utc>>,
+    pub origin: Origin,
+    pub error: String,
+    #[serde(skip)]
+    pub payload: Bytes,
+}
+
+fn publish_err(subject: &str, e: impl std::fmt::Display) -> Error {
+    Error::Publish {
+        subject: subject.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+fn consume_err(e: impl std::fmt::Display) -> Error {
+    Error::Consume {
+        consumer: STREAM_DLQ.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+/// Publishes a dead letter and waits for JetStream's ack. Its message id is
+/// derived from the original's stream, sequence and consumer, so
+/// dead-lettering the same delivery twice (the loop and the advisory
+/// watcher) stores it once.
 pub async fn dead_letter(
     js: &jetstream::Context,
-    delivery: &Delivery,
+    origin: &Origin,
+    payload: Bytes,
     error: &str,
 ) -> Result<(), Error> {
-    let subject = dlq_subject(&delivery.consumer, &delivery.subject);
+    let subject = dlq_subject(&origin.consumer, &origin.subject);
     let mut headers = HeaderMap::new();
     let error_line: String = error
         .replace(['\r', '\n'], " ")
@@ -27,30 +82,163 @@ pub async fn dead_letter(
         .take(ERROR_LEN_MAX)
         .collect();
     headers.insert(dlq::ERROR, error_line.as_str());
-    headers.insert(dlq::ORIGINAL_SUBJECT, delivery.subject.as_str());
-    headers.insert(dlq::ORIGINAL_STREAM, delivery.stream.as_str());
-    headers.insert(dlq::ORIGINAL_SEQ, delivery.stream_seq.to_string().as_str());
-    headers.insert(dlq::CONSUMER, &*delivery.consumer);
-    headers.insert(dlq::DELIVERY_COUNT, delivery.delivered.to_string().as_str());
+    headers.insert(dlq::ORIGINAL_SUBJECT, origin.subject.as_str());
+    headers.insert(dlq::ORIGINAL_STREAM, origin.stream.as_str());
+    headers.insert(dlq::ORIGINAL_SEQ, origin.stream_seq.to_string().as_str());
+    headers.insert(dlq::CONSUMER, origin.consumer.as_str());
+    headers.insert(dlq::DELIVERY_COUNT, origin.delivered.to_string().as_str());
+    if let Some(id) = &origin.msg_id {
+        headers.insert(dlq::ORIGINAL_MSG_ID, id.as_str());
+    }
     let dlq_id = format!(
         "dlq:{}:{}:{}",
-        delivery.stream, delivery.stream_seq, delivery.consumer
+        origin.stream, origin.stream_seq, origin.consumer
     );
     headers.insert(HEADER_MSG_ID, dlq_id.as_str());
-    if let Some(tp) = delivery.traceparent() {
-        headers.insert(HEADER_TRACEPARENT, tp);
+    if let Some(tp) = &origin.traceparent {
+        headers.insert(HEADER_TRACEPARENT, tp.as_str());
     }
-    let publish = PublishMessage::build()
-        .payload(delivery.payload.clone())
-        .headers(headers);
-    let fail = |e: &dyn std::fmt::Display| Error::Publish {
-        subject: subject.clone(),
-        detail: e.to_string(),
-    };
+    let publish = PublishMessage::build().payload(payload).headers(headers);
     js.send_publish(subject.clone(), publish)
         .await
-        .map_err(|e| fail(&e))?
+        .map_err(|e| publish_err(&subject, e))?
         .await
-        .map_err(|e| fail(&e))?;
+        .map_err(|e| publish_err(&subject, e))?;
     Ok(())
 }
+
+/// Reads a dead letter's headers; `None` when they are not a dead letter's.
+pub fn parse(
+    seq: u64,
+    time: Option<DateTime<Utc>>,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+) -> Option<DeadLetter> {
+    let h = headers?;
+    let get = |n: &str| h.get(n).map(|v| v.as_str().to_owned());
+    Some(DeadLetter {
+        seq,
+        time,
+        origin: Origin {
+            subject: get(dlq::ORIGINAL_SUBJECT)?,
+            stream: get(dlq::ORIGINAL_STREAM)?,
+            stream_seq: get(dlq::ORIGINAL_SEQ)?.parse().ok()?,
+            consumer: get(dlq::CONSUMER)?,
+            delivered: get(dlq::DELIVERY_COUNT)
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(0),
+            msg_id: get(dlq::ORIGINAL_MSG_ID),
+            traceparent: get(HEADER_TRACEPARENT),
+        },
+        error: get(dlq::ERROR).unwrap_or_default(),
+        payload,
+    })
+}
+
+/// Every dead letter, oldest first; `subject` narrows to dead letters whose
+/// original subject matches that filter.
+pub async fn list(
+    js: &jetstream::Context,
+    subject: Option<&str>,
+) -> Result<Vec<DeadLetter>, Error> {
+    let filter = match subject {
+        Some(s) => format!("{DLQ_PREFIX}*.{s}"),
+        None => format!("{DLQ_PREFIX}>"),
+    };
+    let stored = crate::read::read_filtered(js, STREAM_DLQ, &filter, LIST_MAX).await?;
+    Ok(stored
+        .into_iter()
+        .filter_map(|s| parse(s.stream_seq, s.published, s.headers.as_ref(), s.payload))
+        .collect())
+}
+
+/// One dead letter by its FALCON_DLQ sequence.
+pub async fn get(js: &jetstream::Context, seq: u64) -> Result<Option<DeadLetter>, Error> {
+    let stream = js.get_stream(STREAM_DLQ).await.map_err(consume_err)?;
+    match stream.direct_get(seq).await {
+        Ok(m) => {
+            let time = DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond());
+            Ok(parse(seq, time, Some(&m.headers), m.payload))
+        }
+        Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(consume_err(e)),
+    }
+}
+
+/// Removes one dead letter (after a successful replay).
+pub async fn delete(js: &jetstream::Context, seq: u64) -> Result<bool, Error> {
+    let stream = js.get_stream(STREAM_DLQ).await.map_err(consume_err)?;
+    stream.delete_message(seq).await.map_err(consume_err)
+}
+
+/// Removes every dead letter (or those whose original subject matches).
+pub async fn purge(js: &jetstream::Context, subject: Option<&str>) -> Result<u64, Error> {
+    let stream = js.get_stream(STREAM_DLQ).await.map_err(consume_err)?;
+    let purged = match subject {
+        Some(s) => stream.purge().filter(format!("{DLQ_PREFIX}*.{s}")).await,
+        None => stream.purge().await,
+    }
+    .map_err(consume_err)?;
+    Ok(purged.purged)
+}
+
+/// JetStream's advisory when a message reached `max_deliver` without an ack.
+#[derive(Debug, serde::Deserialize)]
+struct MaxDeliveries {
+    stream: String,
+    consumer: String,
+    stream_seq: u64,
+    deliveries: i64,
+}
+
+/// Dead-letters every message of `consumers` that JetStream gives up on
+/// because its last delivery was never acked (the loop dead-letters the ones
+/// it nak'd itself). Runs until the connection closes. The advisory is core
+/// NATS, not durable: a process that was down when it fired misses it, which
+/// the consumers' state still shows (`num_ack_pending`).
+pub async fn watch_max_deliveries(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    consumers: Vec<String>,
+) -> Result<(), Error> {
+    let mut sub = client
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>")
+        .await
+        .map_err(consume_err)?;
+    while let Some(msg) = sub.next().await {
+        let Ok(advisory) = serde_json::from_slice::<MaxDeliveries>(&msg.payload) else {
+            continue;
+        };
+        if !consumers.contains(&advisory.consumer) {
+            continue;
+        }
+        if let Err(e) = dead_letter_exhausted(&js, &advisory).await {
+            tracing::error!(consumer = %advisory.consumer, stream_seq = advisory.stream_seq, error = %e, "dead-lettering an exhausted message failed");
+        }
+    }
+    Ok(())
+}
+
+async fn dead_letter_exhausted(js: &jetstream::Context, a: &MaxDeliveries) -> Result<(), Error> {
+    let stream = js.get_stream(&a.stream).await.map_err(consume_err)?;
+    let original = stream.direct_get(a.stream_seq).await.map_err(consume_err)?;
+    let header = |n: &str| original.headers.get(n).map(|v| v.as_str().to_owned());
+    let origin = Origin {
+        subject: original.subject.to_string(),
+        stream: a.stream.clone(),
+        stream_seq: a.stream_seq,
+        consumer: a.consumer.clone(),
+        delivered: a.deliveries,
+        msg_id: header(HEADER_MSG_ID),
+        traceparent: header(HEADER_TRACEPARENT),
+    };
+    let error = format!(
+        "{} deliveries exhausted: the last one was not acked within the consumer's ack wait (its process may have died)",
+        a.deliveries
+    );
+    tracing::warn!(consumer = %a.consumer, stream_seq = a.stream_seq, "dead-lettering a message whose deliveries ran out");
+    dead_letter(js, &origin, original.payload, &error).await
+}
+
+/// How long the watcher waits before re-subscribing after an error.
+pub const WATCH_RETRY: Duration = Duration::from_secs(1);

@@ -16,6 +16,13 @@ pub struct Stored {
     pub payload: Bytes,
     pub headers: Option<async_nats::HeaderMap>,
     pub stream_seq: u64,
+    /// When the stream stored it.
+    pub published: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn published(m: &jetstream::Message) -> Option<chrono::DateTime<chrono::Utc>> {
+    let t = m.info().ok()?.published;
+    chrono::DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond())
 }
 
 fn read_err(name: &str, e: impl std::fmt::Display) -> Error {
@@ -72,6 +79,7 @@ pub async fn read_filtered(
                 payload: m.payload.clone(),
                 headers: m.headers.clone(),
                 stream_seq: seq,
+                published: published(&m),
             });
         }
         if out.len() == before {
@@ -114,6 +122,7 @@ pub async fn watch(
             payload: m.payload.clone(),
             headers: m.headers.clone(),
             stream_seq: seq,
+            published: published(&m),
         })
     }))
 }

@@ -30,6 +30,9 @@ pub mod dlq {
     pub const CONSUMER: &str = "Falcon-Consumer";
     /// How many times it had been delivered.
     pub const DELIVERY_COUNT: &str = "Falcon-Delivery-Count";
+    /// The original's `Nats-Msg-Id`, when it had one (the inbox key a
+    /// replay must reuse).
+    pub const ORIGINAL_MSG_ID: &str = "Falcon-Original-Msg-Id";
 }
 
 /// The dead-letter subject for a message that `consumer` gave up on:

@@ -668,6 +668,26 @@ pub struct SagaRow {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Payment and refund sagas that are not terminal and have not changed
+/// since `before`, oldest first.
+pub async fn stuck_sagas(
+    db: &impl ConnectionTrait,
+    before: DateTime<Utc>,
+) -> Result<Vec<SagaRow>, sea_orm::DbErr> {
+    let terminal: Vec<&str> = State::ALL
+        .iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| s.as_str())
+        .collect();
+    let mut rows: Vec<SagaRow> = list_sagas(db, None, None, u64::MAX)
+        .await?
+        .into_iter()
+        .filter(|r| !terminal.contains(&r.state.as_str()) && r.updated_at < before)
+        .collect();
+    rows.sort_by_key(|r| r.updated_at);
+    Ok(rows)
+}
+
 /// Lists payment and refund sagas, newest first.
 pub async fn list_sagas(
     db: &impl ConnectionTrait,

@@ -1,0 +1,166 @@
+//! Recovery: dead letters from exhausted deliveries (the consumer loop's
+//! and JetStream's advisory), re-driven exactly once.
+
+mod common;
+
+use anyhow::{Context, Result};
+use common::cli::{falcon, json, ok};
+use common::{eventually, Backend, World};
+use falcon_actors::dlq::{replay, Replay};
+use falcon_actors::runtime::FaultPoint;
+use falcon_actors::Runtime;
+use falcon_nats::dlq::{self, DeadLetter};
+use falcon_sagas::Actor;
+use falcon_schemas::EventType;
+
+backend_tests!(
+    dead_letter_replayed_after_the_cause_is_fixed,
+    unacked_last_delivery_is_dead_lettered_and_replayed_once
+);
+
+async fn first_letter(w: &World, consumer: &str) -> Result<DeadLetter> {
+    eventually(|| async {
+        let letters = dlq::list(&w.js, None).await?;
+        Ok(letters.into_iter().find(|l| l.origin.consumer == consumer))
+    })
+    .await
+    .with_context(|| format!("no dead letter from {consumer}"))
+}
+
+async fn funded(w: &World) -> Result<()> {
+    w.open_wallet("alice", "USD").await?;
+    w.open_wallet("bob", "USD").await?;
+    w.deposit("alice", "100.00", "USD").await
+}
+
+async fn dead_letter_replayed_after_the_cause_is_fixed(b: Backend) -> Result<()> {
+    let w = World::with(b, |s| {
+        s.consumer.max_deliver = 2;
+        s.provider.transient_error_bps = 10_000;
+        s.provider.retry_attempts_max = 1;
+        s.provider.breaker_failures_max = 1_000;
+    })
+    .await?;
+    let rt = w.start().await?;
+    funded(&w).await?;
+    w.command(
+        "payment.create",
+        World::pay_body("p1", "alice", "bob", "10.00", "USD"),
+    )
+    .await?;
+    // The provider is down: the capture is retried, then dead-lettered with why.
+    let letter = first_letter(&w, "payment-evt").await?;
+    assert!(
+        letter.error.contains("gave up after 2 deliveries")
+            && letter.error.contains("provider unavailable"),
+        "{}",
+        letter.error
+    );
+    assert_eq!(letter.origin.subject, "falcon.evt.wallet.funds_reserved.p1");
+    assert_eq!(
+        w.balance("alice").await?.held,
+        "10.00",
+        "funds stay held while the saga waits"
+    );
+    let dir = tempfile::tempdir()?;
+    let stuck = json(&ok(falcon(
+        &w,
+        dir.path(),
+        &["--json", "saga", "stuck", "--older-than", "0s"],
+    )?)?)?;
+    assert_eq!(stuck.as_array().map(Vec::len), Some(1), "{stuck}");
+    assert_eq!(
+        (stuck[0]["saga_id"].as_str(), stuck[0]["state"].as_str()),
+        (Some("p1"), Some("reserved"))
+    );
+    assert_eq!(stuck[0]["waits_on"]["actor"], "payment");
+    let none = json(&ok(falcon(
+        &w,
+        dir.path(),
+        &["--json", "saga", "stuck", "--older-than", "1h"],
+    )?)?)?;
+    assert_eq!(none.as_array().map(Vec::len), Some(0));
+    rt.shutdown().await;
+
+    // The provider is back: the redrive captures and the saga completes.
+    let mut fixed = w.settings.clone();
+    fixed.provider.transient_error_bps = 0;
+    let rt = Runtime::start(&fixed, &Actor::ALL).await?;
+    let outcome = replay(&fixed, &w.js, &letter, false).await?;
+    assert!(
+        matches!(
+            outcome,
+            Replay::Replayed {
+                actor: "payment",
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        w.wait_terminal("p1").await?.event_type(),
+        EventType::PaymentCompleted
+    );
+    assert!(
+        dlq::list(&w.js, None).await?.is_empty(),
+        "a replayed dead letter leaves the DLQ"
+    );
+    assert_eq!(w.balance("bob").await?.balance, "10.00");
+    w.assert_invariants().await?;
+    rt.shutdown().await;
+    Ok(())
+}
+
+async fn unacked_last_delivery_is_dead_lettered_and_replayed_once(b: Backend) -> Result<()> {
+    let w = World::with(b, |s| s.consumer.max_deliver = 1).await?;
+    let rt = w.start().await?;
+    funded(&w).await?;
+    // The wallet commits the reservation, then dies before acking: its one
+    // allowed delivery times out, JetStream's advisory fires, and the watcher
+    // dead-letters the message. The committed step's events still go out.
+    rt.faults().arm(Actor::Wallet, FaultPoint::AfterCommit, 1);
+    assert_eq!(
+        w.pay("p1", "alice", "bob", "10.00", "USD")
+            .await?
+            .event_type(),
+        EventType::PaymentCompleted
+    );
+    let letter = first_letter(&w, "wallet-evt").await?;
+    assert!(letter.error.contains("not acked"), "{}", letter.error);
+    assert_eq!(letter.origin.subject, "falcon.evt.risk.approved.p1");
+
+    let dir = tempfile::tempdir()?;
+    let listed = json(&ok(falcon(&w, dir.path(), &["--json", "dlq", "list"])?)?)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let shown = json(&ok(falcon(
+        &w,
+        dir.path(),
+        &["--json", "dlq", "show", &letter.seq.to_string()],
+    )?)?)?;
+    assert_eq!(shown["body"]["type"], "falcon.risk.approved.v1");
+
+    // The saga is over: a redrive is refused unless forced, and when forced
+    // the inbox makes it a no-op.
+    let refused = falcon(&w, dir.path(), &["dlq", "replay", &letter.seq.to_string()])?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8(refused.stdout)?.contains("already completed"));
+    let forced = json(&ok(falcon(
+        &w,
+        dir.path(),
+        &["--json", "dlq", "replay", "--all", "--force"],
+    )?)?)?;
+    assert_eq!(forced[0]["outcome"], "already_processed", "{forced}");
+    assert!(dlq::list(&w.js, None).await?.is_empty());
+    let alice = w.balance("alice").await?;
+    assert_eq!(
+        (alice.balance.as_str(), alice.held.as_str()),
+        ("90.00", "0.00"),
+        "debited once"
+    );
+    let purge = falcon(&w, dir.path(), &["dlq", "purge"])?;
+    assert!(!purge.status.success(), "purge wants --yes");
+    ok(falcon(&w, dir.path(), &["dlq", "purge", "--yes"])?)?;
+    w.assert_invariants().await?;
+    rt.shutdown().await;
+    Ok(())
+}
