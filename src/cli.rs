@@ -388,12 +388,24 @@ async fn saga_stuck(settings: &Settings, older_than: Duration, json: bool) -> Re
     let db = falcon_actors::runtime::open_store(Actor::Payment, settings).await?;
     let rows = payment::stuck_sagas(&db, before).await?;
     let now = chrono::Utc::now();
+    // The events are the truth: an actor's table can lag behind them (the
+    // payment actor records a reservation together with its capture).
+    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
+    let js = async_nats::jetstream::new(client);
+    let mut states = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let folded = inspect::state_from_events(&js, &r.saga_id).await?;
+        states.push(folded.or_else(|| falcon_sagas::State::parse(&r.state)));
+    }
     let with_wait: Vec<serde_json::Value> = rows
         .iter()
-        .map(|r| {
-            let wait = falcon_sagas::State::parse(&r.state).and_then(|s| s.waits_on());
+        .zip(states)
+        .filter(|(_, state)| !state.is_some_and(|s| s.is_terminal()))
+        .map(|(r, state)| {
+            let wait = state.and_then(|s| s.waits_on());
             serde_json::json!({
-                "saga_id": r.saga_id, "kind": r.kind, "state": r.state,
+                "saga_id": r.saga_id, "kind": r.kind,
+                "state": state.map(|s| s.as_str()).unwrap_or(r.state.as_str()),
                 "waits_on": wait.map(|w| serde_json::json!({
                     "actor": w.actor.as_str(),
                     "events": w.events.iter().map(|e| e.short()).collect::<Vec<_>>(),

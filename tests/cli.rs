@@ -139,6 +139,8 @@ async fn operator_verbs_end_to_end() -> Result<()> {
         "list",
         "--state",
         "completed",
+        "--limit",
+        "18446744073709551615",
     ])?)?)?;
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     let balance = json(&ok(run(&["--json", "wallet", "balance", "alice"])?)?)?;

@@ -697,7 +697,7 @@ pub async fn list_sagas(
 ) -> Result<Vec<SagaRow>, sea_orm::DbErr> {
     use sea_orm::{QueryOrder, QuerySelect};
     // SQL limits are signed 64-bit.
-    let limit = limit.min(i64::MAX as u64);
+    let limit = std::cmp::min(limit, i64::MAX as u64);
     let mut pq = payment::Entity::find()
         .order_by_desc(payment::Column::CreatedAt)
         .limit(limit);
