@@ -15,7 +15,9 @@ use falcon_schemas::EventType;
 
 backend_tests!(
     dead_letter_replayed_after_the_cause_is_fixed,
-    unacked_last_delivery_is_dead_lettered_and_replayed_once
+    unacked_last_delivery_is_dead_lettered_and_replayed_once,
+    deadline_compensates_held_funds_after_the_owner_died,
+    deadline_before_reservation_blocks_a_late_hold,
 );
 
 async fn first_letter(w: &World, consumer: &str) -> Result<DeadLetter> {
@@ -162,5 +164,90 @@ async fn unacked_last_delivery_is_dead_lettered_and_replayed_once(b: Backend) ->
     ok(falcon(&w, dir.path(), &["dlq", "purge", "--yes"])?)?;
     w.assert_invariants().await?;
     rt.shutdown().await;
+    Ok(())
+}
+
+fn failure(e: &falcon_schemas::Event) -> Option<(falcon_schemas::Reason, bool)> {
+    match &e.data {
+        falcon_schemas::EventData::PaymentFailed(f) => Some((f.reason, f.compensated)),
+        _ => None,
+    }
+}
+
+async fn deadline_compensates_held_funds_after_the_owner_died(b: Backend) -> Result<()> {
+    let w = World::with(b, |s| {
+        s.saga.deadline_s = 1;
+        s.saga.sweep_interval_ms = 100;
+        s.consumer.max_deliver = 1_000;
+        s.provider.transient_error_bps = 10_000;
+        s.provider.retry_attempts_max = 1;
+    })
+    .await?;
+    let owner = w.start().await?;
+    funded(&w).await?;
+    w.command(
+        "payment.create",
+        World::pay_body("p1", "alice", "bob", "10.00", "USD"),
+    )
+    .await?;
+    w.wait_event("falcon.evt.wallet.funds_reserved.p1", |_| true)
+        .await?;
+    // The process that started the saga goes away with funds held; another
+    // one finds the deadline in the database.
+    owner.shutdown().await;
+    let heir = w.start().await?;
+    let end = w.wait_terminal("p1").await?;
+    assert_eq!(
+        failure(&end),
+        Some((falcon_schemas::Reason::DeadlineExceeded, true)),
+        "{end:?}"
+    );
+    let alice = w.balance("alice").await?;
+    assert_eq!(
+        (alice.balance.as_str(), alice.held.as_str()),
+        ("100.00", "0.00")
+    );
+    w.assert_invariants().await?;
+    heir.shutdown().await;
+    Ok(())
+}
+
+async fn deadline_before_reservation_blocks_a_late_hold(b: Backend) -> Result<()> {
+    let w = World::with(b, |s| {
+        s.saga.deadline_s = 1;
+        s.saga.sweep_interval_ms = 100;
+    })
+    .await?;
+    // Risk is down: the saga cannot get past its first step.
+    let rt = Runtime::start(&w.settings, &[Actor::Payment, Actor::Wallet]).await?;
+    funded(&w).await?;
+    let end = w.pay("p1", "alice", "bob", "10.00", "USD").await?;
+    assert_eq!(
+        failure(&end),
+        Some((falcon_schemas::Reason::DeadlineExceeded, true)),
+        "{end:?}"
+    );
+    // Risk comes back and approves the old request: the wallet must not hold
+    // funds for a saga that is over.
+    let risk = Runtime::start(&w.settings, &[Actor::Risk]).await?;
+    w.wait_event("falcon.evt.risk.approved.p1", |_| true)
+        .await?;
+    eventually(|| async {
+        let info =
+            w.js.get_stream("FALCON_EVT")
+                .await?
+                .consumer_info("wallet-evt")
+                .await?;
+        Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
+    })
+    .await?;
+    let alice = w.balance("alice").await?;
+    assert_eq!(
+        (alice.balance.as_str(), alice.held.as_str()),
+        ("100.00", "0.00")
+    );
+    w.assert_invariants().await?;
+    rt.shutdown().await;
+    risk.shutdown().await;
     Ok(())
 }

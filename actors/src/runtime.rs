@@ -411,6 +411,18 @@ impl Runtime {
         };
         if let Some(db) = &stores.payment {
             children.extend(ctx.children(payment_handler(settings, db.clone()), db.clone()));
+            let (db, saga) = (db.clone(), settings.saga.clone());
+            let poke = Poke::new(format!("{instance}/payment-relay"));
+            children.push(ChildSpec::new(
+                format!("{instance}/payment-deadlines"),
+                || payment::deadline::Sweeper,
+                move || payment::deadline::SweeperArgs {
+                    db: db.clone(),
+                    interval: Duration::from_millis(saga.sweep_interval_ms),
+                    batch_max: saga.sweep_batch_max,
+                    poke: poke.clone(),
+                },
+            ));
         }
         if let Some(db) = &stores.risk {
             children.extend(ctx.children(risk_handler(settings, db.clone())?, db.clone()));

@@ -259,14 +259,24 @@ impl Default for ProviderSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SagaSettings {
-    /// How long a payment saga may take, in seconds. Default 60.
+    /// How long a payment saga may take before capture, in seconds: past
+    /// it, the payment actor fails the capture (`deadline_exceeded`) and the
+    /// wallet releases the funds. Default 60.
     pub deadline_s: u64,
+    /// How often the payment actor looks for sagas past their deadline, in
+    /// ms. Deadlines are stored with each payment, so any process finds
+    /// them, also after the one that started the saga died. Default 1000.
+    pub sweep_interval_ms: u64,
+    /// Sagas compensated per sweep, at most. Default 256.
+    pub sweep_batch_max: u64,
 }
 
 impl Default for SagaSettings {
     fn default() -> Self {
         SagaSettings {
             deadline_s: falcon_sagas::PAYMENT_SAGA.deadline_default.as_secs(),
+            sweep_interval_ms: 1000,
+            sweep_batch_max: 256,
         }
     }
 }

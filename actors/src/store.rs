@@ -175,6 +175,18 @@ impl Outbox {
         }
     }
 
+    /// An outbox for a step no message caused (a deadline): a new trace,
+    /// and `causation_id` naming the cause.
+    pub fn standalone(source: &'static str, causation_id: String, now: DateTime<Utc>) -> Outbox {
+        Outbox {
+            source,
+            causation_id,
+            traceparent: falcon_nats::trace::TraceParent::new_root(),
+            now,
+            events: Vec::new(),
+        }
+    }
+
     /// Queues an event with a fresh id (UUIDv7: unique, time-ordered).
     pub fn push(&mut self, data: EventData) {
         let event = Event::new(

@@ -234,6 +234,10 @@ impl State {
             (Some(S::Approved), E::ReservationDeclined) => S::ReservationDeclined,
             (Some(S::Reserved), E::PaymentCaptured) => S::Captured,
             (Some(S::Reserved), E::PaymentCaptureFailed) => S::CaptureFailed,
+            // The deadline passed before capture: the payment actor fails the
+            // capture itself, and the wallet releases whatever it holds (or
+            // blocks a reservation still on its way).
+            (Some(S::Requested | S::Approved), E::PaymentCaptureFailed) => S::CaptureFailed,
             // A deadline may release a hold before capture.
             (Some(S::Reserved), E::FundsReleased) => S::Released,
             (Some(S::CaptureFailed), E::FundsReleased) => S::Released,
@@ -249,6 +253,17 @@ impl State {
             // A later command that reused this saga's key was rejected; the
             // saga itself is unchanged.
             (Some(_), E::PaymentRejected) => return Transition::Ignored,
+            // Forward steps that arrive after the saga turned to compensation
+            // (a deadline passed) change nothing: the wallet's release covers
+            // any hold they made.
+            (
+                Some(S::CaptureFailed | S::Released | S::Failed),
+                E::PaymentRequested
+                | E::RiskApproved
+                | E::RiskRejected
+                | E::FundsReserved
+                | E::ReservationDeclined,
+            ) if !matches!(state, Some(s) if s.has_seen(event)) => return Transition::Ignored,
             (Some(s), e) if s.has_seen(e) => return Transition::Duplicate,
             (from, event) => return Transition::Invalid { from, event },
         };
@@ -413,6 +428,35 @@ mod tests {
         ));
         assert!(matches!(
             State::apply(Some(State::Requested), E::RefundCommitted),
+            Transition::Invalid { .. }
+        ));
+    }
+
+    #[test]
+    fn deadline_compensates_before_capture_and_late_steps_are_ignored() {
+        for from in [State::Requested, State::Approved, State::Reserved] {
+            assert_eq!(
+                State::apply(Some(from), E::PaymentCaptureFailed),
+                Transition::Moved(State::CaptureFailed)
+            );
+        }
+        let no_change = |t: Transition| matches!(t, Transition::Ignored | Transition::Duplicate);
+        for late in [E::RiskApproved, E::FundsReserved, E::ReservationDeclined] {
+            assert!(
+                no_change(State::apply(Some(State::CaptureFailed), late)),
+                "{late:?}"
+            );
+            assert!(
+                no_change(State::apply(Some(State::Failed), late)),
+                "{late:?}"
+            );
+        }
+        assert!(matches!(
+            State::apply(Some(State::Failed), E::TransferCommitted),
+            Transition::Invalid { .. }
+        ));
+        assert!(matches!(
+            State::apply(Some(State::Captured), E::PaymentCaptureFailed),
             Transition::Invalid { .. }
         ));
     }

@@ -13,6 +13,7 @@
 //! Shutdown and failure: as every actor, it stops between batches and is
 //! restarted by its supervisor from the database.
 
+pub mod deadline;
 pub mod entity;
 pub mod migration;
 pub mod provider;
@@ -43,6 +44,9 @@ use crate::settings::ConsumerSettings;
 use crate::store::Outbox;
 use entity::{payment, refund};
 use provider::{CaptureRequest, ProviderError, Resilient, Settlement};
+
+/// The CloudEvents `source` of the payment actor's events.
+pub const SOURCE: &str = "falcon/payment";
 
 /// Refund row states.
 pub mod refund_state {
@@ -79,7 +83,7 @@ const FUNDS_RESERVED_PREFIX: &str = "falcon.evt.wallet.funds_reserved.";
 impl Handler for Payment {
     type Prepared = Captures;
     const ACTOR: Actor = Actor::Payment;
-    const SOURCE: &'static str = "falcon/payment";
+    const SOURCE: &'static str = SOURCE;
 
     fn consumers(s: &ConsumerSettings) -> Vec<ConsumerSpec> {
         let events = [

@@ -589,6 +589,35 @@ async fn release(
     out: &mut Outbox,
 ) -> Result<(), StepError> {
     let p = &f.payment;
+    let released_event = |out: &mut Outbox| {
+        out.push(EventData::FundsReleased(FailureData {
+            payment: p.clone(),
+            reason: f.reason,
+            message: f.message.clone(),
+        }))
+    };
+    // No hold yet (a deadline passed before the reservation): leave a
+    // released tombstone, so a reservation still on its way finds the
+    // payment's hold claimed and reserves nothing.
+    let amount = money(p)?;
+    let tombstone = hold::Entity::insert(hold::ActiveModel {
+        payment_id: Set(p.payment_id.clone()),
+        wallet_id: Set(p.from_wallet.clone()),
+        to_wallet: Set(p.to_wallet.clone()),
+        amount_minor: Set(amount.minor()),
+        currency: Set(amount.currency().code().to_owned()),
+        state: Set(hold_state::RELEASED.to_owned()),
+        reason: Set(Some(f.reason.as_str().to_owned())),
+        created_at: Set(out.now),
+        updated_at: Set(out.now),
+    })
+    .on_conflict_do_nothing_on([hold::Column::PaymentId])
+    .exec(txn)
+    .await?;
+    if matches!(tombstone, TryInsertResult::Inserted(_)) {
+        released_event(out);
+        return Ok(());
+    }
     let h = find_hold(txn, &p.payment_id).await?;
     if !set_hold_state(
         txn,
@@ -602,6 +631,11 @@ async fn release(
     {
         return match h.state.as_str() {
             hold_state::RELEASED => Ok(()),
+            // Declined: nothing is held, and the saga may end.
+            hold_state::DECLINED => {
+                released_event(out);
+                Ok(())
+            }
             other => Err(StepError::Poison(format!(
                 "payment {} to be released but its hold is {other}",
                 p.payment_id
@@ -622,11 +656,7 @@ async fn release(
         released.rows_affected, 1,
         "a reserved hold is covered by the wallet's held balance"
     );
-    out.push(EventData::FundsReleased(FailureData {
-        payment: p.clone(),
-        reason: f.reason,
-        message: f.message.clone(),
-    }));
+    released_event(out);
     Ok(())
 }
 
