@@ -49,8 +49,23 @@ pub enum Verb {
     /// Inspect, re-drive and purge dead letters (FALCON_DLQ).
     #[command(subcommand)]
     Dlq(DlqVerb),
+    /// Fault injection (needs chaos.enabled in the running processes).
+    #[command(subcommand)]
+    Chaos(ChaosVerb),
     /// Check the money invariants; non-zero exit when one fails.
     Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChaosVerb {
+    /// Kill an actor of a running `falcon run` through falcon.ctl.<node>.kill.<actor>; its supervisor restarts it.
+    Kill {
+        /// payment, risk, wallet, payment-relay, payment-deadlines, …, or `any`.
+        actor: String,
+        /// The node whose actor to kill (default: this config's node).
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,6 +274,9 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }) => saga_list(&settings, state, since, limit, json).await,
         Verb::Saga(SagaVerb::Stuck { older_than }) => saga_stuck(&settings, older_than, json).await,
         Verb::Dlq(verb) => dlq::run(&settings, verb, json).await,
+        Verb::Chaos(ChaosVerb::Kill { actor, node }) => {
+            chaos_kill(&settings, &actor, node, json).await
+        }
         Verb::Verify => verify(&settings, json).await,
     }
 }
@@ -448,6 +466,38 @@ async fn saga_stuck(settings: &Settings, older_than: Duration, json: bool) -> Re
         output::table(&["SAGA", "KIND", "STATE", "IDLE", "WAITS ON"], &table);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn chaos_kill(
+    settings: &Settings,
+    actor: &str,
+    node: Option<String>,
+    json: bool,
+) -> Result<ExitCode> {
+    if actor.is_empty() || actor.contains(['.', '*', '>', ' ']) {
+        bail!("{actor:?} is not an actor name");
+    }
+    let node = node.unwrap_or_else(|| settings.node.clone());
+    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
+    let subject = falcon_actors::runtime::kill_subject(&node, actor);
+    let reply = tokio::time::timeout(Duration::from_secs(5), client.request(subject, "".into()))
+        .await
+        .with_context(|| format!("no answer from node {node} within 5s"))?
+        .with_context(|| format!("no falcon run with chaos.enabled on node {node}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+    if json {
+        output::json(&v)?;
+    } else {
+        match v["killed"].as_str() {
+            Some(name) => println!("killed {name}"),
+            None => println!("no actor {actor} on node {node}"),
+        }
+    }
+    Ok(if v["killed"].is_null() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn verify(settings: &Settings, json: bool) -> Result<ExitCode> {

@@ -18,6 +18,7 @@ backend_tests!(
     unacked_last_delivery_is_dead_lettered_and_replayed_once,
     deadline_compensates_held_funds_after_the_owner_died,
     deadline_before_reservation_blocks_a_late_hold,
+    chaos_kill_through_the_control_subject,
 );
 
 async fn first_letter(w: &World, consumer: &str) -> Result<DeadLetter> {
@@ -249,5 +250,39 @@ async fn deadline_before_reservation_blocks_a_late_hold(b: Backend) -> Result<()
     w.assert_invariants().await?;
     rt.shutdown().await;
     risk.shutdown().await;
+    Ok(())
+}
+
+async fn chaos_kill_through_the_control_subject(b: Backend) -> Result<()> {
+    let w = World::with(b, |s| s.chaos.enabled = true).await?;
+    let rt = w.start().await?;
+    funded(&w).await?;
+    let dir = tempfile::tempdir()?;
+    for actor in ["wallet", "payment-relay", "any"] {
+        let killed = json(&ok(falcon(
+            &w,
+            dir.path(),
+            &["--json", "chaos", "kill", actor],
+        )?)?)?;
+        assert!(killed["killed"].as_str().is_some(), "{killed}");
+    }
+    tokio::time::timeout(common::DEADLINE, rt.stats().wait_restarts(3)).await?;
+    let unknown = falcon(&w, dir.path(), &["chaos", "kill", "ledger"])?;
+    assert!(!unknown.status.success());
+    assert_eq!(
+        w.pay("p1", "alice", "bob", "10.00", "USD")
+            .await?
+            .event_type(),
+        EventType::PaymentCompleted
+    );
+    w.assert_invariants().await?;
+    rt.shutdown().await;
+    // Disabled (the default): nobody answers.
+    let off = World::new(Backend::Sqlite).await?;
+    let rt = off.start().await?;
+    let refused = falcon(&off, dir.path(), &["chaos", "kill", "wallet"])?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8(refused.stderr)?.contains("chaos.enabled"));
+    rt.shutdown().await;
     Ok(())
 }

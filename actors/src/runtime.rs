@@ -357,6 +357,55 @@ pub async fn apply_topology(
     Ok(falcon_nats::topology::apply(js, &settings.streams.to_stream_settings(), &specs).await?)
 }
 
+/// The control subject for killing `actor` on `node`.
+pub fn kill_subject(node: &str, actor: &str) -> String {
+    format!("falcon.ctl.{node}.kill.{actor}")
+}
+
+/// Serves `falcon.ctl.<node>.kill.<actor>`: kills this runtime's child of
+/// that name (`payment`, `wallet-relay`, `payment-deadlines`, … or `any` for
+/// one at random) and replies with what it killed. The supervisor restarts
+/// it. Only runs when `chaos.enabled`.
+async fn serve_chaos(client: async_nats::Client, node: String, instance: String) {
+    use futures::StreamExt;
+    let Ok(mut sub) = client.subscribe(kill_subject(&node, "*")).await else {
+        tracing::error!("chaos control: cannot subscribe");
+        return;
+    };
+    tracing::warn!(node = %node, "chaos control enabled: actors may be killed on request");
+    while let Some(msg) = sub.next().await {
+        let target = msg
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let prefix = format!("{instance}/");
+        let names: Vec<String> = ractor::registry::registered()
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix) && !n.ends_with("/supervisor"))
+            .collect();
+        let victim = if target == "any" {
+            names
+                .get(rand::random_range(0..names.len().max(1)))
+                .cloned()
+        } else {
+            Some(format!("{prefix}{target}")).filter(|n| names.contains(n))
+        };
+        let killed = victim.and_then(|name| {
+            ractor::registry::where_is(name.clone()).map(|cell| {
+                tracing::warn!(actor = %name, "chaos: killing");
+                cell.kill();
+                name
+            })
+        });
+        if let Some(reply) = msg.reply {
+            let body = serde_json::json!({ "node": node, "instance": instance, "killed": killed });
+            let _ = client.publish(reply, body.to_string().into()).await;
+        }
+    }
+}
+
 /// The payment actor's behaviour: the provider simulator behind retry and
 /// a circuit breaker, the saga deadline from config.
 pub fn payment_handler(settings: &Settings, db: DatabaseConnection) -> payment::Payment {
@@ -378,6 +427,7 @@ pub struct Runtime {
     supervisor: ActorRef<SupervisorMsg>,
     join: tokio::task::JoinHandle<()>,
     dlq_watcher: tokio::task::JoinHandle<()>,
+    chaos: Option<tokio::task::JoinHandle<()>>,
     stats: Arc<Stats>,
     faults: Arc<Faults>,
     stores: Stores,
@@ -456,11 +506,21 @@ impl Runtime {
                 tokio::time::sleep(falcon_nats::dlq::WATCH_RETRY).await;
             }
         });
+        let chaos = if settings.chaos.enabled {
+            Some(tokio::spawn(serve_chaos(
+                client.clone(),
+                settings.node.clone(),
+                instance.clone(),
+            )))
+        } else {
+            None
+        };
         tracing::info!(instance = %instance, actors = ?actors, "runtime started");
         Ok(Runtime {
             supervisor,
             join,
             dlq_watcher,
+            chaos,
             stats,
             faults,
             stores,
@@ -488,6 +548,9 @@ impl Runtime {
     /// Stops every actor between batches, flushes, and closes the connection.
     pub async fn shutdown(self) {
         self.dlq_watcher.abort();
+        if let Some(chaos) = &self.chaos {
+            chaos.abort();
+        }
         self.supervisor.stop(Some("shutdown".into()));
         if let Err(e) = self.join.await {
             tracing::warn!(error = %e, "supervisor task ended abnormally");

@@ -24,6 +24,17 @@ pub struct Settings {
     pub provider: ProviderSettings,
     pub saga: SagaSettings,
     pub sqlite: SqliteSettings,
+    pub chaos: ChaosSettings,
+}
+
+/// Fault injection for chaos testing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChaosSettings {
+    /// Listen on `falcon.ctl.<node>.kill.<actor>` and kill the named actor
+    /// when asked (its supervisor restarts it). Never enable in production.
+    /// Default false.
+    pub enabled: bool,
 }
 
 impl Default for Settings {
@@ -40,6 +51,7 @@ impl Default for Settings {
             provider: ProviderSettings::default(),
             saga: SagaSettings::default(),
             sqlite: SqliteSettings::default(),
+            chaos: ChaosSettings::default(),
         }
     }
 }
