@@ -49,11 +49,39 @@ pub enum Verb {
     /// Inspect, re-drive and purge dead letters (FALCON_DLQ).
     #[command(subcommand)]
     Dlq(DlqVerb),
+    /// Re-deliver a stream range to one actor, or rebuild a read model from FALCON_EVT.
+    Replay(ReplayArgs),
     /// Fault injection (needs chaos.enabled in the running processes).
     #[command(subcommand)]
     Chaos(ChaosVerb),
     /// Check the money invariants; non-zero exit when one fails.
     Verify,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["actor", "rebuild"]))]
+pub struct ReplayArgs {
+    /// The actor to re-deliver to: payment, risk or wallet.
+    #[arg(long, requires = "from")]
+    pub actor: Option<String>,
+    /// The stream: evt (FALCON_EVT) or cmd (FALCON_CMD).
+    #[arg(long, default_value = "evt")]
+    pub stream: String,
+    /// First stream sequence.
+    #[arg(long, group = "from")]
+    pub from_seq: Option<u64>,
+    /// Start time: RFC 3339 (2026-11-22T10:00:00Z) or a duration ago (10m).
+    #[arg(long, group = "from")]
+    pub since: Option<String>,
+    /// Last stream sequence (inclusive).
+    #[arg(long)]
+    pub to_seq: Option<u64>,
+    /// Rebuild a read model from FALCON_EVT alone: saga-view.
+    #[arg(long, conflicts_with_all = ["actor", "from_seq", "since", "to_seq"])]
+    pub rebuild: Option<String>,
+    /// Rebuild even while the read model is being consumed live.
+    #[arg(long, requires = "rebuild")]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -274,6 +302,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }) => saga_list(&settings, state, since, limit, json).await,
         Verb::Saga(SagaVerb::Stuck { older_than }) => saga_stuck(&settings, older_than, json).await,
         Verb::Dlq(verb) => dlq::run(&settings, verb, json).await,
+        Verb::Replay(args) => replay(&settings, args, json).await,
         Verb::Chaos(ChaosVerb::Kill { actor, node }) => {
             chaos_kill(&settings, &actor, node, json).await
         }
@@ -372,7 +401,7 @@ async fn saga_list(
         None => None,
     };
     let db = falcon_actors::runtime::open_store(Actor::Payment, settings).await?;
-    let rows = payment::list_sagas(&db, state.as_deref(), since, limit).await?;
+    let rows = payment::view::list(&db, state.as_deref(), since, limit).await?;
     if json {
         output::json(&rows)?;
     } else {
@@ -381,7 +410,7 @@ async fn saga_list(
             .map(|r| {
                 vec![
                     r.saga_id,
-                    r.kind.to_owned(),
+                    r.kind,
                     r.state,
                     format!("{} {}", r.amount, r.currency),
                     format!("{} -> {}", r.from_wallet, r.to_wallet),
@@ -404,21 +433,13 @@ async fn saga_stuck(settings: &Settings, older_than: Duration, json: bool) -> Re
     let before = chrono::Utc::now()
         - chrono::Duration::from_std(older_than).context("--older-than is too long")?;
     let db = falcon_actors::runtime::open_store(Actor::Payment, settings).await?;
-    let rows = payment::stuck_sagas(&db, before).await?;
+    // The saga view is folded from the events, so its state is the truth
+    // as far as FALCON_EVT has got.
+    let rows = payment::view::stuck(&db, before).await?;
     let now = chrono::Utc::now();
-    // The events are the truth: an actor's table can lag behind them (the
-    // payment actor records a reservation together with its capture).
-    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
-    let js = async_nats::jetstream::new(client);
-    let mut states = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let folded = inspect::state_from_events(&js, &r.saga_id).await?;
-        states.push(folded.or_else(|| falcon_sagas::State::parse(&r.state)));
-    }
     let with_wait: Vec<serde_json::Value> = rows
         .iter()
-        .zip(states)
-        .filter(|(_, state)| !state.is_some_and(|s| s.is_terminal()))
+        .map(|r| (r, falcon_sagas::State::parse(&r.state)))
         .map(|(r, state)| {
             let wait = state.and_then(|s| s.waits_on());
             serde_json::json!({
@@ -466,6 +487,76 @@ async fn saga_stuck(settings: &Settings, older_than: Duration, json: bool) -> Re
         output::table(&["SAGA", "KIND", "STATE", "IDLE", "WAITS ON"], &table);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let ago = humantime::parse_duration(s)
+        .with_context(|| format!("--since {s:?} is neither RFC 3339 nor a duration"))?;
+    Ok(chrono::Utc::now() - chrono::Duration::from_std(ago).context("--since is too long")?)
+}
+
+async fn replay(settings: &Settings, a: ReplayArgs, json: bool) -> Result<ExitCode> {
+    use falcon_actors::replay;
+    use falcon_nats::read::Start;
+    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
+    let js = async_nats::jetstream::new(client);
+    let (report, sagas) = if let Some(model) = &a.rebuild {
+        if !replay::READ_MODELS.contains(&model.as_str()) {
+            bail!(
+                "unknown read model {model:?}; one of {}",
+                replay::READ_MODELS.join(", ")
+            );
+        }
+        let (report, sagas) = replay::rebuild_saga_view(settings, &js, a.force).await?;
+        (report, Some(sagas))
+    } else {
+        let actor = parse_actors(std::slice::from_ref(&a.actor.clone().unwrap_or_default()))?[0];
+        let stream = match a.stream.as_str() {
+            "evt" => falcon_schemas::subject::STREAM_EVT,
+            "cmd" => falcon_schemas::subject::STREAM_CMD,
+            other => bail!("unknown stream {other:?}; evt or cmd"),
+        };
+        let start = match (a.from_seq, &a.since) {
+            (Some(seq), _) => Start::Seq(seq),
+            (None, Some(since)) => Start::Time(parse_since(since)?),
+            (None, None) => bail!("--from-seq or --since is required"),
+        };
+        (
+            replay::redeliver(settings, &js, actor, stream, start, a.to_seq).await?,
+            None,
+        )
+    };
+    if json {
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(n) = sagas {
+            v["sagas"] = n.into();
+        }
+        output::json(&v)?;
+    } else {
+        println!(
+            "read {} messages (seq {}..{}): {} applied, {} already processed, {} failed",
+            report.messages,
+            report.first_seq.map_or("-".into(), |s| s.to_string()),
+            report.last_seq.map_or("-".into(), |s| s.to_string()),
+            report.applied,
+            report.duplicates,
+            report.failed.len()
+        );
+        if let Some(n) = sagas {
+            println!("saga view rebuilt: {n} sagas");
+        }
+        for (seq, error) in &report.failed {
+            println!("  seq {seq}: {error}");
+        }
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn chaos_kill(

@@ -73,21 +73,6 @@ fn kind_of(data: &EventData) -> &'static str {
     }
 }
 
-/// A saga's state folded from its events in FALCON_EVT (the source of
-/// truth, which may be ahead of an actor's own table).
-pub async fn state_from_events(
-    js: &async_nats::jetstream::Context,
-    id: &str,
-) -> Result<Option<State>> {
-    let stored =
-        falcon_nats::read::read_filtered(js, STREAM_EVT, &saga_filter(id), SAGA_EVENTS_MAX).await?;
-    let types = stored
-        .iter()
-        .filter_map(|s| Event::decode(&s.payload).ok())
-        .map(|e| e.event_type());
-    Ok(falcon_sagas::state::fold(types).0)
-}
-
 pub async fn show(settings: &Settings, id: &str, json: bool) -> Result<ExitCode> {
     if id.is_empty() || id.contains(['.', '*', '>', ' ']) {
         bail!("{id:?} is not a saga id");

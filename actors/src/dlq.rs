@@ -16,7 +16,6 @@ use serde::Serialize;
 
 use crate::batch::{run_batch, Handler};
 use crate::payment::entity::{payment, refund};
-use crate::relay::{drain, Poke, RelayArgs};
 use crate::runtime::{open_store, payment_handler, risk_handler};
 use crate::settings::Settings;
 use crate::store::inbox;
@@ -116,7 +115,7 @@ pub async fn replay(
     }
     let db = open_store(actor, settings).await?;
     let delivery = Delivery::detached(&letter.origin, letter.payload.clone());
-    let seen = inbox::Entity::find_by_id(delivery.inbox_key())
+    let seen = inbox::Entity::find_by_id((delivery.consumer.to_string(), delivery.inbox_key()))
         .one(&db)
         .await
         .map_err(db_err)?
@@ -129,7 +128,7 @@ pub async fn replay(
     };
     match disposition {
         Disposition::Ack => {
-            publish_outbox(settings, js, actor, db).await?;
+            crate::replay::publish_outbox(settings, js, actor, db).await?;
             falcon_nats::dlq::delete(js, seq).await?;
             let actor = actor.as_str();
             Ok(if seen {
@@ -161,24 +160,4 @@ async fn step<H: Handler>(handler: H, delivery: Delivery, nak: Duration) -> Disp
             delay: nak,
             error: "no disposition".into(),
         })
-}
-
-/// Publishes what the replay wrote to the outbox now, rather than waiting
-/// for a running relay's sweep (both publishing is harmless).
-async fn publish_outbox(
-    settings: &Settings,
-    js: &jetstream::Context,
-    actor: Actor,
-    db: DatabaseConnection,
-) -> Result<(), Error> {
-    let relay = RelayArgs {
-        actor: actor.as_str(),
-        db,
-        js: js.clone(),
-        batch_max: settings.relay.batch_max,
-        interval: Duration::from_millis(settings.relay.interval_ms),
-        poke: Poke::new(String::new()),
-    };
-    drain(&relay).await.map_err(db_err)?;
-    Ok(())
 }

@@ -27,6 +27,7 @@ pub mod invariants;
 pub mod migration;
 pub mod payment;
 pub mod relay;
+pub mod replay;
 pub mod risk;
 pub mod runtime;
 pub mod settings;

@@ -341,7 +341,11 @@ pub fn consumer_specs(settings: &Settings, actors: &[ActorName]) -> Vec<falcon_n
     actors
         .iter()
         .flat_map(|a| match a {
-            ActorName::Payment => payment::Payment::consumers(&settings.consumer),
+            ActorName::Payment => {
+                let mut specs = payment::Payment::consumers(&settings.consumer);
+                specs.extend(payment::view::SagaView::consumers(&settings.consumer));
+                specs
+            }
             ActorName::Risk => risk::Risk::consumers(&settings.consumer),
             ActorName::Wallet => wallet::Wallet::consumers(&settings.consumer),
         })
@@ -461,6 +465,11 @@ impl Runtime {
         };
         if let Some(db) = &stores.payment {
             children.extend(ctx.children(payment_handler(settings, db.clone()), db.clone()));
+            children.push(ctx.consumer(
+                payment::view::SagaView::new(db.clone()),
+                "payment-view",
+                Poke::new(String::new()),
+            ));
             let (db, saga) = (db.clone(), settings.saga.clone());
             let poke = Poke::new(format!("{instance}/payment-relay"));
             children.push(ChildSpec::new(
@@ -570,22 +579,32 @@ struct ChildContext<'a> {
 }
 
 impl ChildContext<'_> {
-    /// The consumer loop and the outbox relay of one actor.
-    fn children<H: Handler>(&self, handler: H, db: DatabaseConnection) -> [ChildSpec; 2] {
-        let actor = H::ACTOR.as_str();
-        let relay_name = format!("{}/{actor}-relay", self.instance);
-        let poke = Poke::new(relay_name.clone());
-        let consumer_args = ConsumerArgs {
+    /// A consumer loop named `<instance>/<name>`.
+    fn consumer<H: Handler>(&self, handler: H, name: &str, poke: Poke) -> ChildSpec {
+        let args = ConsumerArgs {
             handler: Arc::new(handler),
             js: self.js.clone(),
             specs: H::consumers(&self.settings.consumer),
             batch_max: self.settings.consumer.batch_max,
             nak_delay: Duration::from_millis(self.settings.consumer.nak_delay_ms),
-            poke: poke.clone(),
+            poke,
             faults: self.faults.clone(),
             stats: self.stats.clone(),
         };
+        ChildSpec::new(
+            format!("{}/{name}", self.instance),
+            Consumer::<H>::default,
+            move || args.clone(),
+        )
+    }
+
+    /// The consumer loop and the outbox relay of one actor.
+    fn children<H: Handler>(&self, handler: H, db: DatabaseConnection) -> [ChildSpec; 2] {
+        let actor = H::ACTOR.as_str();
+        let relay_name = format!("{}/{actor}-relay", self.instance);
+        let poke = Poke::new(relay_name.clone());
         let (js, relay) = (self.js.clone(), self.settings.relay.clone());
+        let relay_poke = poke.clone();
         [
             ChildSpec::new(
                 relay_name,
@@ -596,14 +615,10 @@ impl ChildContext<'_> {
                     js: js.clone(),
                     batch_max: relay.batch_max,
                     interval: Duration::from_millis(relay.interval_ms),
-                    poke: poke.clone(),
+                    poke: relay_poke.clone(),
                 },
             ),
-            ChildSpec::new(
-                format!("{}/{actor}", self.instance),
-                Consumer::<H>::default,
-                move || consumer_args.clone(),
-            ),
+            self.consumer(handler, actor, poke),
         ]
     }
 }

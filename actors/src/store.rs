@@ -21,10 +21,14 @@ pub mod inbox {
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "inbox")]
     pub struct Model {
+        /// The durable consumer that processed it: two consumers of one
+        /// database (the payment saga and its saga view) each process the
+        /// same event once.
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub consumer: String,
         /// `Nats-Msg-Id` (the event id for events), else `STREAM:seq`.
         #[sea_orm(primary_key, auto_increment = false)]
         pub msg_id: String,
-        pub consumer: String,
         pub stream: String,
         pub stream_seq: i64,
         pub subject: String,
@@ -136,7 +140,7 @@ pub async fn claim(
         processed_at: Set(now),
     };
     let result = inbox::Entity::insert(row)
-        .on_conflict_do_nothing_on([inbox::Column::MsgId])
+        .on_conflict_do_nothing_on([inbox::Column::Consumer, inbox::Column::MsgId])
         .exec(txn)
         .await?;
     Ok(matches!(result, TryInsertResult::Inserted(_)))

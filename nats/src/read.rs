@@ -32,48 +32,104 @@ fn read_err(name: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Every message of `stream` matching `filter`, oldest first, at most `max`.
-/// Uses an ephemeral consumer that is deleted afterwards (or expires).
-pub async fn read_filtered(
-    js: &jetstream::Context,
-    stream: &str,
-    filter: &str,
-    max: usize,
-) -> Result<Vec<Stored>, Error> {
-    let s = js
-        .get_stream(stream)
-        .await
-        .map_err(|e| read_err(stream, e))?;
-    let mut consumer: jetstream::consumer::PullConsumer = s
-        .create_consumer(pull::Config {
-            filter_subject: filter.to_owned(),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::None,
-            inactive_threshold: Duration::from_secs(60),
-            memory_storage: true,
-            ..Default::default()
+/// Where a range read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    All,
+    Seq(u64),
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+/// A bounded read of a stream range, page by page, through an ephemeral
+/// consumer (no acks; it expires a minute after the last page).
+pub struct RangeReader {
+    stream_name: String,
+    stream: jetstream::stream::Stream,
+    consumer: jetstream::consumer::PullConsumer,
+    remaining: u64,
+    to_seq: Option<u64>,
+}
+
+impl RangeReader {
+    /// Opens a read of the messages of `stream` matching any of `filters`,
+    /// from `start` up to `to_seq` (inclusive) or the end as it is now.
+    pub async fn open(
+        js: &jetstream::Context,
+        stream: &str,
+        filters: Vec<String>,
+        start: Start,
+        to_seq: Option<u64>,
+    ) -> Result<RangeReader, Error> {
+        let s = js
+            .get_stream(stream)
+            .await
+            .map_err(|e| read_err(stream, e))?;
+        let deliver_policy = match start {
+            Start::All => DeliverPolicy::All,
+            Start::Seq(seq) => DeliverPolicy::ByStartSequence {
+                start_sequence: seq.max(1),
+            },
+            Start::Time(t) => DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                    t.timestamp_nanos_opt().map(i128::from).unwrap_or_default(),
+                )
+                .map_err(|e| read_err(stream, e))?,
+            },
+        };
+        let (filter_subject, filter_subjects) = match filters.as_slice() {
+            [one] => (one.clone(), Vec::new()),
+            many => (String::new(), many.to_vec()),
+        };
+        let mut consumer: jetstream::consumer::PullConsumer = s
+            .create_consumer(pull::Config {
+                filter_subject,
+                filter_subjects,
+                deliver_policy,
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| read_err(stream, e))?;
+        let remaining = consumer
+            .info()
+            .await
+            .map_err(|e| read_err(stream, e))?
+            .num_pending;
+        Ok(RangeReader {
+            stream_name: stream.to_owned(),
+            stream: s,
+            consumer,
+            remaining,
+            to_seq,
         })
-        .await
-        .map_err(|e| read_err(stream, e))?;
-    let pending = consumer
-        .info()
-        .await
-        .map_err(|e| read_err(stream, e))?
-        .num_pending;
-    let want = usize::try_from(pending).unwrap_or(usize::MAX).min(max);
-    let mut out = Vec::with_capacity(want);
-    while out.len() < want {
-        let mut batch = consumer
+    }
+
+    /// The next page of at most `max` messages; empty when the range is done.
+    pub async fn next_page(&mut self, max: usize) -> Result<Vec<Stored>, Error> {
+        let want = usize::try_from(self.remaining)
+            .unwrap_or(usize::MAX)
+            .min(max);
+        if want == 0 {
+            return Ok(Vec::new());
+        }
+        let mut batch = self
+            .consumer
             .fetch()
-            .max_messages(want - out.len())
+            .max_messages(want)
             .expires(Duration::from_secs(2))
             .messages()
             .await
-            .map_err(|e| read_err(stream, e))?;
-        let before = out.len();
+            .map_err(|e| read_err(&self.stream_name, e))?;
+        let mut out = Vec::with_capacity(want);
         while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| read_err(stream, e))?;
+            let m = m.map_err(|e| read_err(&self.stream_name, e))?;
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            if self.to_seq.is_some_and(|to| seq > to) {
+                self.remaining = 0;
+                return Ok(out);
+            }
             out.push(Stored {
                 subject: m.subject.to_string(),
                 payload: m.payload.clone(),
@@ -82,14 +138,43 @@ pub async fn read_filtered(
                 published: published(&m),
             });
         }
-        if out.len() == before {
-            break;
+        // A fetch that brings nothing means the stream changed under us
+        // (messages expired or were deleted): stop rather than spin.
+        self.remaining = if out.is_empty() {
+            0
+        } else {
+            self.remaining.saturating_sub(out.len() as u64)
+        };
+        Ok(out)
+    }
+
+    /// Deletes the ephemeral consumer (it would expire anyway).
+    pub async fn close(self) {
+        let name = self.consumer.cached_info().name.clone();
+        if let Err(e) = self.stream.delete_consumer(&name).await {
+            tracing::debug!(consumer = %name, error = %e, "ephemeral consumer not deleted; it expires");
         }
     }
-    let name = consumer.cached_info().name.clone();
-    if let Err(e) = s.delete_consumer(&name).await {
-        tracing::debug!(consumer = %name, error = %e, "ephemeral consumer not deleted; it expires");
+}
+
+/// Every message of `stream` matching `filter`, oldest first, at most `max`.
+pub async fn read_filtered(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+    max: usize,
+) -> Result<Vec<Stored>, Error> {
+    let mut reader =
+        RangeReader::open(js, stream, vec![filter.to_owned()], Start::All, None).await?;
+    let mut out = Vec::new();
+    while out.len() < max {
+        let page = reader.next_page(max - out.len()).await?;
+        if page.is_empty() {
+            break;
+        }
+        out.extend(page);
     }
+    reader.close().await;
     Ok(out)
 }
 

@@ -9,7 +9,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial)]
+        vec![Box::new(Initial), Box::new(SagaView)]
     }
 }
 
@@ -27,5 +27,20 @@ impl MigrationTrait for Initial {
         crate::store::create_common_tables(manager).await?;
         create_entity_table(manager, payment::Entity).await?;
         create_entity_table(manager, refund::Entity).await
+    }
+}
+
+struct SagaView;
+
+impl MigrationName for SagaView {
+    fn name(&self) -> &str {
+        "m0002_payment_saga_view"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for SagaView {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        create_entity_table(manager, super::view::saga_view::Entity).await
     }
 }

@@ -17,6 +17,7 @@ pub mod deadline;
 pub mod entity;
 pub mod migration;
 pub mod provider;
+pub mod view;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,8 +35,8 @@ use falcon_schemas::{Command, Currency, EventData, EventType, Money, ParseError,
 use futures::future::join_all;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    QueryFilter, Set, TryInsertResult,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, Set,
+    TryInsertResult,
 };
 
 use crate::batch::{consumer_spec, decode_event, Handler};
@@ -653,129 +654,4 @@ async fn finish_refund(
         }
     }
     Ok(())
-}
-
-/// A saga as the payment database knows it, for `falcon saga list`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SagaRow {
-    pub saga_id: String,
-    pub kind: &'static str,
-    pub state: String,
-    pub terminal: bool,
-    pub amount: String,
-    pub currency: String,
-    pub from_wallet: String,
-    pub to_wallet: String,
-    pub reason: Option<String>,
-    pub payment_id: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Payment and refund sagas that are not terminal and have not changed
-/// since `before`, oldest first.
-pub async fn stuck_sagas(
-    db: &impl ConnectionTrait,
-    before: DateTime<Utc>,
-) -> Result<Vec<SagaRow>, sea_orm::DbErr> {
-    let terminal: Vec<&str> = State::ALL
-        .iter()
-        .filter(|s| s.is_terminal())
-        .map(|s| s.as_str())
-        .collect();
-    let mut rows: Vec<SagaRow> = list_sagas(db, None, None, u64::MAX)
-        .await?
-        .into_iter()
-        .filter(|r| !terminal.contains(&r.state.as_str()) && r.updated_at < before)
-        .collect();
-    rows.sort_by_key(|r| r.updated_at);
-    Ok(rows)
-}
-
-/// Lists payment and refund sagas, newest first.
-pub async fn list_sagas(
-    db: &impl ConnectionTrait,
-    state: Option<&str>,
-    since: Option<DateTime<Utc>>,
-    limit: u64,
-) -> Result<Vec<SagaRow>, sea_orm::DbErr> {
-    use sea_orm::{QueryOrder, QuerySelect};
-    // SQL limits are signed 64-bit.
-    let limit = std::cmp::min(limit, i64::MAX as u64);
-    let mut pq = payment::Entity::find()
-        .order_by_desc(payment::Column::CreatedAt)
-        .limit(limit);
-    let mut rq = refund::Entity::find()
-        .order_by_desc(refund::Column::CreatedAt)
-        .limit(limit);
-    if let Some(s) = state {
-        pq = pq.filter(payment::Column::State.eq(s));
-        rq = rq.filter(refund::Column::State.eq(s));
-    }
-    if let Some(t) = since {
-        pq = pq.filter(payment::Column::CreatedAt.gte(t));
-        rq = rq.filter(refund::Column::CreatedAt.gte(t));
-    }
-    let fmt = |minor: i64, cur: &str| {
-        Currency::from_code(cur).map_or_else(
-            || minor.to_string(),
-            |c| Money::from_minor(minor, c).amount_string(),
-        )
-    };
-    let payments = pq.all(db).await?;
-    let refunds = rq.all(db).await?;
-    let by_id: HashMap<String, payment::Model> = if refunds.is_empty() {
-        HashMap::new()
-    } else {
-        let ids: Vec<String> = refunds.iter().map(|r| r.payment_id.clone()).collect();
-        payment::Entity::find()
-            .filter(payment::Column::PaymentId.is_in(ids))
-            .all(db)
-            .await?
-            .into_iter()
-            .map(|p| (p.payment_id.clone(), p))
-            .collect()
-    };
-    let mut rows: Vec<SagaRow> = payments
-        .into_iter()
-        .map(|p| SagaRow {
-            terminal: State::parse(&p.state).is_some_and(|s| s.is_terminal()),
-            amount: fmt(p.amount_minor, &p.currency),
-            saga_id: p.payment_id.clone(),
-            kind: "payment",
-            state: p.state,
-            currency: p.currency,
-            from_wallet: p.from_wallet,
-            to_wallet: p.to_wallet,
-            reason: p.reason,
-            payment_id: p.payment_id,
-            created_at: p.created_at,
-            updated_at: p.updated_at,
-        })
-        .collect();
-    rows.extend(refunds.into_iter().map(|r| {
-        let p = by_id.get(&r.payment_id);
-        SagaRow {
-            terminal: State::parse(&r.state).is_some_and(|s| s.is_terminal()),
-            amount: fmt(r.amount_minor, &r.currency),
-            saga_id: r.refund_id,
-            kind: "refund",
-            state: r.state,
-            currency: r.currency,
-            // A refund moves money from the payee back to the payer.
-            from_wallet: p.map(|p| p.to_wallet.clone()).unwrap_or_default(),
-            to_wallet: p.map(|p| p.from_wallet.clone()).unwrap_or_default(),
-            reason: r.reason,
-            payment_id: r.payment_id,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        }
-    }));
-    rows.sort_by(|a, b| {
-        b.created_at
-            .cmp(&a.created_at)
-            .then_with(|| a.saga_id.cmp(&b.saga_id))
-    });
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    Ok(rows)
 }
