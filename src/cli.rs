@@ -54,6 +54,8 @@ pub enum Verb {
     /// Fault injection (needs chaos.enabled in the running processes).
     #[command(subcommand)]
     Chaos(ChaosVerb),
+    /// Say whether acknowledged messages are durable on the connected server.
+    Doctor,
     /// Check the money invariants; non-zero exit when one fails.
     Verify,
 }
@@ -132,6 +134,9 @@ pub enum DlqVerb {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Refuse to start unless `falcon doctor` finds acknowledged messages durable.
+    #[arg(long)]
+    pub require_durable: bool,
     /// Actors to run, comma-separated: payment,risk,wallet.
     #[arg(long, value_delimiter = ',', default_values_t = ["payment".to_string(), "risk".to_string(), "wallet".to_string()])]
     pub actors: Vec<String>,
@@ -255,7 +260,15 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let settings = config::load(cli.config.as_deref())?;
     let json = cli.json;
     match cli.verb {
-        Verb::Run(args) => run(&settings, &parse_actors(&args.actors)?).await,
+        Verb::Run(args) => {
+            run(
+                &settings,
+                &parse_actors(&args.actors)?,
+                args.require_durable,
+            )
+            .await
+        }
+        Verb::Doctor => doctor(&settings, json).await,
         Verb::Streams(StreamsVerb::Apply) => streams_apply(&settings, json).await,
         Verb::Wallet(WalletVerb::Balance { wallet_id }) => {
             balance(&settings, &wallet_id, json).await
@@ -310,7 +323,69 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn run(settings: &Settings, actors: &[Actor]) -> Result<ExitCode> {
+async fn doctor_report(settings: &Settings) -> Result<falcon_nats::doctor::Report> {
+    let client = falcon_nats::connect(&settings.nats.url, "falcon-doctor").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let specs = falcon_actors::runtime::consumer_specs(settings, &Actor::ALL);
+    let consumers: Vec<(&str, String)> = specs.iter().map(|s| (s.stream, s.name.clone())).collect();
+    Ok(
+        falcon_nats::doctor::examine(&client, &js, Some(&settings.nats.monitor_url), &consumers)
+            .await,
+    )
+}
+
+async fn doctor(settings: &Settings, json: bool) -> Result<ExitCode> {
+    let report = doctor_report(settings).await?;
+    if json {
+        output::json(&report)?;
+    } else {
+        let rows: Vec<Vec<String>> = report
+            .checks
+            .iter()
+            .map(|c| {
+                vec![
+                    if c.ok { "ok" } else { "NO" }.to_owned(),
+                    c.name.clone(),
+                    c.value.clone(),
+                    c.advice.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        output::table(&["", "CHECK", "VALUE", "ADVICE"], &rows);
+        println!(
+            "{}",
+            if report.durable {
+                "acknowledged messages are durable: each is on disk before its ack"
+            } else {
+                "acknowledged messages are NOT known to be durable: see the checks marked NO"
+            }
+        );
+    }
+    Ok(if report.durable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn run(settings: &Settings, actors: &[Actor], require_durable: bool) -> Result<ExitCode> {
+    if require_durable {
+        let client = falcon_nats::connect(&settings.nats.url, "falcon-doctor").await?;
+        apply_topology(&async_nats::jetstream::new(client), settings).await?;
+        let report = doctor_report(settings).await?;
+        if !report.durable {
+            let failing: Vec<String> = report
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{} = {}", c.name, c.value))
+                .collect();
+            bail!(
+                "--require-durable: the server falls short ({}); run `falcon doctor`",
+                failing.join("; ")
+            );
+        }
+    }
     let runtime = Runtime::start(settings, actors).await?;
     let names: Vec<&str> = actors.iter().map(Actor::as_str).collect();
     eprintln!(

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::Result;
 use common::cli::{falcon, json, ok};
-use common::{Backend, NatsServer, World};
+use common::{Backend, NatsOptions, NatsServer, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_apply_is_idempotent() -> Result<()> {
@@ -31,8 +31,8 @@ async fn streams_apply_is_idempotent() -> Result<()> {
     };
     assert_eq!(
         actions(&first).len(),
-        8,
-        "3 streams and 5 consumers: {first}"
+        9,
+        "3 streams and 6 consumers: {first}"
     );
     assert!(actions(&first).iter().all(|a| a == "created"), "{first}");
     assert!(
@@ -200,5 +200,100 @@ async fn bad_configuration_fails_with_the_key() -> Result<()> {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr)?;
     assert!(err.contains("streams.duplicate_window_s"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_whether_acks_are_durable() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let doctor = |url: String, monitor: Option<String>, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_falcon"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("FALCON__NATS__URL", url)
+            .env("FALCON__NATS__MONITOR_URL", monitor.unwrap_or_default())
+            .env(
+                "FALCON__PAYMENT__DATABASE_URL",
+                format!("sqlite://{}/p.db?mode=rwc", dir.path().display()),
+            )
+            .env(
+                "FALCON__RISK__DATABASE_URL",
+                format!("sqlite://{}/r.db?mode=rwc", dir.path().display()),
+            )
+            .env(
+                "FALCON__WALLET__DATABASE_URL",
+                format!("sqlite://{}/w.db?mode=rwc", dir.path().display()),
+            )
+            .output()
+    };
+    let check = |v: &serde_json::Value, name: &str| -> Option<(String, bool)> {
+        v["checks"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| {
+                (
+                    c["value"].as_str().unwrap_or_default().to_owned(),
+                    c["ok"] == true,
+                )
+            })
+    };
+
+    // The setting for money: fsync before every ack.
+    let durable = NatsServer::start_with(NatsOptions {
+        sync_always: true,
+        monitor: true,
+    })
+    .await?;
+    let before = doctor(durable.url(), durable.monitor_url(), &["--json", "doctor"])?;
+    assert!(!before.status.success(), "no streams yet");
+    ok(doctor(
+        durable.url(),
+        durable.monitor_url(),
+        &["streams", "apply"],
+    )?)?;
+    let report = json(&ok(doctor(
+        durable.url(),
+        durable.monitor_url(),
+        &["--json", "doctor"],
+    )?)?)?;
+    assert_eq!(report["durable"], true, "{report}");
+    assert_eq!(
+        check(&report, "jetstream sync_interval"),
+        Some(("always".into(), true))
+    );
+    assert_eq!(
+        check(&report, "payment-evt max_deliver"),
+        Some(("10".into(), true))
+    );
+    assert_eq!(
+        check(&report, "FALCON_EVT dedup window"),
+        Some(("120s".into(), true))
+    );
+
+    // The default: periodic fsync. Doctor says so, and run refuses to start.
+    let lax = NatsServer::start_with(NatsOptions {
+        sync_always: false,
+        monitor: true,
+    })
+    .await?;
+    ok(doctor(lax.url(), lax.monitor_url(), &["streams", "apply"])?)?;
+    let report = json(&doctor(
+        lax.url(),
+        lax.monitor_url(),
+        &["--json", "doctor"],
+    )?)?;
+    assert_eq!(report["durable"], false);
+    assert_eq!(
+        check(&report, "jetstream sync_interval").map(|c| c.1),
+        Some(false)
+    );
+    let refused = doctor(lax.url(), lax.monitor_url(), &["run", "--require-durable"])?;
+    assert!(!refused.status.success());
+    let err = String::from_utf8(refused.stderr)?;
+    assert!(
+        err.contains("--require-durable") && err.contains("sync_interval"),
+        "{err}"
+    );
     Ok(())
 }

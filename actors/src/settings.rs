@@ -59,14 +59,20 @@ impl Default for Settings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsSettings {
-    /// Server URL. Default `nats://127.0.0.1:4222`.
+    /// Server URL(s), comma-separated for a cluster. Default
+    /// `nats://127.0.0.1:4222`.
     pub url: String,
+    /// The server's HTTP monitoring URL (its `http_port`), which `falcon
+    /// doctor` reads the JetStream sync setting from, e.g.
+    /// `http://127.0.0.1:8222`. Default empty (not read).
+    pub monitor_url: String,
 }
 
 impl Default for NatsSettings {
     fn default() -> Self {
         NatsSettings {
             url: "nats://127.0.0.1:4222".into(),
+            monitor_url: String::new(),
         }
     }
 }

@@ -20,6 +20,7 @@
 
 pub mod consumer;
 pub mod dlq;
+pub mod doctor;
 pub mod error;
 pub mod publish;
 pub mod read;
@@ -32,10 +33,11 @@ pub use publish::OutMsg;
 pub use topology::{ConsumerSpec, StreamSettings};
 
 /// Connects to NATS with a name that shows in the server's monitoring.
+/// Fails at once when no server answers (one clear error, not a hang);
+/// once connected, the client reconnects by itself.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error> {
     async_nats::ConnectOptions::new()
         .name(name)
-        .retry_on_initial_connect()
         .connection_timeout(std::time::Duration::from_secs(5))
         .connect(url)
         .await

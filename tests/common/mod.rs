@@ -29,7 +29,7 @@ use falcon_schemas::{Event, EventData, EventType};
 use futures::StreamExt;
 
 pub use db::Backend;
-pub use nats::NatsServer;
+pub use nats::{NatsServer, Options as NatsOptions};
 
 /// How long a test waits for anything before failing.
 pub const DEADLINE: Duration = Duration::from_secs(60);

@@ -12,7 +12,17 @@ const VERSION_MIN: (u32, u32, u32) = (2, 10, 23);
 pub struct NatsServer {
     child: Child,
     port: u16,
+    monitor_port: Option<u16>,
     _store: tempfile::TempDir,
+}
+
+/// How to start a test server.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// `jetstream { sync_interval: always }`.
+    pub sync_always: bool,
+    /// Serve HTTP monitoring (`/varz`) on a free port.
+    pub monitor: bool,
 }
 
 fn version_of(bin: &str) -> Option<(u32, u32, u32)> {
@@ -48,17 +58,38 @@ fn free_port() -> Result<u16> {
 impl NatsServer {
     /// Starts a JetStream server and waits for its "Server is ready" line.
     pub async fn start() -> Result<NatsServer> {
-        tokio::task::spawn_blocking(Self::start_blocking).await?
+        Self::start_with(Options::default()).await
     }
 
-    fn start_blocking() -> Result<NatsServer> {
+    pub async fn start_with(options: Options) -> Result<NatsServer> {
+        tokio::task::spawn_blocking(move || Self::start_blocking(options)).await?
+    }
+
+    fn start_blocking(options: Options) -> Result<NatsServer> {
         let bin = binary()?;
         let store = tempfile::tempdir()?;
+        let conf = store.path().join("server.conf");
+        let sync = if options.sync_always {
+            "jetstream { sync_interval: always }\n"
+        } else {
+            ""
+        };
+        std::fs::write(&conf, sync)?;
         // A port can be taken between probing and binding: try a few.
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port()?;
-            let mut child = Command::new(&bin)
+            let monitor_port = if options.monitor {
+                Some(free_port()?)
+            } else {
+                None
+            };
+            let mut cmd = Command::new(&bin);
+            cmd.arg("-c").arg(&conf);
+            if let Some(m) = monitor_port {
+                cmd.args(["-m", &m.to_string()]);
+            }
+            let mut child = cmd
                 .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
                 .arg(store.path())
                 .stdout(Stdio::null())
@@ -84,6 +115,7 @@ impl NatsServer {
                     return Ok(NatsServer {
                         child,
                         port,
+                        monitor_port,
                         _store: store,
                     })
                 }
@@ -101,6 +133,11 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The HTTP monitoring URL, when started with `monitor`.
+    pub fn monitor_url(&self) -> Option<String> {
+        self.monitor_port.map(|p| format!("http://127.0.0.1:{p}"))
     }
 }
 

@@ -1,0 +1,205 @@
+//! `falcon doctor`: does the connected server keep what it acknowledges?
+//!
+//! Reads the server's version (from the connection), its JetStream sync
+//! setting (from the monitoring endpoint's `/varz`, when its URL is
+//! configured), and the streams' and consumers' settings (from the
+//! JetStream API), and says plainly whether an acknowledged message
+//! survives a crash or power loss.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use falcon_schemas::subject::{STREAM_CMD, STREAM_DLQ, STREAM_EVT};
+use serde::Serialize;
+
+/// Oldest server with the durability fixes a money system needs.
+pub const VERSION_MIN: (u64, u64, u64) = (2, 10, 23);
+/// The contract's smallest duplicate window.
+pub const DEDUP_WINDOW_MIN: Duration = Duration::from_secs(120);
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub value: String,
+    /// False when it makes acknowledged messages less than durable.
+    pub ok: bool,
+    /// What to do, when not ok (or a caution when ok).
+    pub advice: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+    /// Every check passed: an acked message is on disk before the ack.
+    pub durable: bool,
+}
+
+fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let mut parts = v
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>());
+    Some((
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+    ))
+}
+
+fn check(
+    name: impl Into<String>,
+    value: impl Into<String>,
+    ok: bool,
+    advice: Option<String>,
+) -> Check {
+    Check {
+        name: name.into(),
+        value: value.into(),
+        ok,
+        advice,
+    }
+}
+
+/// `sync_always` from `<monitor_url>/varz`.
+async fn sync_always(monitor_url: &str) -> Result<bool, String> {
+    let url = format!("{}/varz", monitor_url.trim_end_matches('/'));
+    tokio::task::spawn_blocking(move || {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .new_agent();
+        let varz: serde_json::Value = agent
+            .get(&url)
+            .call()
+            .map_err(|e| format!("{url}: {e}"))?
+            .body_mut()
+            .read_json()
+            .map_err(|e| format!("{url}: {e}"))?;
+        let config = varz
+            .get("jetstream")
+            .and_then(|j| j.get("config"))
+            .ok_or_else(|| format!("{url}: JetStream is not enabled"))?;
+        Ok(config
+            .get("sync_always")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Examines the server and the named consumers.
+pub async fn examine(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    monitor_url: Option<&str>,
+    consumers: &[(&str, String)],
+) -> Report {
+    let mut checks = Vec::new();
+    let version = client.server_info().version;
+    let version_ok = parse_version(&version).is_some_and(|v| v >= VERSION_MIN);
+    checks.push(check(
+        "server version",
+        version.clone(),
+        version_ok,
+        (!version_ok).then(|| {
+            format!(
+                "upgrade nats-server to {}.{}.{} or newer",
+                VERSION_MIN.0, VERSION_MIN.1, VERSION_MIN.2
+            )
+        }),
+    ));
+    let sync = match monitor_url.filter(|u| !u.is_empty()) {
+        None => check(
+            "jetstream sync_interval",
+            "unknown",
+            false,
+            Some("set nats.monitor_url to the server's monitoring URL (http_port) so the setting can be read".into()),
+        ),
+        Some(url) => match sync_always(url).await {
+            Ok(true) => check("jetstream sync_interval", "always", true, None),
+            Ok(false) => check(
+                "jetstream sync_interval",
+                "periodic (not always)",
+                false,
+                Some("set `jetstream { sync_interval: always }`: otherwise an acked message may be lost on power loss".into()),
+            ),
+            Err(e) => check("jetstream sync_interval", "unreadable", false, Some(e)),
+        },
+    };
+    checks.push(sync);
+    for name in [STREAM_CMD, STREAM_EVT, STREAM_DLQ] {
+        match js.get_stream(name).await {
+            Ok(mut s) => match s.info().await {
+                Ok(info) => {
+                    let replicas = info.config.num_replicas;
+                    checks.push(check(
+                        format!("{name} replicas"),
+                        replicas.to_string(),
+                        true,
+                        (replicas < 3).then(|| "one copy per server: a lost disk loses the stream; use 3 replicas on a cluster".to_owned()),
+                    ));
+                    let window = info.config.duplicate_window;
+                    let ok = window >= DEDUP_WINDOW_MIN;
+                    checks.push(check(
+                        format!("{name} dedup window"),
+                        format!("{}s", window.as_secs()),
+                        ok,
+                        (!ok).then(|| "at least 120s: run `falcon streams apply`".to_owned()),
+                    ));
+                }
+                Err(e) => checks.push(check(
+                    format!("{name}"),
+                    "unreadable",
+                    false,
+                    Some(e.to_string()),
+                )),
+            },
+            Err(_) => checks.push(check(
+                format!("{name}"),
+                "missing",
+                false,
+                Some("run `falcon streams apply`".into()),
+            )),
+        }
+    }
+    for (stream, consumer) in consumers {
+        let info = match js.get_stream(*stream).await {
+            Ok(s) => s.consumer_info(consumer).await.ok(),
+            Err(_) => None,
+        };
+        match info {
+            Some(i) => {
+                let ok = i.config.max_deliver > 0;
+                checks.push(check(
+                    format!("{consumer} max_deliver"),
+                    i.config.max_deliver.to_string(),
+                    ok,
+                    (!ok).then(|| "unlimited redelivery: a poison message loops forever; run `falcon streams apply`".to_owned()),
+                ));
+            }
+            None => checks.push(check(
+                format!("{consumer}"),
+                "missing",
+                false,
+                Some("run `falcon streams apply`".into()),
+            )),
+        }
+    }
+    let durable = checks.iter().all(|c| c.ok);
+    Report { checks, durable }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_version;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_version("2.11.0-RC.1"), Some((2, 11, 0)));
+        assert!(parse_version("2.10.22").is_some_and(|v| v < super::VERSION_MIN));
+        assert_eq!(parse_version("x"), None);
+    }
+}
