@@ -33,3 +33,29 @@ pub fn load(path: Option<&Path>) -> Result<Settings> {
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     Ok(settings)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented example lists every key with its default.
+    #[test]
+    fn example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("falcon.example.toml");
+        let from_file: Settings = Config::builder()
+            .add_source(File::from(path.as_path()))
+            .build()
+            .and_then(Config::try_deserialize)
+            .expect("falcon.example.toml parses");
+        assert_eq!(from_file, Settings::default());
+        // And lists every key: the file alone, without serde's defaults,
+        // has the same shape as the defaults.
+        let raw: serde_json::Value = Config::builder()
+            .add_source(File::from(path.as_path()))
+            .build()
+            .and_then(Config::try_deserialize)
+            .expect("falcon.example.toml parses");
+        let defaults = serde_json::to_value(Settings::default()).expect("settings serialize");
+        assert_eq!(raw, defaults);
+    }
+}

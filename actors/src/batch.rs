@@ -16,7 +16,7 @@ use falcon_sagas::Actor;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 
 use crate::error::StepError;
-use crate::settings::ConsumerSettings;
+use crate::settings::{ConsumerSettings, Retry};
 use crate::store::{begin_write, claim, Outbox};
 
 /// An actor's behaviour, as the consumer loop sees it.
@@ -68,7 +68,7 @@ pub fn consumer_spec(
 pub async fn run_batch<H: Handler>(
     handler: &H,
     batch: &[Delivery],
-    nak_delay: Duration,
+    retry: Retry,
 ) -> Vec<Disposition> {
     let prepared = handler.prepare(batch).await;
     let now = Utc::now();
@@ -76,7 +76,7 @@ pub async fn run_batch<H: Handler>(
         tracing::warn!(actor = H::ACTOR.as_str(), error = %why, batch = batch.len(), "batch transaction failed; nak'ing");
         vec![
             Disposition::Nak {
-                delay: nak_delay,
+                delay: retry.delay_min,
                 error: format!("batch transaction: {why}"),
             };
             batch.len()
@@ -88,7 +88,17 @@ pub async fn run_batch<H: Handler>(
     };
     let mut dispositions = Vec::with_capacity(batch.len());
     for delivery in batch {
-        dispositions.push(step(handler, &txn, delivery, &prepared, now, nak_delay).await);
+        dispositions.push(
+            step(
+                handler,
+                &txn,
+                delivery,
+                &prepared,
+                now,
+                retry.delay(delivery.delivered),
+            )
+            .await,
+        );
     }
     match txn.commit().await {
         Ok(()) => dispositions,

@@ -38,7 +38,7 @@ pub struct ConsumerArgs<H> {
     pub js: jetstream::Context,
     pub specs: Vec<ConsumerSpec>,
     pub batch_max: usize,
-    pub nak_delay: Duration,
+    pub retry: crate::settings::Retry,
     pub poke: Poke,
     pub faults: Arc<Faults>,
     pub stats: Arc<Stats>,
@@ -51,7 +51,7 @@ impl<H> Clone for ConsumerArgs<H> {
             js: self.js.clone(),
             specs: self.specs.clone(),
             batch_max: self.batch_max,
-            nak_delay: self.nak_delay,
+            retry: self.retry,
             poke: self.poke.clone(),
             faults: self.faults.clone(),
             stats: self.stats.clone(),
@@ -92,7 +92,7 @@ impl<H: Handler> Actor for Consumer<H> {
         if let Ok(batch) = tokio::time::timeout(POLL_IDLE, state.source.next_batch()).await {
             let batch = batch?;
             let a = &state.args;
-            let dispositions = run_batch(&*a.handler, &batch, a.nak_delay).await;
+            let dispositions = run_batch(&*a.handler, &batch, a.retry).await;
             a.faults.trip(H::ACTOR, FaultPoint::AfterCommit);
             a.poke.poke();
             let settler = state.source.settler();

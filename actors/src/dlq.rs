@@ -3,8 +3,6 @@
 //! message that had partly succeeded before has no second effect. It leaves
 //! FALCON_DLQ only once the step succeeded.
 
-use std::time::Duration;
-
 use async_nats::jetstream;
 use falcon_nats::dlq::DeadLetter;
 use falcon_nats::{Delivery, Disposition};
@@ -120,7 +118,7 @@ pub async fn replay(
         .await
         .map_err(db_err)?
         .is_some();
-    let nak = Duration::from_millis(settings.consumer.nak_delay_ms);
+    let nak = settings.consumer.retry();
     let disposition = match actor {
         Actor::Payment => step(payment_handler(settings, db.clone()), delivery, nak).await,
         Actor::Risk => step(risk_handler(settings, db.clone())?, delivery, nak).await,
@@ -151,13 +149,17 @@ pub async fn replay(
     }
 }
 
-async fn step<H: Handler>(handler: H, delivery: Delivery, nak: Duration) -> Disposition {
+async fn step<H: Handler>(
+    handler: H,
+    delivery: Delivery,
+    nak: crate::settings::Retry,
+) -> Disposition {
     run_batch(&handler, std::slice::from_ref(&delivery), nak)
         .await
         .into_iter()
         .next()
         .unwrap_or(Disposition::Nak {
-            delay: nak,
+            delay: nak.delay_min,
             error: "no disposition".into(),
         })
 }

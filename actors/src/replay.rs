@@ -77,7 +77,7 @@ async fn feed<H: Handler>(
     start: Start,
     to_seq: Option<u64>,
     batch_max: usize,
-    nak: Duration,
+    nak: crate::settings::Retry,
 ) -> Result<Report, Error> {
     let mut reader =
         RangeReader::open(js, spec.stream, spec.filter_subjects.clone(), start, to_seq).await?;
@@ -148,7 +148,7 @@ pub async fn redeliver(
     start: Start,
     to_seq: Option<u64>,
 ) -> Result<Report, Error> {
-    let nak = Duration::from_millis(settings.consumer.nak_delay_ms);
+    let nak = settings.consumer.retry();
     let batch_max = settings.consumer.batch_max;
     let specs = crate::runtime::consumer_specs(settings, &[actor]);
     let spec = specs
@@ -236,7 +236,7 @@ pub async fn rebuild_saga_view(
         .exec(&db)
         .await
         .map_err(db_err)?;
-    let nak = Duration::from_millis(settings.consumer.nak_delay_ms);
+    let nak = settings.consumer.retry();
     let report = feed(
         &SagaView::new(db.clone()),
         js,

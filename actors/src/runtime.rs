@@ -586,7 +586,7 @@ impl ChildContext<'_> {
             js: self.js.clone(),
             specs: H::consumers(&self.settings.consumer),
             batch_max: self.settings.consumer.batch_max,
-            nak_delay: Duration::from_millis(self.settings.consumer.nak_delay_ms),
+            retry: self.settings.consumer.retry(),
             poke,
             faults: self.faults.clone(),
             stats: self.stats.clone(),

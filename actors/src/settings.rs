@@ -122,9 +122,39 @@ pub struct ConsumerSettings {
     pub max_deliver: i64,
     /// Delivered-but-unacked messages per consumer, at most. Default 10000.
     pub max_ack_pending: i64,
-    /// Delay before a message nak'd for a transient error comes back, in ms.
-    /// Default 500.
+    /// Delay before a message nak'd for a transient error comes back, in
+    /// ms; it doubles with each further delivery. Default 500.
     pub nak_delay_ms: u64,
+    /// The longest such delay, in ms. Default 30000.
+    pub nak_delay_ms_max: u64,
+}
+
+impl ConsumerSettings {
+    /// The redelivery backoff for transient failures.
+    pub fn retry(&self) -> Retry {
+        Retry {
+            delay_min: Duration::from_millis(self.nak_delay_ms),
+            delay_max: Duration::from_millis(self.nak_delay_ms_max.max(self.nak_delay_ms)),
+        }
+    }
+}
+
+/// Redelivery backoff: `delay_min` after the first delivery, doubling per
+/// delivery up to `delay_max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub delay_min: Duration,
+    pub delay_max: Duration,
+}
+
+impl Retry {
+    /// The delay before delivery `delivered + 1`.
+    pub fn delay(&self, delivered: i64) -> Duration {
+        let doublings = u32::try_from(delivered.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+        self.delay_min
+            .saturating_mul(1 << doublings)
+            .min(self.delay_max)
+    }
 }
 
 impl Default for ConsumerSettings {
@@ -135,6 +165,7 @@ impl Default for ConsumerSettings {
             max_deliver: 10,
             max_ack_pending: 10_000,
             nak_delay_ms: 500,
+            nak_delay_ms_max: 30_000,
         }
     }
 }
@@ -353,5 +384,31 @@ impl Settings {
             ));
         }
         crate::risk::Rules::from_settings(&self.risk).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redelivery_backoff_doubles_up_to_its_cap() {
+        let r = ConsumerSettings {
+            nak_delay_ms: 100,
+            nak_delay_ms_max: 1_000,
+            ..Default::default()
+        }
+        .retry();
+        let ms: Vec<u128> = [1, 2, 3, 4, 5, 100, i64::MAX]
+            .iter()
+            .map(|d| r.delay(*d).as_millis())
+            .collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(r.delay(0).as_millis(), 100);
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Settings::default().validate(), Ok(()));
     }
 }
