@@ -115,13 +115,20 @@ async fn dead_letter_replayed_after_the_cause_is_fixed(b: Backend) -> Result<()>
 }
 
 async fn unacked_last_delivery_is_dead_lettered_and_replayed_once(b: Backend) -> Result<()> {
-    let w = World::with(b, |s| s.consumer.max_deliver = 1).await?;
+    let w = World::with(b, |s| s.consumer.max_deliver = 2).await?;
     let rt = w.start().await?;
     funded(&w).await?;
-    // The wallet commits the reservation, then dies before acking: its one
-    // allowed delivery times out, JetStream's advisory fires, and the watcher
+    // The wallet commits the reservation, then dies before acking, on every
+    // allowed delivery: JetStream's advisory fires and the watcher
     // dead-letters the message. The committed step's events still go out.
-    rt.faults().arm(Actor::Wallet, FaultPoint::AfterCommit, 1);
+    // Both allowed deliveries of p1's approval die after their commit (the
+    // second finds its inbox row and changes nothing).
+    rt.faults().arm_for(
+        Actor::Wallet,
+        FaultPoint::AfterCommit,
+        "risk.approved.p1",
+        2,
+    );
     assert_eq!(
         w.pay("p1", "alice", "bob", "10.00", "USD")
             .await?

@@ -93,7 +93,7 @@ impl<H: Handler> Actor for Consumer<H> {
             let batch = batch?;
             let a = &state.args;
             let dispositions = run_batch(&*a.handler, &batch, a.retry).await;
-            a.faults.trip(H::ACTOR, FaultPoint::AfterCommit);
+            a.faults.trip(H::ACTOR, FaultPoint::AfterCommit, &batch);
             a.poke.poke();
             let settler = state.source.settler();
             let settled = join_all(

@@ -38,29 +38,45 @@ pub enum FaultPoint {
     AfterCommit,
 }
 
-/// Faults armed by tests and chaos tooling: the next batch of the actor
-/// panics at the point, `times` times.
+/// Faults armed by tests and chaos tooling: a batch of the actor panics at
+/// the point, `times` times, optionally only a batch holding a message whose
+/// subject contains a given text.
 #[derive(Debug, Default)]
 pub struct Faults {
-    armed: Mutex<HashMap<(ActorName, FaultPoint), u32>>,
+    armed: Mutex<HashMap<(ActorName, FaultPoint), (u32, Option<String>)>>,
 }
 
 impl Faults {
+    /// The actor's next `times` batches panic at `point`.
     pub fn arm(&self, actor: ActorName, point: FaultPoint, times: u32) {
         self.armed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((actor, point), times);
+            .insert((actor, point), (times, None));
     }
 
-    /// Panics if a fault is armed here (that is the point of it).
-    pub fn trip(&self, actor: ActorName, point: FaultPoint) {
+    /// The actor's next `times` batches holding a message whose subject
+    /// contains `subject` panic at `point`.
+    pub fn arm_for(&self, actor: ActorName, point: FaultPoint, subject: &str, times: u32) {
+        self.armed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((actor, point), (times, Some(subject.to_owned())));
+    }
+
+    /// Panics if a fault is armed here for this batch (that is the point).
+    pub fn trip(&self, actor: ActorName, point: FaultPoint, batch: &[falcon_nats::Delivery]) {
         let fire = {
             let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
             match armed.get_mut(&(actor, point)) {
-                Some(n) if *n > 0 => {
-                    *n -= 1;
-                    true
+                Some((n, filter)) if *n > 0 => {
+                    let hit = filter
+                        .as_deref()
+                        .is_none_or(|f| batch.iter().any(|d| d.subject.contains(f)));
+                    if hit {
+                        *n -= 1;
+                    }
+                    hit
                 }
                 _ => false,
             }

@@ -29,6 +29,7 @@ use falcon_schemas::{Event, EventData, EventType};
 use futures::StreamExt;
 
 pub use db::Backend;
+#[allow(unused_imports)]
 pub use nats::{NatsServer, Options as NatsOptions};
 
 /// How long a test waits for anything before failing.
