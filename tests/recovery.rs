@@ -83,6 +83,10 @@ async fn dead_letter_replayed_after_the_cause_is_fixed(b: Backend) -> Result<()>
         &["--json", "saga", "stuck", "--older-than", "1h"],
     )?)?)?;
     assert_eq!(none.as_array().map(Vec::len), Some(0));
+    // Still down: a redrive fails again and the dead letter stays.
+    let again = replay(&w.settings, &w.js, &letter, false).await?;
+    assert!(matches!(again, Replay::Failed { .. }), "{again:?}");
+    assert_eq!(dlq::list(&w.js, None).await?.len(), 1);
     rt.shutdown().await;
 
     // The provider is back: the redrive captures and the saga completes.
@@ -186,7 +190,7 @@ async fn deadline_compensates_held_funds_after_the_owner_died(b: Backend) -> Res
     let w = World::with(b, |s| {
         s.saga.deadline_s = 1;
         s.saga.sweep_interval_ms = 100;
-        s.consumer.max_deliver = 1_000;
+        s.consumer.max_deliver = 2;
         s.provider.transient_error_bps = 10_000;
         s.provider.retry_attempts_max = 1;
     })

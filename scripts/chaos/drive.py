@@ -122,7 +122,7 @@ def reader(link: Link, gen: int, events: queue.Queue) -> None:
         while True:
             op, args, hdrs, data = link.pending.pop(0) if link.pending else link.next_op()
             if op in ("MSG", "HMSG"):
-                events.put(("reply", gen, args[0], hdrs, data))
+                events.put(("reply", gen, args[0].decode(errors="replace"), hdrs, data))
             elif op == "-ERR":
                 events.put(("lost", gen, f"server error: {args}"))
                 return
@@ -532,8 +532,15 @@ def cmd_report(a) -> int:
             reasons[s.get("reason") or "?"] += 1
         else:
             lost.append(pid)  # terminal but neither completed nor failed: not expected here
-    # Other sagas (not driven by us) that are not terminal.
+    # Sagas not acked to the driver (a publish whose ack was lost and that
+    # the driver gave up on) still count for the money: every completed
+    # payment in the database must have moved its amount exactly once.
     stray = [k for k, s in sagas.items() if k not in ids and not s.get("terminal")]
+    for k, s in sagas.items():
+        if k not in ids and s.get("state") == "completed":
+            cents = int(Decimal(s["amount"]) * 100)
+            paid[s["from_wallet"]] += cents
+            received[s["to_wallet"]] += cents
 
     violations = vdoc.get("violations", []) or []
     bad_wallets = []
@@ -545,7 +552,7 @@ def cmd_report(a) -> int:
             bad_wallets.append(f"{w}:{change}!={expect}")
         if minor(aft, "held") != 0:
             problems.append(f"wallet {w} still holds {aft['held']}")
-    payers = {frm for frm, _to, _amt in ids.values()}
+    payers = {frm for frm, _to, _amt in ids.values()} | {s["from_wallet"] for s in sagas.values() if s.get("from_wallet")}
     debited = sum(minor(before[w], "balance") - minor(after[w], "balance") for w in payers if w in before)
     total_completed = sum(paid.values())
     counts = vdoc.get("counts", {})

@@ -427,6 +427,20 @@ async fn capture(
     captures: &Captures,
     out: &mut Outbox,
 ) -> Result<(), StepError> {
+    // Past capture already (a redelivery, or a deadline compensated the
+    // saga meanwhile): nothing to do, whatever the provider said.
+    let state = payment::Entity::find_by_id(p.payment_id.clone())
+        .one(txn)
+        .await?
+        .and_then(|row| State::parse(&row.state));
+    if let Some(s) = state {
+        if !matches!(
+            State::apply(Some(s), EventType::FundsReserved),
+            Transition::Moved(_) | Transition::Invalid { .. }
+        ) {
+            return Ok(());
+        }
+    }
     let result = captures.get(&p.payment_id);
     let (next, update) = match result {
         None => {
