@@ -671,14 +671,7 @@ async fn verify(settings: &Settings, json: bool) -> Result<ExitCode> {
     let mut report = invariants::check(&stores, false).await?;
     let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
     let js = async_nats::jetstream::new(client);
-    report.counts.dlq_depth = Some(
-        js.get_stream(falcon_schemas::subject::STREAM_DLQ)
-            .await?
-            .info()
-            .await?
-            .state
-            .messages,
-    );
+    invariants::check_streams(&stores, settings, &js, &mut report).await?;
     if json {
         output::json(&report)?;
     } else {

@@ -107,6 +107,16 @@ async fn planted(b: Backend) -> Result<()> {
     )
     .await?;
 
+    // 5: a message acked by a consumer that has no record of processing it.
+    let mut report = invariants::check(&w.stores().await?, true).await?;
+    invariants::check_streams(&w.stores().await?, &w.settings, &w.js, &mut report).await?;
+    assert!(report.ok(), "{:?}", report.violations);
+    exec(wallet, "DELETE FROM inbox WHERE consumer = 'wallet-evt' AND msg_id = (SELECT MIN(msg_id) FROM inbox WHERE consumer = 'wallet-evt')").await?;
+    let mut report = invariants::check(&w.stores().await?, true).await?;
+    invariants::check_streams(&w.stores().await?, &w.settings, &w.js, &mut report).await?;
+    let c: Vec<_> = report.violations.iter().map(|v| v.code).collect();
+    assert_eq!(c, ["acked_without_effect"], "{:?}", report.violations);
+
     // 5: an event written but never published.
     exec(
         payment,

@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::payment::entity::{payment, refund as payment_refund};
 use crate::payment::refund_state;
 use crate::runtime::Stores;
-use crate::store::outbox;
+use crate::store::{inbox, outbox};
 use crate::wallet::entity::{hold, ledger_entry, refund as wallet_refund, wallet};
 use crate::wallet::hold_state;
 
@@ -360,6 +360,95 @@ async fn check_payments(
                 );
             }
             _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Invariant 5, second half, against the streams: every message a durable
+/// consumer has acked (at or below its ack floor) had its effect committed
+/// — its inbox row exists — or is a dead letter. Reads each consumer's
+/// range, so it costs a pass over the streams: an audit, not a hot path.
+pub async fn check_streams(
+    stores: &Stores,
+    settings: &crate::Settings,
+    js: &async_nats::jetstream::Context,
+    report: &mut Report,
+) -> Result<(), crate::Error> {
+    use std::collections::HashSet;
+
+    use falcon_nats::read::{RangeReader, Start};
+    use falcon_schemas::subject::HEADER_MSG_ID;
+
+    let db_err = |e: DbErr| crate::Error::Database {
+        actor: "verify",
+        detail: e.to_string(),
+    };
+    let dead: HashSet<(String, u64)> = falcon_nats::dlq::list(js, None)
+        .await?
+        .into_iter()
+        .map(|l| (l.origin.consumer, l.origin.stream_seq))
+        .collect();
+    report.counts.dlq_depth = Some(dead.len() as u64);
+    for (actor, db) in [
+        (falcon_sagas::Actor::Payment, &stores.payment),
+        (falcon_sagas::Actor::Risk, &stores.risk),
+        (falcon_sagas::Actor::Wallet, &stores.wallet),
+    ] {
+        let Some(db) = db else { continue };
+        for spec in crate::runtime::consumer_specs(settings, &[actor]) {
+            let Ok(stream) = js.get_stream(spec.stream).await else {
+                continue;
+            };
+            let Ok(info) = stream.consumer_info(&spec.name).await else {
+                continue;
+            };
+            let floor = info.ack_floor.stream_sequence;
+            if floor == 0 {
+                continue;
+            }
+            let seen: HashSet<String> = inbox::Entity::find()
+                .filter(inbox::Column::Consumer.eq(spec.name.as_str()))
+                .all(db)
+                .await
+                .map_err(db_err)?
+                .into_iter()
+                .map(|r| r.msg_id)
+                .collect();
+            let mut reader = RangeReader::open(
+                js,
+                spec.stream,
+                spec.filter_subjects.clone(),
+                Start::All,
+                Some(floor),
+            )
+            .await?;
+            loop {
+                let page = reader.next_page(1024).await?;
+                if page.is_empty() {
+                    break;
+                }
+                for m in page {
+                    let key = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(HEADER_MSG_ID))
+                        .map(|v| v.as_str().to_owned())
+                        .filter(|k| !k.is_empty())
+                        .unwrap_or_else(|| format!("{}:{}", spec.stream, m.stream_seq));
+                    if !seen.contains(&key) && !dead.contains(&(spec.name.clone(), m.stream_seq)) {
+                        report.violate(
+                            5,
+                            "acked_without_effect",
+                            format!(
+                                "{} acked {} #{} ({key}) but has no record of processing it",
+                                spec.name, m.subject, m.stream_seq
+                            ),
+                        );
+                    }
+                }
+            }
+            reader.close().await;
         }
     }
     Ok(())

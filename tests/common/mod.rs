@@ -249,7 +249,15 @@ impl World {
         })
         .await;
         match settled {
-            Ok(report) => Ok(report),
+            Ok(mut report) => {
+                // And against the streams: whatever a consumer acked, its
+                // actor had committed (or dead-lettered).
+                invariants::check_streams(&stores, &self.settings, &self.js, &mut report).await?;
+                if !report.ok() {
+                    bail!("money invariants violated: {:#?}", report.violations);
+                }
+                Ok(report)
+            }
             Err(_) => {
                 let report = invariants::check(&stores, true).await?;
                 bail!("money invariants violated: {:#?}", report.violations)
