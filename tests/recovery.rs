@@ -244,15 +244,7 @@ async fn deadline_before_reservation_blocks_a_late_hold(b: Backend) -> Result<()
     let risk = Runtime::start(&w.settings, &[Actor::Risk]).await?;
     w.wait_event("falcon.evt.risk.approved.p1", |_| true)
         .await?;
-    eventually(|| async {
-        let info =
-            w.js.get_stream("FALCON_EVT")
-                .await?
-                .consumer_info("wallet-evt")
-                .await?;
-        Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
-    })
-    .await?;
+    w.wait_consumer_idle("FALCON_EVT", "wallet-evt").await?;
     let alice = w.balance("alice").await?;
     assert_eq!(
         (alice.balance.as_str(), alice.held.as_str()),

@@ -71,15 +71,7 @@ async fn replayed_range_is_applied_exactly_once(b: Backend) -> Result<()> {
     // The wallet comes back: its durable consumer delivers everything again,
     // and its inbox turns all of it into no-ops.
     let wallet_again = Runtime::start(&w.settings, &[Actor::Wallet]).await?;
-    eventually(|| async {
-        let info =
-            w.js.get_stream("FALCON_EVT")
-                .await?
-                .consumer_info("wallet-evt")
-                .await?;
-        Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
-    })
-    .await?;
+    w.wait_consumer_idle("FALCON_EVT", "wallet-evt").await?;
     let alice = w.balance("alice").await?;
     assert_eq!(
         (alice.balance.as_str(), alice.held.as_str()),

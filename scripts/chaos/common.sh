@@ -231,6 +231,27 @@ chaos_run_kill9() {
     chaos_log "kill -9 falcon run $name (pid $pid)"
 }
 
+# chaos_run_stop NAME [TIMEOUT_S]: SIGTERM, as an operator would; a process
+# still there after TIMEOUT_S (default 20) is a problem (and gets SIGKILL).
+chaos_run_stop() {
+    local name=$1 timeout_s=${2:-20} pid=${CHAOS_RUN_PID[$1]:-} deadline t0=$SECONDS
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + timeout_s))
+    while falcon__pid_alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+    if falcon__pid_alive "$pid"; then
+        CHAOS_PROBLEMS+=("falcon run $name (pid $pid) still running ${timeout_s}s after SIGTERM")
+        chaos_log "falcon run $name (pid $pid) did not stop within ${timeout_s}s of SIGTERM; kill -9"
+        kill -KILL "$pid" 2>/dev/null || true
+    else
+        chaos_log "falcon run $name stopped on SIGTERM in $((SECONDS - t0))s"
+    fi
+    wait "$pid" 2>/dev/null || true
+    FALCON_LIVE_PIDS=${FALCON_LIVE_PIDS/ $pid / }
+    unset "CHAOS_RUN_PID[$name]"
+    chaos__write_pids
+}
+
 # chaos_runs_alive: fail when a `falcon run` exited on its own.
 chaos_runs_alive() {
     local k
@@ -316,8 +337,13 @@ chaos_finish() {
     local rc=0 elapsed settle_rc=0 id n=0
     chaos_log "waiting (up to ${CHAOS_SETTLE_S}s) for every driven payment to be terminal and the outboxes empty"
     python3 "$CHAOS_DRIVE" settle --falcon "$FALCON_BIN" --acked "$CHAOS_WORK/acked.tsv" \
-        --deadline "$CHAOS_SETTLE_S" --pids-file "$CHAOS_WORK/pids" || settle_rc=$?
+        --deadline "$CHAOS_SETTLE_S" --pids-file "$CHAOS_WORK/pids" --stale-out "$CHAOS_WORK/stale.json" ||
+        settle_rc=$?
     chaos_runs_alive || true
+    # The script's own last look, while everything still runs.
+    if declare -F chaos_before_stop >/dev/null; then chaos_before_stop; fi
+    # Stop every falcon run the way an operator does; each must go within 20 s.
+    for id in "${!CHAOS_RUN_PID[@]}"; do chaos_run_stop "$id" 20; done
     case $settle_rc in
     0) ;;
     2) CHAOS_PROBLEMS+=("a falcon run exited by itself while settling") ;;
@@ -334,6 +360,7 @@ chaos_finish() {
     python3 "$CHAOS_DRIVE" report --falcon "$FALCON_BIN" --name "$CHAOS_NAME" \
         --acked "$CHAOS_WORK/acked.tsv" --before "$CHAOS_WORK/before.json" \
         --driver-stats "$CHAOS_WORK/driver.json" --json-out "$CHAOS_WORK/report.json" \
+        --stale "$CHAOS_WORK/stale.json" \
         --kills "$CHAOS_KILLS" --elapsed "$elapsed" \
         ${problem_args[@]+"${problem_args[@]}"} \
         -- mode="$CHAOS_MODE" ${CHAOS_EXTRA[@]+"${CHAOS_EXTRA[@]}"} || rc=$?

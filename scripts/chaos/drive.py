@@ -424,6 +424,15 @@ def pid_alive(pid: int) -> bool:
 # ---------------------------------------------------------------------------
 
 
+def stream_state(a, saga_id: str) -> dict | None:
+    """The saga as `falcon saga show` folds it from FALCON_EVT (not the view)."""
+    try:
+        doc = falcon_json(a, "saga", "show", saga_id, timeout=30)
+    except (RuntimeError, subprocess.TimeoutExpired):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def cmd_settle(a) -> int:
     ids = read_acked(a.acked)
     started = time.monotonic()
@@ -431,7 +440,17 @@ def cmd_settle(a) -> int:
     last_note = 0.0
     errors = 0
     pending: list[str] = list(ids)
+    last_pending: list[str] = []
+    changed_at = started
+    checked_at = 0.0
+    stale: dict[str, str] = {}  # id -> terminal state per FALCON_EVT, not terminal in saga list
     bl = None
+
+    def save_stale() -> None:
+        if a.stale_out:
+            with open(a.stale_out, "w") as f:
+                json.dump(stale, f)
+
     while True:
         if a.pids_file and os.path.exists(a.pids_file):
             with open(a.pids_file) as f:
@@ -439,16 +458,38 @@ def cmd_settle(a) -> int:
                     name, _, pid = line.strip().rpartition(" ")
                     if pid.isdigit() and not pid_alive(int(pid)):
                         log(f"settle: {name or 'process'} (pid {pid}) is gone")
+                        save_stale()
                         return 2
+        now = time.monotonic()
         try:
             sagas = sagas_by_id(a)
-            pending = [i for i in ids if not sagas.get(i, {}).get("terminal")]
+            pending = [i for i in ids if not sagas.get(i, {}).get("terminal") and i not in stale]
+            if pending != last_pending:
+                last_pending, changed_at = pending, now
+            # The same few sagas not terminal for a while (three ack waits):
+            # ask the event stream whether they are, in fact (a read model
+            # that missed an event shows a state the saga has left).
+            if pending and len(pending) <= 50 and now - changed_at >= a.stale_after and now - checked_at >= 5.0:
+                checked_at = now
+                for i in pending:
+                    st = stream_state(a, i)
+                    if st and st.get("terminal"):
+                        stale[i] = st.get("state", "?")
+                        log(
+                            f"settle: {i} is {st.get('state')} in FALCON_EVT (saga show) but "
+                            f"{sagas.get(i, {}).get('state', 'absent')} in saga list"
+                        )
+                pending = [i for i in pending if i not in stale]
             bl = None
             if not pending:
                 _rc, doc = verify_json(a)
                 bl = backlog(doc)
                 if bl == 0:
-                    log(f"settle: all {len(ids)} terminal, outbox empty, after {time.monotonic() - started:.1f}s")
+                    save_stale()
+                    log(
+                        f"settle: all {len(ids)} terminal, outbox empty, after {time.monotonic() - started:.1f}s"
+                        + (f" ({len(stale)} only per saga show, not per saga list)" if stale else "")
+                    )
                     return 0
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             errors += 1
@@ -465,6 +506,7 @@ def cmd_settle(a) -> int:
                 + f", {now - started:.0f}s"
             )
         time.sleep(a.interval)
+    save_stale()
     log(f"settle: deadline of {a.deadline:.0f}s passed: {len(pending)} not terminal, outbox backlog {bl}")
     try:
         sagas = sagas_by_id(a)
@@ -510,6 +552,26 @@ def cmd_report(a) -> int:
         problems.append(f"dlq list failed: {e}")
         dlq = []
 
+    # Sagas settle found terminal in FALCON_EVT but not in saga list: ask
+    # saga show again, and count them by what the event stream says.
+    stale: dict[str, str] = {}
+    if a.stale and os.path.exists(a.stale):
+        for i in json.load(open(a.stale)):
+            if sagas.get(i, {}).get("terminal"):
+                continue  # the view caught up
+            st = stream_state(a, i)
+            if st and st.get("terminal"):
+                stale[i] = f"{sagas.get(i, {}).get('state', 'absent')}->{st.get('state', '?')}"
+                row = dict(sagas.get(i) or {"from_wallet": ids[i][0], "to_wallet": ids[i][1], "amount": str(ids[i][2])})
+                row.update(state=st.get("state"), terminal=True, reason=row.get("reason"))
+                sagas[i] = row
+    if stale:
+        problems.append(
+            f"saga list (the payment-view read model) shows {len(stale)} payments as not terminal that "
+            f"FALCON_EVT (saga show) shows terminal (list state->stream state): "
+            + " ".join(f"{i}:{states}" for i, states in list(stale.items())[:5])
+        )
+
     completed = failed = 0
     lost: list[str] = []
     reasons = collections.Counter()
@@ -543,6 +605,7 @@ def cmd_report(a) -> int:
             received[s["to_wallet"]] += cents
 
     violations = vdoc.get("violations", []) or []
+    counts = vdoc.get("counts", {})
     bad_wallets = []
     for w, b in before.items():
         aft = after[w]
@@ -555,10 +618,15 @@ def cmd_report(a) -> int:
     payers = {frm for frm, _to, _amt in ids.values()} | {s["from_wallet"] for s in sagas.values() if s.get("from_wallet")}
     debited = sum(minor(before[w], "balance") - minor(after[w], "balance") for w in payers if w in before)
     total_completed = sum(paid.values())
-    counts = vdoc.get("counts", {})
     bl = backlog(vdoc)
     dlq_depth = int(counts.get("dlq_depth", len(dlq)) or 0)
-    double_applied = len(violations) + len(bad_wallets)
+    double_applied = len(violations)
+    money_delta = debited - total_completed
+    # The payments table (verify) and the saga view (saga list) must agree.
+    by_state_view = collections.Counter(s["state"] for s in sagas.values() if s.get("kind", "payment") == "payment")
+    by_state_db = {k: int(v) for k, v in (counts.get("payments_by_state") or {}).items()}
+    if by_state_db and dict(by_state_view) != by_state_db:
+        problems.append(f"payments by state: verify (payments table) {by_state_db} != saga list {dict(by_state_view)}")
 
     if lost:
         problems.append(f"{len(lost)} driven payments not terminal, e.g. {' '.join(lost[:5])}")
@@ -590,7 +658,7 @@ def cmd_report(a) -> int:
     line = (
         f"VERDICT {a.name}: {'PASS' if ok else 'FAIL'} driven={len(ids)} terminal={completed + failed} "
         f"completed={completed} failed={failed} lost={len(lost)} double_applied={double_applied} "
-        f"dlq={dlq_depth} kills={a.kills} elapsed={a.elapsed}s"
+        f"dlq={dlq_depth} kills={a.kills} elapsed={a.elapsed}s money_delta={money_delta} view_stale={len(stale)}"
         + (f" {extra}" if extra else "")
     )
     if reasons:
@@ -653,6 +721,9 @@ def main(argv: list[str]) -> int:
             sp.add_argument("--deadline", type=float, default=120.0)
             sp.add_argument("--interval", type=float, default=0.5)
             sp.add_argument("--pids-file", help="lines 'NAME PID' of processes that must stay up")
+            sp.add_argument("--stale-after", type=float, default=8.0,
+                            help="seconds the same sagas stay not terminal before saga show is asked")
+            sp.add_argument("--stale-out", help="JSON file: sagas terminal per saga show but not per saga list")
         elif name == "report":
             sp.add_argument("--name", required=True)
             sp.add_argument("--acked", required=True)
@@ -660,6 +731,7 @@ def main(argv: list[str]) -> int:
             sp.add_argument("--kills", default="0")
             sp.add_argument("--elapsed", default="0")
             sp.add_argument("--driver-stats")
+            sp.add_argument("--stale", help="the JSON file settle --stale-out wrote")
             sp.add_argument("--json-out")
             sp.add_argument("--problem", action="append", help="a problem found by the caller (FAILs the verdict)")
             sp.add_argument("extra", nargs="*", help="key=value pairs appended to the verdict line")

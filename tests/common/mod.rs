@@ -234,6 +234,20 @@ impl World {
         Ok(terminal)
     }
 
+    /// Waits until a durable consumer has nothing pending or unacked.
+    pub async fn wait_consumer_idle(&self, stream: &str, consumer: &str) -> Result<()> {
+        eventually(|| async {
+            let info = self
+                .js
+                .get_stream(stream)
+                .await?
+                .consumer_info(consumer)
+                .await?;
+            Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
+        })
+        .await
+    }
+
     pub async fn stores(&self) -> Result<Stores> {
         Ok(Stores::open(&self.settings, &Actor::ALL).await?)
     }
