@@ -487,8 +487,16 @@ async fn saga_list(
                     r.saga_id,
                     r.kind,
                     r.state,
-                    format!("{} {}", r.amount, r.currency),
-                    format!("{} -> {}", r.from_wallet, r.to_wallet),
+                    if r.amount.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        format!("{} {}", r.amount, r.currency)
+                    },
+                    if r.from_wallet.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        format!("{} -> {}", r.from_wallet, r.to_wallet)
+                    },
                     r.reason.unwrap_or_default(),
                     r.created_at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
                 ]
