@@ -21,7 +21,10 @@
 #
 # Environment: FALCON_TEST_THREADS (test threads per test binary, default 2),
 # FALCON_TEST_TIMEOUT (a bound on the whole cargo test run, default 80m),
-# FALCON_TEST_LINT=1 (also cargo fmt --check and clippy -D warnings).
+# FALCON_TEST_LINT=1 (also cargo fmt --check and clippy -D warnings),
+# FALCON_TEST_CHAOS=0|1 (skip or force the short chaos scenarios,
+# scripts/chaos/run-short.sh, that follow the cargo tests; by default they
+# run when no cargo arguments are given).
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -49,10 +52,12 @@ else
 fi
 
 # --- the scripts themselves ----------------------------------------------------
-for f in scripts/*.sh .ci/run; do
+for f in scripts/*.sh scripts/chaos/*.sh .ci/run; do
     bash -n "$f"
 done
-python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' scripts/nats_pub.py
+for f in scripts/nats_pub.py scripts/chaos/drive.py; do
+    python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' "$f"
+done
 
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
@@ -103,18 +108,58 @@ ${timeout_cmd[@]+"${timeout_cmd[@]}"} cargo test --no-fail-fast "${cargo_args[@]
     --test-threads="${FALCON_TEST_THREADS:-2}" ${test_args[@]+"${test_args[@]}"} 2>&1 | tee "$test_log" ||
     rc=${PIPESTATUS[0]}
 
+if ((rc == 124)); then
+    echo "falcon: cargo test ran longer than its ${FALCON_TEST_TIMEOUT:-80m} bound (FALCON_TEST_TIMEOUT) and was stopped" >&2
+fi
+
+# --- chaos (short) -------------------------------------------------------------
+# scripts/chaos/run-short.sh: scenarios 1-3 (actors killed, the process
+# killed -9, nats-server restarted) in --short mode against the debug
+# `falcon` the tests just built, about a minute in all; each scenario counts
+# as one test. Runs with the whole workspace (no cargo arguments) or
+# FALCON_TEST_CHAOS=1; FALCON_TEST_CHAOS=0 skips it (counted as skipped).
+chaos_passed=0 chaos_failed=0 chaos_skipped=0
+chaos_mode=${FALCON_TEST_CHAOS:-}
+if [[ -z $chaos_mode ]]; then
+    [[ $* == "" ]] && chaos_mode=1 || chaos_mode=0
+fi
+if ((rc == 124)); then
+    chaos_mode=0
+fi
+if [[ $chaos_mode == 1 ]]; then
+    echo "chaos: building the debug falcon binary for scripts/chaos/run-short.sh"
+    chaos_rc=0
+    if cargo build --bin falcon; then
+        chaos_out=$(mktemp "${TMPDIR:-/tmp}/falcon-chaos-summary.XXXXXX")
+        falcon_on_exit "rm -f $(printf '%q' "$chaos_out")"
+        FALCON_BIN="$CARGO_TARGET_DIR/debug/falcon" bash scripts/chaos/run-short.sh | tee "$chaos_out" ||
+            chaos_rc=${PIPESTATUS[0]}
+        read -r chaos_passed chaos_failed < <(awk '/^chaos: [0-9]+ passed, [0-9]+ failed/{p = $2; f = $4}
+            END { print p + 0, f + 0 }' "$chaos_out")
+        # A run that died before its summary line: count every scenario as failed.
+        if ((chaos_rc != 0 && chaos_failed == 0)); then
+            chaos_failed=$((3 - chaos_passed))
+        fi
+    else
+        chaos_rc=1
+        chaos_failed=3
+    fi
+    ((chaos_rc == 0)) || echo "falcon: chaos scenarios failed (scripts/chaos/run-short.sh exit $chaos_rc)" >&2
+    ((rc != 0 || chaos_rc == 0)) || rc=1
+else
+    chaos_skipped=3
+fi
+
 # One closing line over all test binaries (cargo's own last line is the
-# doc-tests' count, often 0).
-awk '/^test result: /{
+# doc-tests' count, often 0) and the chaos scenarios.
+awk -v cp="$chaos_passed" -v cf="$chaos_failed" -v cs="$chaos_skipped" '/^test result: /{
         for (i = 1; i <= NF; i++) {
             if ($(i+1) ~ /^passed/) p += $i
             if ($(i+1) ~ /^failed/) f += $i
             if ($(i+1) ~ /^ignored/) s += $i
         }
-    } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$test_log"
-if ((rc == 124)); then
-    echo "falcon: cargo test ran longer than its ${FALCON_TEST_TIMEOUT:-80m} bound (FALCON_TEST_TIMEOUT) and was stopped" >&2
-elif ((rc != 0)); then
+    } END { printf "tests: %d passed, %d failed, %d skipped\n", p + cp, f + cf, s + cs }' "$test_log"
+if ((rc != 0 && rc != 124)); then
     echo "falcon: tests failed (exit $rc) after $((SECONDS - started))s" >&2
 fi
 exit "$rc"

@@ -442,6 +442,9 @@ pub fn risk_handler(settings: &Settings, db: DatabaseConnection) -> Result<risk:
     Ok(risk::Risk::new(db, rules))
 }
 
+/// Longest wait for NATS to take the last acks at shutdown.
+const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(5);
+
 /// A running set of actors under one root supervisor.
 pub struct Runtime {
     supervisor: ActorRef<SupervisorMsg>,
@@ -580,8 +583,14 @@ impl Runtime {
         if let Err(e) = self.join.await {
             tracing::warn!(error = %e, "supervisor task ended abnormally");
         }
-        if let Err(e) = self.client.flush().await {
-            tracing::warn!(error = %e, "flushing NATS at shutdown");
+        // Bounded: with the server unreachable a flush would wait for a
+        // connection that may never come, and shutdown must finish.
+        match tokio::time::timeout(SHUTDOWN_FLUSH_MAX, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS at shutdown"),
+            Err(_) => tracing::warn!(
+                "NATS unreachable at shutdown; not flushed (unacked messages are redelivered)"
+            ),
         }
     }
 }

@@ -39,7 +39,13 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error>
     async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(url)
+        // Several servers (a cluster) as a comma-separated list.
+        .connect(
+            url.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect::<Vec<_>>(),
+        )
         .await
         .map_err(|e| Error::Connect {
             url: url.to_owned(),

@@ -27,7 +27,7 @@ chaos_drive_start "$NATS_URL"
 declare -A killed=()
 misses=0
 next=$((SECONDS + 1))
-while chaos_driving; do
+while chaos_in_load; do
     if ((SECONDS >= next)); then
         next=$((SECONDS + 1))
         out=$("$FALCON_BIN" --json chaos kill any 2>&1) || { misses=$((misses + 1)); continue; }

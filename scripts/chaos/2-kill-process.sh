@@ -30,8 +30,8 @@ chaos_drive_start "$NATS_URL"
 # Kill k at (k - 0.5) / kills_planned of the load, each a little randomised.
 for ((k = 1; k <= kills_planned; k++)); do
     at=$((CHAOS_DRIVE_T0 + (2 * k - 1) * CHAOS_LOAD_S / (2 * kills_planned) + RANDOM % 2))
-    while ((SECONDS < at)) && chaos_driving; do sleep 0.1; done
-    chaos_driving || break
+    while ((SECONDS < at)) && chaos_in_load; do sleep 0.1; done
+    chaos_in_load || break
     chaos_run_kill9 main
     chaos_run_start main
 done

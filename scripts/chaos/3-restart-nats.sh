@@ -37,8 +37,8 @@ restarts_planned=$((CHAOS_SHORT ? 2 : 4))
 chaos_drive_start "$url"
 for ((k = 1; k <= restarts_planned; k++)); do
     at=$((CHAOS_DRIVE_T0 + (2 * k - 1) * CHAOS_LOAD_S / (2 * restarts_planned)))
-    while ((SECONDS < at)) && chaos_driving; do sleep 0.1; done
-    chaos_driving || break
+    while ((SECONDS < at)) && chaos_in_load; do sleep 0.1; done
+    chaos_in_load || break
     chaos_log "restart $k: stopping nats-server with $(chaos_acked) payments acked"
     chaos_nats_stop nats
     sleep "$down_s"   # the outage itself, not a synchronisation

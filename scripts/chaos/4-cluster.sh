@@ -58,6 +58,7 @@ fi
 stream_replicas() {
     local s doc
     for s in FALCON_CMD FALCON_EVT FALCON_DLQ; do
+        # shellcheck disable=SC2016 # a literal $: the JetStream API subject
         doc=$(python3 "$FALCON_ROOT/scripts/nats_pub.py" --url "nats://127.0.0.1:${cport[$1]}" '$JS.API.STREAM.INFO.'"$s" '') || return 1
         python3 -c 'import json,sys
 d = json.loads(sys.argv[1]); c = d.get("cluster", {})
@@ -78,8 +79,8 @@ chaos_drive_start "$urls"
 for ((k = 1; k <= ${#order[@]}; k++)); do
     i=${order[k - 1]}
     at=$((CHAOS_DRIVE_T0 + (2 * k - 1) * CHAOS_LOAD_S / (2 * ${#order[@]}) - down_s / 2))
-    while ((SECONDS < at)) && chaos_driving; do sleep 0.1; done
-    chaos_driving || break
+    while ((SECONDS < at)) && chaos_in_load; do sleep 0.1; done
+    chaos_in_load || break
     chaos_log "stopping node $i with $(chaos_acked) payments acked"
     chaos_nats_stop "nats-$i"
     CHAOS_KILLS=$((CHAOS_KILLS + 1))
@@ -91,7 +92,11 @@ chaos_drive_wait
 ((CHAOS_KILLS > 0)) || CHAOS_PROBLEMS+=("no node was stopped")
 
 # The CLI from here on: a server that is up (all are, by now).
-export FALCON__NATS__URL=$([[ $multi_url == ok ]] && echo "$urls" || echo "nats://127.0.0.1:${cport[2]}")
+if [[ $multi_url == ok ]]; then
+    export FALCON__NATS__URL=$urls
+else
+    export FALCON__NATS__URL="nats://127.0.0.1:${cport[2]}"
+fi
 chaos_before_stop() {
     local connects
     connects=$(cat "$CHAOS_WORK"/run-main.*.log | grep -c 'event: connected' || true)

@@ -31,8 +31,8 @@ chaos_wallets
 # at FRACTION_PERCENT: wait until that much of the load's time has passed.
 at() {
     local t=$((CHAOS_DRIVE_T0 + CHAOS_LOAD_S * $1 / 100))
-    while ((SECONDS < t)) && chaos_driving; do sleep 0.1; done
-    chaos_driving
+    while ((SECONDS < t)) && chaos_in_load; do sleep 0.1; done
+    chaos_in_load
 }
 
 chaos_drive_start "$NATS_URL"

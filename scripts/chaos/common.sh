@@ -11,13 +11,24 @@
 # and every outbox is empty, runs `falcon verify`, and prints one line:
 #
 #   VERDICT <name>: PASS|FAIL driven=.. terminal=.. completed=.. failed=..
-#     lost=.. double_applied=.. dlq=.. kills=.. elapsed=..s ...
+#     lost=.. double_applied=.. dlq=.. kills=.. elapsed=..s money_delta=..
+#     view_stale=.. mode=short|full [what the scenario adds]
 #
-# Exit 0 on PASS, 1 on FAIL. Everything lives in a temporary directory,
-# removed on PASS and kept (path printed) on FAIL or with --keep.
+# (The fields are explained in drive.py's `report`.) Exit 0 on PASS, 1 on
+# FAIL, with the problems found on stderr. Everything lives in a temporary
+# directory, removed on PASS and kept (path printed, with the falcon run and
+# nats-server logs and, on FAIL, `saga show` and the log lines of the first
+# payments at fault) on FAIL or with --keep.
+#
+# Every process runs with FALCON__CONSUMER__ACK_WAIT_MS=2000 (redeliveries
+# after a kill come in 2 s), FALCON__PROVIDER__DECLINE_BPS=300 (3% of the
+# captures declined: the compensation path) and a risk velocity limit out of
+# the way; the environment may override each. Payments go from 8 payers
+# (payer-thin runs out of money: insufficient funds) to 4 payees, 0.01 to
+# 5.00 USD each.
 #
 # Options of every chaos script (chaos_init parses them):
-#   --short          a small run (~150 payments, a few faults, ~40 s)
+#   --short          a small run (150 payments, a few faults, 15-30 s)
 #   --payments N     payments to drive (default 150 short, 2000 full)
 #   --rate R         new payments per second (default 15 short, 50 full)
 #   --keep           keep the temporary directory
@@ -77,7 +88,10 @@ chaos_init() {
     [[ $CHAOS_PAYMENTS =~ ^[1-9][0-9]*$ ]] || { echo "--payments: a positive integer" >&2; exit 2; }
     CHAOS_MODE=$([[ $CHAOS_SHORT == 1 ]] && echo short || echo full)
     # Seconds the load takes at the chosen rate: the chaos is spread over it.
-    CHAOS_LOAD_S=$(python3 -c "import sys; print(max(1, round(int(sys.argv[1]) / float(sys.argv[2]))) if float(sys.argv[2]) > 0 else 10)" "$CHAOS_PAYMENTS" "$CHAOS_RATE")
+    # Unpaced (--rate 0) the publishing is over in a moment and the actors
+    # work through the backlog at a few hundred payments a second: the chaos
+    # is spread over that.
+    CHAOS_LOAD_S=$(python3 -c "import sys; n, r = int(sys.argv[1]), float(sys.argv[2]); print(max(1, round(n / r)) if r > 0 else max(5, n // 200))" "$CHAOS_PAYMENTS" "$CHAOS_RATE")
 
     CHAOS_WORK=$(mktemp -d "${TMPDIR:-/tmp}/falcon-chaos-$CHAOS_NAME.XXXXXX")
     CHAOS_PASSED=0
@@ -311,8 +325,12 @@ chaos_drive_start() {
     chaos_log "load started: $CHAOS_PAYMENTS payments at ${CHAOS_RATE}/s (about ${CHAOS_LOAD_S}s)"
 }
 
-# chaos_driving: true while the load runs.
+# chaos_driving: true while the driver publishes.
 chaos_driving() { falcon__pid_alive "$CHAOS_DRIVE_PID"; }
+
+# chaos_in_load: true while the driver publishes or the load's time
+# (CHAOS_LOAD_S from its start) has not passed: the window for the chaos.
+chaos_in_load() { chaos_driving || ((SECONDS < CHAOS_DRIVE_T0 + CHAOS_LOAD_S)); }
 
 # chaos_acked: payments acknowledged so far.
 chaos_acked() { wc -l <"$CHAOS_WORK/acked.tsv" | tr -d ' '; }
@@ -356,25 +374,38 @@ chaos_finish() {
     elapsed=$((SECONDS - CHAOS_T0))
     local -a problem_args=()
     for id in ${CHAOS_PROBLEMS[@]+"${CHAOS_PROBLEMS[@]}"}; do problem_args+=(--problem "$id"); done
-    CHAOS_VERDICT_DONE=1
-    python3 "$CHAOS_DRIVE" report --falcon "$FALCON_BIN" --name "$CHAOS_NAME" \
+    local verdict
+    verdict=$(python3 "$CHAOS_DRIVE" report --falcon "$FALCON_BIN" --name "$CHAOS_NAME" \
         --acked "$CHAOS_WORK/acked.tsv" --before "$CHAOS_WORK/before.json" \
         --driver-stats "$CHAOS_WORK/driver.json" --json-out "$CHAOS_WORK/report.json" \
-        --stale "$CHAOS_WORK/stale.json" \
         --kills "$CHAOS_KILLS" --elapsed "$elapsed" \
         ${problem_args[@]+"${problem_args[@]}"} \
-        -- mode="$CHAOS_MODE" ${CHAOS_EXTRA[@]+"${CHAOS_EXTRA[@]}"} || rc=$?
+        -- mode="$CHAOS_MODE" ${CHAOS_EXTRA[@]+"${CHAOS_EXTRA[@]}"}) || rc=$?
+    CHAOS_VERDICT_DONE=1
+    if [[ $verdict != VERDICT* ]]; then
+        verdict="VERDICT $CHAOS_NAME: FAIL the report failed (exit $rc) elapsed=${elapsed}s"
+        rc=1
+    fi
+    printf '%s\n' "$verdict"
     if ((rc == 0)); then
         CHAOS_PASSED=1
         return 0
     fi
-    # Evidence: the first payments not terminal, their timelines, the
-    # errors in the falcon run logs.
-    python3 -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1])).get("lost", [])[:3]))' \
+    # Evidence: the first payments not terminal (or not terminal in saga
+    # list only): their timelines and what the falcon run logs say of them;
+    # the count of errors and warnings per log.
+    python3 -c 'import json,sys; d = json.load(open(sys.argv[1])); print("\n".join((d.get("lost", []) + list(d.get("view_stale", {})))[:3]))' \
         "$CHAOS_WORK/report.json" 2>/dev/null | while read -r id; do
         [[ -n $id ]] || continue
-        "$FALCON_BIN" saga show "$id" >"$CHAOS_WORK/saga-$id.txt" 2>&1 || true
-        chaos_log "saga show $id: $CHAOS_WORK/saga-$id.txt"
+        {
+            "$FALCON_BIN" saga show "$id" 2>&1 || true
+            echo "--- saga list:"
+            "$FALCON_BIN" --json saga list --limit 100000000 2>/dev/null |
+                python3 -c 'import json,sys; print(json.dumps([r for r in json.load(sys.stdin) if r.get("saga_id") == sys.argv[1]]))' "$id" || true
+            echo "--- falcon run logs:"
+            grep -h -- "$id" "$CHAOS_WORK"/run-*.log || true
+        } >"$CHAOS_WORK/saga-$id.txt"
+        chaos_log "evidence for $id: $CHAOS_WORK/saga-$id.txt"
     done
     for f in "$CHAOS_WORK"/run-*.log; do
         n=$(grep -c -E ' (ERROR|WARN) ' "$f" || true)

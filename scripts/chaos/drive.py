@@ -4,6 +4,7 @@
     drive.py load    publish N falcon.cmd.payment.create commands with JetStream acks
     drive.py settle  wait until every driven payment is terminal and every outbox empty
     drive.py report  compare the end state with what was driven; print the VERDICT line
+    drive.py balances  record wallet balances (before the load)
 
 load
     One NATS connection (the protocol code of scripts/nats_pub.py). Every
@@ -23,22 +24,37 @@ load
 settle
     Polls `falcon --json saga list` and `falcon --json verify` every
     --interval seconds until every id in --acked is terminal (completed or
-    failed) and the outbox backlog is 0, or --deadline seconds pass. Exit 0
-    when settled, 1 on the deadline (with the stuck sagas on stderr), 2 when a
-    process listed in --pids-file is gone.
+    failed) and the outbox backlog is 0, or --deadline seconds pass. When
+    the payment actor's own table (verify's payments_by_state) has had every
+    payment terminal for --stale-after seconds but saga list (a read model
+    fed by FALCON_EVT) still shows some as not terminal, it asks `falcon saga
+    show` (which folds FALCON_EVT itself) about those, and counts the ones it
+    finds terminal as settled, but stale in the view (--stale-out). Exit 0
+    when settled, 1 on the deadline, 2 when a process listed in --pids-file
+    is gone.
 
 report
-    Reads the end state (`saga list`, `verify`, `wallet balance`, `dlq list`)
-    and the balances before the load (--before, written by `balances`), and
-    prints one line:
+    Reads the end state (`saga list`, `saga show` for what the list does not
+    show as terminal, `verify`, `wallet balance`, `dlq list`) and the
+    balances before the load (--before, written by `balances`), and prints
+    one line:
 
       VERDICT <name>: PASS|FAIL driven=.. terminal=.. completed=.. failed=..
-        lost=.. double_applied=.. dlq=.. kills=.. elapsed=..s [extra k=v ...]
+        lost=.. double_applied=.. dlq=.. kills=.. elapsed=..s money_delta=..
+        view_stale=.. [key=value ...]
 
-    lost: driven (acked) payments without a terminal state. double_applied:
-    violations reported by `falcon verify` plus wallets whose balance change
-    differs from the sum of their completed payments (money moved twice, or
-    not at all). Exit 0 on PASS, 1 on FAIL.
+    driven: payments JetStream acked to the driver. lost: driven payments
+    terminal neither in saga list nor in FALCON_EVT. double_applied: the
+    invariant violations `falcon verify` reports (money moved twice breaks
+    them). money_delta: what the payers lost minus the sum of the completed
+    payments' amounts, in minor units (each completed payment must move its
+    amount exactly once; every wallet's change is checked the same way).
+    view_stale: driven payments terminal in FALCON_EVT but not in saga list.
+    PASS needs all of: lost=0, double_applied=0, money_delta=0, no wallet
+    off, no hold left, dlq=0, view_stale=0, outbox backlog 0, saga list and
+    the payments table agreeing on the counts by state, and no problem the
+    calling script passed with --problem. Exit 0 on PASS, 1 on FAIL; the
+    problems go to stderr.
 
 balances
     Writes `falcon --json wallet balance` of the given wallets to a JSON file.
@@ -48,10 +64,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import json
 import os
 import queue
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -433,6 +451,18 @@ def stream_state(a, saga_id: str) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
+def stream_states(a, saga_ids: list[str]) -> dict[str, dict | None]:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(saga_ids, pool.map(lambda i: stream_state(a, i), saga_ids)))
+
+
+def table_terminal(doc: dict, n: int) -> bool:
+    """verify's payments_by_state (the payment actor's own table): at least
+    n payments, every one completed or failed."""
+    by_state = (doc or {}).get("counts", {}).get("payments_by_state") or {}
+    return set(by_state) <= {"completed", "failed"} and sum(int(v) for v in by_state.values()) >= n
+
+
 def cmd_settle(a) -> int:
     ids = read_acked(a.acked)
     started = time.monotonic()
@@ -440,11 +470,11 @@ def cmd_settle(a) -> int:
     last_note = 0.0
     errors = 0
     pending: list[str] = list(ids)
-    last_pending: list[str] = []
-    changed_at = started
+    table_ok_since: float | None = None
     checked_at = 0.0
     stale: dict[str, str] = {}  # id -> terminal state per FALCON_EVT, not terminal in saga list
     bl = None
+    table_ok = False
 
     def save_stale() -> None:
         if a.stale_out:
@@ -464,33 +494,33 @@ def cmd_settle(a) -> int:
         try:
             sagas = sagas_by_id(a)
             pending = [i for i in ids if not sagas.get(i, {}).get("terminal") and i not in stale]
-            if pending != last_pending:
-                last_pending, changed_at = pending, now
-            # The same few sagas not terminal for a while (three ack waits):
-            # ask the event stream whether they are, in fact (a read model
-            # that missed an event shows a state the saga has left).
-            if pending and len(pending) <= 50 and now - changed_at >= a.stale_after and now - checked_at >= 5.0:
-                checked_at = now
-                for i in pending:
-                    st = stream_state(a, i)
-                    if st and st.get("terminal"):
-                        stale[i] = st.get("state", "?")
-                        log(
-                            f"settle: {i} is {st.get('state')} in FALCON_EVT (saga show) but "
-                            f"{sagas.get(i, {}).get('state', 'absent')} in saga list"
-                        )
-                pending = [i for i in pending if i not in stale]
-            bl = None
-            if not pending:
-                _rc, doc = verify_json(a)
-                bl = backlog(doc)
-                if bl == 0:
-                    save_stale()
-                    log(
-                        f"settle: all {len(ids)} terminal, outbox empty, after {time.monotonic() - started:.1f}s"
-                        + (f" ({len(stale)} only per saga show, not per saga list)" if stale else "")
-                    )
-                    return 0
+            _rc, doc = verify_json(a)
+            bl = backlog(doc)
+            table_ok = table_terminal(doc, len(ids))
+            if not pending and bl == 0:
+                save_stale()
+                log(
+                    f"settle: all {len(ids)} terminal, outbox empty, after {time.monotonic() - started:.1f}s"
+                    + (f" ({len(stale)} only per saga show, not per saga list)" if stale else "")
+                )
+                return 0
+            # The payment actor's table says every payment is terminal and
+            # the outboxes are empty, for a while (a few ack waits), but
+            # saga list (a read model) does not: ask the event stream about
+            # those sagas (a read model that missed an event shows a state
+            # the saga has left).
+            if table_ok and bl == 0:
+                table_ok_since = table_ok_since or now
+                if now - table_ok_since >= a.stale_after and now - checked_at >= 5.0:
+                    checked_at = now
+                    for i, st in stream_states(a, pending).items():
+                        if st and st.get("terminal"):
+                            stale[i] = st.get("state", "?")
+                    examples = ", ".join(f"{i} ({sagas.get(i, {}).get('state', 'absent')})" for i in list(stale)[:3])
+                    log(f"settle: {len(stale)} sagas terminal in FALCON_EVT (saga show) but not in saga list, e.g. {examples}")
+                    continue
+            else:
+                table_ok_since = None
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             errors += 1
             if errors % 10 == 1:
@@ -501,8 +531,9 @@ def cmd_settle(a) -> int:
         if now - last_note >= 5.0:
             last_note = now
             log(
-                f"settle: {len(ids) - len(pending)}/{len(ids)} terminal"
+                f"settle: {len(ids) - len(pending)}/{len(ids)} terminal in saga list"
                 + (f", outbox backlog {bl}" if bl is not None else "")
+                + (", payments table all terminal" if table_ok else "")
                 + f", {now - started:.0f}s"
             )
         time.sleep(a.interval)
@@ -555,15 +586,18 @@ def cmd_report(a) -> int:
     # Sagas settle found terminal in FALCON_EVT but not in saga list: ask
     # saga show again, and count them by what the event stream says.
     stale: dict[str, str] = {}
-    if a.stale and os.path.exists(a.stale):
-        for i in json.load(open(a.stale)):
-            if sagas.get(i, {}).get("terminal"):
-                continue  # the view caught up
-            st = stream_state(a, i)
+    unsure = [i for i in ids if not sagas.get(i, {}).get("terminal")]
+    if unsure:
+        for i, st in stream_states(a, unsure).items():
             if st and st.get("terminal"):
                 stale[i] = f"{sagas.get(i, {}).get('state', 'absent')}->{st.get('state', '?')}"
                 row = dict(sagas.get(i) or {"from_wallet": ids[i][0], "to_wallet": ids[i][1], "amount": str(ids[i][2])})
-                row.update(state=st.get("state"), terminal=True, reason=row.get("reason"))
+                reason = row.get("reason")
+                for step in st.get("steps") or []:
+                    m = re.search(r"failed \(([a-z_]+)\)", step.get("detail") or "")
+                    if m:
+                        reason = m.group(1)
+                row.update(state=st.get("state"), terminal=True, reason=reason)
                 sagas[i] = row
     if stale:
         problems.append(
@@ -676,6 +710,7 @@ def cmd_report(a) -> int:
                 {
                     "pass": ok,
                     "lost": lost,
+                    "view_stale": stale,
                     "problems": problems,
                     "reasons": dict(reasons),
                     "verify": vdoc,
@@ -731,7 +766,6 @@ def main(argv: list[str]) -> int:
             sp.add_argument("--kills", default="0")
             sp.add_argument("--elapsed", default="0")
             sp.add_argument("--driver-stats")
-            sp.add_argument("--stale", help="the JSON file settle --stale-out wrote")
             sp.add_argument("--json-out")
             sp.add_argument("--problem", action="append", help="a problem found by the caller (FAILs the verdict)")
             sp.add_argument("extra", nargs="*", help="key=value pairs appended to the verdict line")

@@ -10,9 +10,10 @@ use falcon_nats::{ConsumerSpec, Delivery};
 use falcon_sagas::{Actor, State, Transition};
 use falcon_schemas::subject::STREAM_EVT;
 use falcon_schemas::{Event, EventData, EventType};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde::Serialize;
 
@@ -54,6 +55,10 @@ pub mod saga_view {
         pub last_seq: i64,
         /// Events the state machine refused (out of order or foreign).
         pub anomalies: i32,
+        /// The saga's event types seen so far, one bit each in
+        /// [`super::CANONICAL`] order: the state is folded from this set, so
+        /// it does not depend on the order the events were delivered in.
+        pub events_seen: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -111,8 +116,7 @@ impl Handler for SagaView {
         _out: &mut Outbox,
     ) -> Result<(), StepError> {
         let event = decode_event(delivery)?;
-        project(txn, &event, delivery.stream_seq).await?;
-        Ok(())
+        project(txn, &event, delivery.stream_seq).await
     }
 }
 
@@ -177,58 +181,249 @@ fn facts(e: &Event) -> Facts {
     }
 }
 
-/// Applies one event to its saga's row through the saga state machine.
-pub async fn project(txn: &impl ConnectionTrait, e: &Event, seq: u64) -> Result<(), DbErr> {
+/// Every saga event type in the order a saga takes them. Folding the set of
+/// a saga's event types in this order gives the same state as folding them
+/// in the order they happened: each type happens at most once per saga, and
+/// a rejection of a reused key comes last, where it changes nothing.
+pub const CANONICAL: [EventType; 17] = [
+    EventType::PaymentRequested,
+    EventType::RiskApproved,
+    EventType::RiskRejected,
+    EventType::FundsReserved,
+    EventType::ReservationDeclined,
+    EventType::PaymentCaptured,
+    EventType::PaymentCaptureFailed,
+    EventType::FundsReleased,
+    EventType::TransferCommitted,
+    EventType::PaymentCompleted,
+    EventType::PaymentFailed,
+    EventType::RefundRequested,
+    EventType::RefundCommitted,
+    EventType::RefundDeclined,
+    EventType::PaymentRefunded,
+    EventType::RefundFailed,
+    EventType::PaymentRejected,
+];
+
+fn bit(ty: EventType) -> Option<i64> {
+    CANONICAL.iter().position(|t| *t == ty).map(|i| 1_i64 << i)
+}
+
+/// The state a set of event types folds to, and how many of them the state
+/// machine refused.
+pub fn fold_seen(seen: i64) -> (Option<State>, i32) {
+    let mut state = None;
+    let mut refused = 0;
+    for (i, ty) in CANONICAL.iter().enumerate() {
+        if seen & (1 << i) == 0 {
+            continue;
+        }
+        match State::apply(state, *ty) {
+            Transition::Moved(next) => state = Some(next),
+            Transition::Invalid { .. } => refused += 1,
+            Transition::Duplicate | Transition::Ignored => {}
+        }
+    }
+    (state, refused)
+}
+
+/// States in which a saga's reason (why it failed) is worth showing.
+fn failing(state: Option<State>) -> bool {
+    matches!(
+        state,
+        Some(
+            State::Failed
+                | State::RiskRejected
+                | State::ReservationDeclined
+                | State::CaptureFailed
+                | State::Released
+                | State::Rejected
+                | State::RefundDeclined
+                | State::RefundFailed
+        )
+    )
+}
+
+/// Applies one event to its saga's row. Order-independent (the state is
+/// folded from the set of event types seen) and safe under concurrency (the
+/// row is updated only from the set it was read with; a lost race is retried).
+pub async fn project(txn: &impl ConnectionTrait, e: &Event, seq: u64) -> Result<(), StepError> {
+    let Some(bit) = bit(e.event_type()) else {
+        return Ok(());
+    };
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let f = facts(e);
     let row = saga_view::Entity::find_by_id(e.sagaid.clone())
         .one(txn)
         .await?;
-    let current = row.as_ref().and_then(|r| State::parse(&r.state));
-    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-    match (State::apply(current, e.event_type()), row) {
-        (Transition::Moved(next), None) => {
-            let f = facts(e);
-            saga_view::ActiveModel {
-                saga_id: Set(e.sagaid.clone()),
-                kind: Set(f.kind.to_owned()),
-                state: Set(next.as_str().to_owned()),
-                terminal: Set(next.is_terminal()),
-                amount: Set(f.amount),
-                currency: Set(f.currency),
-                from_wallet: Set(f.from_wallet),
-                to_wallet: Set(f.to_wallet),
-                payment_id: Set(f.payment_id),
-                reason: Set(f.reason),
-                started_at: Set(e.time),
-                updated_at: Set(e.time),
-                last_seq: Set(seq),
-                anomalies: Set(0),
-            }
-            .insert(txn)
-            .await?;
+    let Some(row) = row else {
+        let (state, refused) = fold_seen(bit);
+        let reason = if failing(state) { f.reason } else { None };
+        let inserted = saga_view::Entity::insert(saga_view::ActiveModel {
+            saga_id: Set(e.sagaid.clone()),
+            kind: Set(f.kind.to_owned()),
+            state: Set(state.map_or("unknown", |s| s.as_str()).to_owned()),
+            terminal: Set(state.is_some_and(|s| s.is_terminal())),
+            amount: Set(f.amount),
+            currency: Set(f.currency),
+            from_wallet: Set(f.from_wallet),
+            to_wallet: Set(f.to_wallet),
+            payment_id: Set(f.payment_id),
+            reason: Set(reason),
+            started_at: Set(e.time),
+            updated_at: Set(e.time),
+            last_seq: Set(seq),
+            anomalies: Set(refused),
+            events_seen: Set(bit),
+        })
+        .on_conflict_do_nothing_on([saga_view::Column::SagaId])
+        .exec(txn)
+        .await?;
+        return match inserted {
+            sea_orm::TryInsertResult::Inserted(_) => Ok(()),
+            _ => Err(StepError::Transient(format!(
+                "saga view row {} created concurrently",
+                e.sagaid
+            ))),
+        };
+    };
+    if row.events_seen & bit != 0 {
+        return Ok(());
+    }
+    let seen = row.events_seen | bit;
+    let (state, refused) = fold_seen(seen);
+    if refused > row.anomalies {
+        tracing::warn!(saga_id = %e.sagaid, event = ?e.event_type(), "saga view: event the saga's path does not allow");
+    }
+    let authoritative = matches!(
+        e.event_type(),
+        EventType::PaymentFailed | EventType::RefundFailed
+    ) || (e.event_type() == EventType::PaymentRejected
+        && state == Some(State::Rejected));
+    let reason = match (failing(state), authoritative) {
+        (false, _) => None,
+        (true, true) => f.reason.or(row.reason.clone()),
+        (true, false) => row.reason.clone().or(f.reason),
+    };
+    let fill = |have: &str, new: String| {
+        if have.is_empty() {
+            new
+        } else {
+            have.to_owned()
         }
-        (Transition::Moved(next), Some(row)) => {
-            let reason = facts(e).reason.or_else(|| row.reason.clone());
-            let mut am: saga_view::ActiveModel = row.into();
-            am.state = Set(next.as_str().to_owned());
-            am.terminal = Set(next.is_terminal());
-            am.reason = Set(reason);
-            am.updated_at = Set(e.time);
-            am.last_seq = Set(seq);
-            am.update(txn).await?;
-        }
-        (Transition::Invalid { from, event }, Some(row)) => {
-            tracing::warn!(saga_id = %e.sagaid, ?from, ?event, "saga view: event out of order");
-            let anomalies = row.anomalies.saturating_add(1);
-            let mut am: saga_view::ActiveModel = row.into();
-            am.anomalies = Set(anomalies);
-            am.update(txn).await?;
-        }
-        (Transition::Invalid { from, event }, None) => {
-            tracing::warn!(saga_id = %e.sagaid, ?from, ?event, "saga view: event for a saga it never saw start");
-        }
-        (Transition::Duplicate | Transition::Ignored, _) => {}
+    };
+    let kind = if row.amount.is_empty() && !f.amount.is_empty() {
+        f.kind.to_owned()
+    } else {
+        row.kind.clone()
+    };
+    let updated = saga_view::Entity::update_many()
+        .col_expr(saga_view::Column::Kind, Expr::value(kind))
+        .col_expr(
+            saga_view::Column::State,
+            Expr::value(state.map_or("unknown", |s| s.as_str())),
+        )
+        .col_expr(
+            saga_view::Column::Terminal,
+            Expr::value(state.is_some_and(|s| s.is_terminal())),
+        )
+        .col_expr(
+            saga_view::Column::Amount,
+            Expr::value(fill(&row.amount, f.amount)),
+        )
+        .col_expr(
+            saga_view::Column::Currency,
+            Expr::value(fill(&row.currency, f.currency)),
+        )
+        .col_expr(
+            saga_view::Column::FromWallet,
+            Expr::value(fill(&row.from_wallet, f.from_wallet)),
+        )
+        .col_expr(
+            saga_view::Column::ToWallet,
+            Expr::value(fill(&row.to_wallet, f.to_wallet)),
+        )
+        .col_expr(saga_view::Column::Reason, Expr::value(reason))
+        .col_expr(
+            saga_view::Column::StartedAt,
+            Expr::value(row.started_at.min(e.time)),
+        )
+        .col_expr(
+            saga_view::Column::UpdatedAt,
+            Expr::value(row.updated_at.max(e.time)),
+        )
+        .col_expr(
+            saga_view::Column::LastSeq,
+            Expr::value(row.last_seq.max(seq)),
+        )
+        .col_expr(saga_view::Column::Anomalies, Expr::value(refused))
+        .col_expr(saga_view::Column::EventsSeen, Expr::value(seen))
+        .filter(saga_view::Column::SagaId.eq(&e.sagaid))
+        .filter(saga_view::Column::EventsSeen.eq(row.events_seen))
+        .exec(txn)
+        .await?;
+    if updated.rows_affected != 1 {
+        return Err(StepError::Transient(format!(
+            "saga view row {} changed concurrently",
+            e.sagaid
+        )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use EventType as E;
+
+    /// Any order of a saga's events folds to the state of their true order.
+    #[test]
+    fn the_fold_does_not_depend_on_order() {
+        let paths: [&[EventType]; 5] = [
+            &[
+                E::PaymentRequested,
+                E::RiskApproved,
+                E::FundsReserved,
+                E::PaymentCaptured,
+                E::TransferCommitted,
+                E::PaymentCompleted,
+            ],
+            &[
+                E::PaymentRequested,
+                E::RiskApproved,
+                E::FundsReserved,
+                E::PaymentCaptureFailed,
+                E::FundsReleased,
+                E::PaymentFailed,
+            ],
+            &[E::PaymentRequested, E::RiskRejected, E::PaymentFailed],
+            &[
+                E::PaymentRequested,
+                E::RiskApproved,
+                E::PaymentCaptureFailed,
+                E::FundsReleased,
+                E::PaymentFailed,
+            ],
+            &[E::RefundRequested, E::RefundDeclined, E::RefundFailed],
+        ];
+        for path in paths {
+            let (truth, _) = falcon_sagas::state::fold(path.iter().copied());
+            let mut seen = 0;
+            for ty in path.iter().rev() {
+                seen |= bit(*ty).expect("saga event");
+            }
+            assert_eq!(fold_seen(seen).0, truth, "{path:?}");
+            // A later rejection of a reused key changes nothing.
+            assert_eq!(
+                fold_seen(seen | bit(E::PaymentRejected).expect("saga event")).0,
+                truth
+            );
+        }
+        assert_eq!(
+            fold_seen(bit(E::PaymentRejected).expect("saga event")).0,
+            Some(State::Rejected)
+        );
+    }
 }
 
 /// A saga as the view shows it.
