@@ -127,9 +127,11 @@ if ((rc == 124)); then
     chaos_mode=0
 fi
 if [[ $chaos_mode == 1 ]]; then
-    echo "chaos: building the debug falcon binary for scripts/chaos/run-short.sh"
+    # `cargo test` has just built the binary for the end-to-end tests; a
+    # plain `cargo build` would resolve features without the dev-dependencies
+    # and rebuild much of the tree for nothing.
     chaos_rc=0
-    if cargo build --bin falcon; then
+    if [[ -x $CARGO_TARGET_DIR/debug/falcon ]] || cargo build --bin falcon; then
         chaos_out=$(mktemp "${TMPDIR:-/tmp}/falcon-chaos-summary.XXXXXX")
         falcon_on_exit "rm -f $(printf '%q' "$chaos_out")"
         FALCON_BIN="$CARGO_TARGET_DIR/debug/falcon" bash scripts/chaos/run-short.sh | tee "$chaos_out" ||
