@@ -69,16 +69,26 @@ fn detached(stored: &Stored, stream: &str, consumer: &str) -> Delivery {
     Delivery::detached(&origin, stored.payload.clone())
 }
 
-/// Feeds a range to one consumer's handler, page by page.
-async fn feed<H: Handler>(
-    handler: &H,
-    js: &jetstream::Context,
-    spec: &ConsumerSpec,
+/// A stream range read through one consumer's filters.
+struct Range<'a> {
+    js: &'a jetstream::Context,
+    spec: &'a ConsumerSpec,
     start: Start,
     to_seq: Option<u64>,
     batch_max: usize,
-    nak: crate::settings::Retry,
-) -> Result<Report, Error> {
+    retry: crate::settings::Retry,
+}
+
+/// Feeds a range to one consumer's handler, page by page.
+async fn feed<H: Handler>(handler: &H, range: &Range<'_>) -> Result<Report, Error> {
+    let Range {
+        js,
+        spec,
+        start,
+        to_seq,
+        batch_max,
+        retry: nak,
+    } = *range;
     let mut reader =
         RangeReader::open(js, spec.stream, spec.filter_subjects.clone(), start, to_seq).await?;
     let mut report = Report::default();
@@ -156,43 +166,18 @@ pub async fn redeliver(
         .find(|s| s.stream == stream && s.name != view::CONSUMER)
         .ok_or_else(|| Error::Config(format!("{actor} does not consume {stream}")))?;
     let db = open_store(actor, settings).await?;
+    let range = Range {
+        js,
+        spec,
+        start,
+        to_seq,
+        batch_max,
+        retry: nak,
+    };
     let report = match actor {
-        Actor::Payment => {
-            feed(
-                &payment_handler(settings, db.clone()),
-                js,
-                spec,
-                start,
-                to_seq,
-                batch_max,
-                nak,
-            )
-            .await?
-        }
-        Actor::Risk => {
-            feed(
-                &risk_handler(settings, db.clone())?,
-                js,
-                spec,
-                start,
-                to_seq,
-                batch_max,
-                nak,
-            )
-            .await?
-        }
-        Actor::Wallet => {
-            feed(
-                &wallet::Wallet::new(db.clone()),
-                js,
-                spec,
-                start,
-                to_seq,
-                batch_max,
-                nak,
-            )
-            .await?
-        }
+        Actor::Payment => feed(&payment_handler(settings, db.clone()), &range).await?,
+        Actor::Risk => feed(&risk_handler(settings, db.clone())?, &range).await?,
+        Actor::Wallet => feed(&wallet::Wallet::new(db.clone()), &range).await?,
     };
     publish_outbox(settings, js, actor, db).await?;
     Ok(report)
@@ -236,17 +221,15 @@ pub async fn rebuild_saga_view(
         .exec(&db)
         .await
         .map_err(db_err)?;
-    let nak = settings.consumer.retry();
-    let report = feed(
-        &SagaView::new(db.clone()),
+    let range = Range {
         js,
-        &spec,
-        Start::All,
-        None,
-        settings.consumer.batch_max,
-        nak,
-    )
-    .await?;
+        spec: &spec,
+        start: Start::All,
+        to_seq: None,
+        batch_max: settings.consumer.batch_max,
+        retry: settings.consumer.retry(),
+    };
+    let report = feed(&SagaView::new(db.clone()), &range).await?;
     let sagas = saga_view::Entity::find().count(&db).await.map_err(db_err)?;
     Ok((report, sagas))
 }
