@@ -429,13 +429,12 @@ pub async fn check_streams(
                     break;
                 }
                 for m in page {
-                    let key = m
+                    let msg_id = m
                         .headers
                         .as_ref()
                         .and_then(|h| h.get(HEADER_MSG_ID))
-                        .map(|v| v.as_str().to_owned())
-                        .filter(|k| !k.is_empty())
-                        .unwrap_or_else(|| format!("{}:{}", spec.stream, m.stream_seq));
+                        .map(|v| v.as_str());
+                    let key = falcon_nats::consumer::inbox_key(msg_id, spec.stream, m.stream_seq);
                     if !seen.contains(&key) && !dead.contains(&(spec.name.clone(), m.stream_seq)) {
                         report.violate(
                             5,

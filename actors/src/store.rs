@@ -146,12 +146,6 @@ pub async fn claim(
     Ok(matches!(result, TryInsertResult::Inserted(_)))
 }
 
-/// An event a step wants published, before it has an id.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub data: EventData,
-}
-
 /// Where a step puts its events: written to the outbox with the step's
 /// state change. Carries the causing message's id and trace.
 #[derive(Debug)]

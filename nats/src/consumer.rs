@@ -97,10 +97,16 @@ impl Delivery {
     /// A key that names this message for the inbox: the `Nats-Msg-Id` when
     /// the publisher set one, else its place in the stream.
     pub fn inbox_key(&self) -> String {
-        match self.msg_id() {
-            Some(id) if !id.is_empty() => id.to_owned(),
-            _ => format!("{}:{}", self.stream, self.stream_seq),
-        }
+        inbox_key(self.msg_id(), &self.stream, self.stream_seq)
+    }
+}
+
+/// The inbox key of a stored message: its `Nats-Msg-Id` when the publisher
+/// set one, else its place in the stream.
+pub fn inbox_key(msg_id: Option<&str>, stream: &str, stream_seq: u64) -> String {
+    match msg_id {
+        Some(id) if !id.is_empty() => id.to_owned(),
+        _ => format!("{stream}:{stream_seq}"),
     }
 }
 
@@ -175,10 +181,6 @@ impl Source {
             messages,
             batch_max,
         })
-    }
-
-    pub fn jetstream(&self) -> &jetstream::Context {
-        &self.js
     }
 
     /// What acks, naks and terms this source's messages; cheap to clone and
