@@ -25,6 +25,8 @@
 #   4. a capture the settlement provider declines: the held funds are
 #      released (compensation) and the payment fails
 #   5. balances, saga list, two saga timelines, `falcon verify`
+#   6. what operators watch: one more payment, /health/ready and a few lines
+#      of /metrics
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -128,6 +130,10 @@ export FALCON__PAYMENT__DATABASE_URL="sqlite://$DEMO_DIR/payment.db?mode=rwc"
 export FALCON__RISK__DATABASE_URL="sqlite://$DEMO_DIR/risk.db?mode=rwc"
 export FALCON__WALLET__DATABASE_URL="sqlite://$DEMO_DIR/wallet.db?mode=rwc"
 export FALCON__PROVIDER__DECLINE_BPS=0
+# /metrics and /health on a free port (the default, 9464, may be taken).
+HTTP_PORT=$(falcon_free_port)
+export FALCON__HTTP__LISTEN=127.0.0.1:$HTTP_PORT
+export FALCON__HTTP__SAMPLE_INTERVAL_MS=500
 note "FALCON__NATS__URL=$FALCON__NATS__URL"
 note "databases: $DEMO_DIR/{payment,risk,wallet}.db"
 
@@ -211,6 +217,27 @@ falcon saga show pay-declined
 
 section "Invariants"
 falcon verify
+
+section "6. What operators watch"
+note "this process was restarted after section 4: its counters start at zero; one more payment, then its numbers"
+falcon_outcome pay --from bob --to carol --amount 2.50 --currency USD --id pay-watched --wait
+note "GET http://127.0.0.1:$HTTP_PORT/health/ready and /metrics (the gauges refresh every 500 ms)"
+python3 - "http://127.0.0.1:$HTTP_PORT" <<'PY'
+import json, sys, urllib.request, urllib.error
+base = sys.argv[1]
+try:
+    body = urllib.request.urlopen(base + "/health/ready", timeout=5).read()
+except urllib.error.HTTPError as e:
+    body = e.read()
+ready = json.loads(body)
+print("ready:", ready["ready"], " ".join(f'{c["name"]}={"ok" if c["ok"] else c["detail"]}' for c in ready["checks"]))
+metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+wanted = ("falcon_sagas_completed_total", "falcon_sagas_failed_total", "falcon_sagas_compensated_total",
+          "falcon_sagas_stuck", "falcon_dlq_depth", "falcon_breaker_state", "falcon_messages_handled_total")
+for line in metrics.splitlines():
+    if line.startswith(wanted):
+        print(" ", line)
+PY
 
 section "Done"
 note "data and logs: $DEMO_DIR (nats-server.log in $DEMO_DIR/nats, falcon-run-*.log)"

@@ -152,6 +152,32 @@ else
     chaos_skipped=3
 fi
 
+# --- deployment files ------------------------------------------------------------
+# scripts/validate-deploy.sh: manifests, alert rules (with their unit tests),
+# dashboard, NATS permissions, Dockerfile and Compose file checked by the real
+# tools; each check counts as one test. Runs with the whole workspace or
+# FALCON_TEST_DEPLOY=1; FALCON_TEST_DEPLOY=0 skips it.
+deploy_passed=0 deploy_failed=0
+deploy_mode=${FALCON_TEST_DEPLOY:-}
+if [[ -z $deploy_mode ]]; then
+    [[ $* == "" ]] && deploy_mode=1 || deploy_mode=0
+fi
+if [[ $deploy_mode == 1 ]]; then
+    deploy_rc=0
+    deploy_out=$(mktemp "${TMPDIR:-/tmp}/falcon-deploy-summary.XXXXXX")
+    falcon_on_exit "rm -f $(printf '%q' "$deploy_out")"
+    bash scripts/validate-deploy.sh | tee "$deploy_out" || deploy_rc=${PIPESTATUS[0]}
+    read -r deploy_passed deploy_failed < <(awk '/^deploy: [0-9]+ checks passed/{p = $2; f = ($5 == "" ? 0 : $5)}
+        END { print p + 0, f + 0 }' "$deploy_out")
+    if ((deploy_rc != 0 && deploy_failed == 0)); then
+        deploy_failed=1
+    fi
+    ((deploy_rc == 0)) || echo "falcon: deployment checks failed (scripts/validate-deploy.sh exit $deploy_rc)" >&2
+    ((rc != 0 || deploy_rc == 0)) || rc=1
+fi
+chaos_passed=$((chaos_passed + deploy_passed))
+chaos_failed=$((chaos_failed + deploy_failed))
+
 # One closing line over all test binaries (cargo's own last line is the
 # doc-tests' count, often 0) and the chaos scenarios.
 awk -v cp="$chaos_passed" -v cf="$chaos_failed" -v cs="$chaos_skipped" '/^test result: /{

@@ -25,6 +25,15 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log lines on stderr: json, text, or auto (json unless stderr is a terminal).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "FALCON_LOG_FORMAT"
+    )]
+    pub log_format: crate::telemetry::LogFormat,
     #[command(subcommand)]
     pub verb: Verb,
 }
@@ -58,6 +67,19 @@ pub enum Verb {
     Doctor,
     /// Check the money invariants; non-zero exit when one fails.
     Verify,
+    /// The effective configuration.
+    #[command(subcommand)]
+    Config(ConfigVerb),
+    /// Drive payment sagas and report throughput, latency, outcomes, messages
+    /// per saga and the runtime's cost; ends by checking the money invariants.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigVerb {
+    /// Print the effective configuration (defaults < file < environment),
+    /// passwords masked: TOML, or JSON with --json.
+    Show,
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +282,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let settings = config::load(cli.config.as_deref())?;
     let json = cli.json;
     match cli.verb {
+        Verb::Bench(args) => crate::bench::run(&settings, cli.config.as_deref(), &args, json).await,
         Verb::Run(args) => {
             run(
                 &settings,
@@ -320,6 +343,18 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
             chaos_kill(&settings, &actor, node, json).await
         }
         Verb::Verify => verify(&settings, json).await,
+        Verb::Config(ConfigVerb::Show) => {
+            let masked = settings.masked();
+            if json {
+                output::json(&masked)?;
+            } else {
+                print!(
+                    "{}",
+                    toml::to_string(&masked).context("printing the configuration")?
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -386,21 +421,54 @@ async fn run(settings: &Settings, actors: &[Actor], require_durable: bool) -> Re
             );
         }
     }
+    // Listen first: liveness holds while the actors connect and migrate.
+    let endpoint = if settings.http.listen.is_empty() {
+        None
+    } else {
+        Some(crate::http::serve(&settings.http.listen).await?)
+    };
     let runtime = Runtime::start(settings, actors).await?;
+    if let Some(e) = &endpoint {
+        e.ready_with(runtime.probe().clone());
+    }
     let names: Vec<&str> = actors.iter().map(Actor::as_str).collect();
     eprintln!(
-        "falcon: running {} as {} (Ctrl-C to stop)",
+        "falcon: running {} as {}{} (Ctrl-C to stop)",
         names.join(","),
-        runtime.instance()
+        runtime.instance(),
+        endpoint
+            .as_ref()
+            .map(|e| format!(", http on {}", e.addr))
+            .unwrap_or_default()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+    let signal = tokio::select! {
+        r = tokio::signal::ctrl_c() => { r?; "SIGINT" }
+        _ = term.recv() => "SIGTERM",
+    };
+    let grace = Duration::from_millis(settings.shutdown.grace_ms);
+    eprintln!(
+        "falcon: {signal}: stopping (grace {})",
+        humantime::format_duration(grace)
+    );
+    let started = std::time::Instant::now();
+    let stopped = tokio::time::timeout(grace, runtime.shutdown()).await;
+    if let Some(e) = endpoint {
+        e.stop();
     }
-    eprintln!("falcon: stopping");
-    runtime.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+    match stopped {
+        Ok(flushed) => {
+            eprintln!(
+                "falcon: stopped in {} ms; in-flight batches settled, {flushed} outbox events published",
+                started.elapsed().as_millis()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(_) => bail!(
+            "shutdown did not finish within shutdown.grace_ms = {} (what was not acked is redelivered, what was not published is published by the next start)",
+            settings.shutdown.grace_ms
+        ),
+    }
 }
 
 async fn streams_apply(settings: &Settings, json: bool) -> Result<ExitCode> {

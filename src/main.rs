@@ -2,12 +2,15 @@
 //! the configuration, starts logging and calls the library crates; the
 //! work lives in `falcon-actors`, `falcon-nats` and `falcon-sagas`.
 
+mod bench;
 mod cli;
 mod config;
 mod dlq;
+mod http;
 mod inspect;
 mod output;
 mod send;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -23,14 +26,16 @@ async fn main() -> ExitCode {
     } else {
         "warn"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match cli::dispatch(cli).await {
+    let telemetry = match telemetry::init(cli.log_format, default_level) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("falcon: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = cli::dispatch(cli).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(code) => code,
         Err(e) => {
             // One clear line: the error and its causes.

@@ -35,7 +35,18 @@ pub async fn command(
     let js = async_nats::jetstream::new(client);
     let msg_id = uuid::Uuid::now_v7().to_string();
     let subject = format!("{CMD_PREFIX}{name}");
-    let trace = TraceParent::new_root();
+    // The client's span is the root of the saga's trace (when traces are
+    // exported; otherwise a new trace id is carried all the same).
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("falcon {name}"),
+        otel.kind = "producer",
+        command = name,
+        saga_id = key,
+    );
+    let trace = span
+        .in_scope(falcon_actors::telemetry::current_traceparent)
+        .unwrap_or_else(TraceParent::new_root);
     let msg = OutMsg {
         subject: subject.clone(),
         msg_id: msg_id.clone(),
@@ -43,6 +54,7 @@ pub async fn command(
         payload: Bytes::from(serde_json::to_vec(&body)?),
     };
     let ack = publish(&js, &msg).await?;
+    drop(span);
     if !wait.wait {
         if json {
             output::json(&serde_json::json!({

@@ -297,3 +297,118 @@ async fn doctor_says_whether_acks_are_durable() -> Result<()> {
     );
     Ok(())
 }
+
+/// `falcon config show`: the effective configuration, layered, with
+/// secrets masked; a bad value names its key in one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_show_masks_secrets_and_bad_values_name_the_key() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("falcon.toml"),
+        "[consumer]\nbatch_max = 64\n[wallet]\ndatabase_url = \"postgres://falcon:file-secret@db/wallet\"\n",
+    )?;
+    let show = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_falcon"));
+        cmd.args(["config", "show"])
+            .args(args)
+            .current_dir(dir.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output()
+    };
+    let out = ok(show(
+        &[
+            (
+                "FALCON__NATS__URL",
+                "nats://ops:env-secret@n1:4222,nats://ops:env-secret@n2:4222",
+            ),
+            ("FALCON__CONSUMER__MAX_DELIVER", "7"),
+        ],
+        &["--json"],
+    )?)?;
+    let v = json(&out)?;
+    assert_eq!(v["consumer"]["batch_max"], 64, "from the file");
+    assert_eq!(v["consumer"]["max_deliver"], 7, "from the environment");
+    assert_eq!(v["consumer"]["ack_wait_ms"], 30000, "the default");
+    assert_eq!(
+        v["wallet"]["database_url"],
+        "postgres://falcon:****@db/wallet"
+    );
+    assert_eq!(
+        v["nats"]["url"],
+        "nats://ops:****@n1:4222,nats://ops:****@n2:4222"
+    );
+    let text = String::from_utf8(out.stdout)?;
+    assert!(!text.contains("secret"), "{text}");
+    // TOML by default, which parses back.
+    let out = ok(show(&[], &[])?)?;
+    let toml_text = String::from_utf8(out.stdout)?;
+    assert!(toml_text.contains("batch_max = 64"), "{toml_text}");
+    assert!(!toml_text.contains("file-secret"));
+
+    for (key, value, names) in [
+        ("FALCON__CONSUMER__BATCH_MAX", "lots", "consumer.batch_max"),
+        ("FALCON__HTTP__LISTEN", "port nine", "http.listen"),
+        ("FALCON__SHUTDOWN__GRACE_MS", "0", "shutdown.grace_ms"),
+        (
+            "FALCON__RISK__DATABASE_URL",
+            "mysql://r@db/risk",
+            "risk.database_url",
+        ),
+    ] {
+        let out = show(&[(key, value)], &[])?;
+        assert!(!out.status.success(), "{key}={value} accepted");
+        let err = String::from_utf8(out.stderr)?;
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(names), "{key}={value}: {err}");
+    }
+    Ok(())
+}
+
+/// `falcon bench --spawn` runs a small load, closed and open loop, and
+/// reports it with the invariants checked.
+async fn bench_runs_a_small_load(backend: Backend) -> Result<()> {
+    let w = World::new(backend).await?;
+    let dir = tempfile::tempdir()?;
+    for mode in [&["--concurrency", "8"][..], &["--rate", "100"][..]] {
+        let args = [
+            &[
+                "--json",
+                "bench",
+                "--spawn",
+                "--payments",
+                "40",
+                "--warmup",
+                "5",
+                "--wallets",
+                "4",
+            ][..],
+            mode,
+        ]
+        .concat();
+        let out = ok(falcon(&w, dir.path(), &args)?)?;
+        let r = json(&out)?;
+        assert_eq!(r["terminal"], 40, "{r}");
+        assert_eq!(r["outcomes"]["completed"], 40, "{r}");
+        assert_eq!(r["invariants_ok"], true, "{r}");
+        assert_eq!(r["messages_per_saga"], 7.0, "{r}");
+        assert!(r["sagas_per_s"].as_f64().is_some_and(|s| s > 0.0), "{r}");
+        let lat = &r["latency_ms"];
+        assert!(
+            lat["p50"].as_f64() <= lat["p99"].as_f64()
+                && lat["p99"].as_f64() <= lat["max"].as_f64(),
+            "{r}"
+        );
+        assert!(
+            r["runtime"]["peak_rss_mb"]
+                .as_f64()
+                .is_some_and(|m| m > 1.0),
+            "{r}"
+        );
+    }
+    w.assert_invariants().await?;
+    Ok(())
+}
+
+backend_tests!(bench_runs_a_small_load);

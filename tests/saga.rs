@@ -21,6 +21,7 @@ backend_tests!(
     refunds,
     invalid_commands_are_rejected_with_reasons,
     unparseable_body_is_dead_lettered,
+    poison_message_does_not_fail_its_batch_mates,
     panicking_actors_are_restarted,
     exhausted_retries_are_dead_lettered,
 );
@@ -584,6 +585,37 @@ async fn unparseable_body_is_dead_lettered(b: Backend) -> Result<()> {
     Ok(())
 }
 
+/// Commands stored while no actor runs arrive as one batch; the one that
+/// can never succeed is dead-lettered alone and the others complete (the
+/// batch falls back from one transaction to a savepoint per message).
+async fn poison_message_does_not_fail_its_batch_mates(b: Backend) -> Result<()> {
+    let w = World::new(b).await?;
+    let rt = w.start().await?;
+    funded(&w, "100.00").await?;
+    rt.shutdown().await;
+    for i in 0..20 {
+        if i == 7 {
+            w.publish_raw("falcon.cmd.payment.create", "{poison", None)
+                .await?;
+        }
+        let body = World::pay_body(&format!("mate-{i}"), "alice", "bob", "1.00", "USD");
+        w.command("payment.create", body).await?;
+    }
+    let rt = w.start().await?;
+    let ids: Vec<String> = (0..20).map(|i| format!("mate-{i}")).collect();
+    for id in &ids {
+        let e = w.wait_terminal(id).await?;
+        assert_eq!(e.event_type(), EventType::PaymentCompleted, "{id}");
+    }
+    let letters = falcon_nats::read::read_filtered(&w.js, STREAM_DLQ, "falcon.dlq.>", 10).await?;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(&letters[0].payload[..], b"{poison");
+    assert_eq!(w.balance("alice").await?.available, "80.00");
+    w.assert_invariants().await?;
+    rt.shutdown().await;
+    Ok(())
+}
+
 async fn panicking_actors_are_restarted(b: Backend) -> Result<()> {
     let w = World::new(b).await?;
     let rt = w.start().await?;
@@ -606,6 +638,33 @@ async fn panicking_actors_are_restarted(b: Backend) -> Result<()> {
         (1, 1)
     );
     assert_eq!(w.balance("alice").await?.balance, "90.00");
+    // While a crashed consumer loop waits for its restart, readiness says it
+    // is not bound; once restarted, it binds again.
+    rt.faults().arm(Actor::Wallet, FaultPoint::AfterCommit, 1);
+    w.command(
+        "wallet.open",
+        serde_json::json!({"wallet_id": "carol", "owner": "c", "currency": "USD"}),
+    )
+    .await?;
+    tokio::time::timeout(common::DEADLINE, rt.stats().wait_restarts(4)).await?;
+    let during = rt.probe().readiness().await;
+    assert!(!during.ready, "{during:?}");
+    assert!(
+        during
+            .checks
+            .iter()
+            .any(|c| c.name == "consumer:wallet" && !c.ok),
+        "{during:?}"
+    );
+    let ready = common::eventually(|| async {
+        let r = rt.probe().readiness().await;
+        Ok(r.ready.then_some(r))
+    })
+    .await?;
+    assert!(ready
+        .checks
+        .iter()
+        .any(|c| c.name == "consumer:wallet" && c.ok));
     w.assert_invariants().await?;
     rt.shutdown().await;
     Ok(())

@@ -8,16 +8,20 @@
 //! dispositions are applied by the caller only after the commit.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use falcon_nats::trace::TraceParent;
 use falcon_nats::{ConsumerSpec, Delivery, Disposition};
 use falcon_sagas::Actor;
+use metrics::Histogram;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use tracing::Instrument;
 
 use crate::error::StepError;
 use crate::settings::{ConsumerSettings, Retry};
-use crate::store::{begin_write, claim, Outbox};
+use crate::store::{begin_write, claim, claim_all, inbox_row, write_events, Outbox};
+use crate::telemetry::{self, names, Handling, SagaEnd};
 
 /// An actor's behaviour, as the consumer loop sees it.
 pub trait Handler: Send + Sync + 'static {
@@ -65,15 +69,23 @@ pub fn consumer_spec(
 
 /// Handles a batch in one transaction; returns one disposition per message,
 /// in order. When the transaction itself fails, every message is nak'd.
+/// Saga ends are recorded in the metrics only once the batch has committed.
+///
+/// The fast path runs every step straight in the transaction, reads the
+/// inbox for the whole batch with one query and writes the inbox rows and
+/// the outbox rows with a few multi-row inserts. If any step fails, that
+/// transaction is rolled back and the batch runs again on the careful path:
+/// a savepoint per message, so the failing message fails alone.
 pub async fn run_batch<H: Handler>(
     handler: &H,
+    label: &str,
     batch: &[Delivery],
     retry: Retry,
 ) -> Vec<Disposition> {
     let prepared = handler.prepare(batch).await;
     let now = Utc::now();
     let all_nak = |why: &dyn std::fmt::Display| {
-        tracing::warn!(actor = H::ACTOR.as_str(), error = %why, batch = batch.len(), "batch transaction failed; nak'ing");
+        tracing::warn!(actor = label, error = %why, batch = batch.len(), "batch transaction failed; nak'ing");
         vec![
             Disposition::Nak {
                 delay: retry.delay_min,
@@ -82,71 +94,222 @@ pub async fn run_batch<H: Handler>(
             batch.len()
         ]
     };
+    let handlings: Vec<Handling> = batch
+        .iter()
+        .map(|d| telemetry::handling(label, d))
+        .collect();
+    let duration = metrics::histogram!(names::HANDLER_DURATION, "actor" => label.to_owned());
+    match fast_path(handler, label, batch, &handlings, &prepared, now, &duration).await {
+        Fast::Done(ended) => {
+            for end in &ended {
+                end.record();
+            }
+            return vec![Disposition::Ack; batch.len()];
+        }
+        Fast::Failed(why) => return all_nak(&why),
+        Fast::Careful => {}
+    }
     let txn = match begin_write(handler.db()).await {
         Ok(txn) => txn,
         Err(e) => return all_nak(&e),
     };
     let mut dispositions = Vec::with_capacity(batch.len());
-    for delivery in batch {
-        dispositions.push(
-            step(
-                handler,
-                &txn,
-                delivery,
-                &prepared,
-                now,
-                retry.delay(delivery.delivered),
-            )
-            .await,
-        );
+    let mut ended = Vec::new();
+    for (delivery, handling) in batch.iter().zip(&handlings) {
+        let (disposition, end) = step(
+            handler,
+            &duration,
+            &txn,
+            delivery,
+            handling,
+            &prepared,
+            now,
+            retry.delay(delivery.delivered),
+        )
+        .await;
+        dispositions.push(disposition);
+        ended.extend(end);
     }
     match txn.commit().await {
-        Ok(()) => dispositions,
+        Ok(()) => {
+            for end in &ended {
+                end.record();
+            }
+            dispositions
+        }
         Err(e) => all_nak(&e),
     }
 }
 
+enum Fast {
+    /// Committed: every message is done.
+    Done(Vec<SagaEnd>),
+    /// A step failed (or a bulk write did): run the batch carefully.
+    Careful,
+    /// The transaction could not be opened or committed.
+    Failed(String),
+}
+
+async fn fast_path<H: Handler>(
+    handler: &H,
+    label: &str,
+    batch: &[Delivery],
+    handlings: &[Handling],
+    prepared: &H::Prepared,
+    now: DateTime<Utc>,
+    duration: &Histogram,
+) -> Fast {
+    let txn = match begin_write(handler.db()).await {
+        Ok(txn) => txn,
+        Err(e) => return Fast::Failed(e.to_string()),
+    };
+    let careful = |txn: DatabaseTransaction, why: String| async move {
+        tracing::debug!(actor = label, reason = %why, "batch falls back to a savepoint per message");
+        if let Err(e) = txn.rollback().await {
+            tracing::warn!(actor = label, error = %e, "rollback failed");
+        }
+        Fast::Careful
+    };
+    let mut seen = match crate::store::seen(&txn, batch).await {
+        Ok(seen) => seen,
+        Err(e) => return careful(txn, e.to_string()).await,
+    };
+    let mut inbox = Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
+    let mut ended = Vec::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (delivery, h) in batch.iter().zip(handlings) {
+        // A message the inbox holds, or a second copy in this batch.
+        if !seen.insert((delivery.consumer.to_string(), delivery.inbox_key())) {
+            outcomes.push("duplicate");
+            continue;
+        }
+        let started = Instant::now();
+        let mut out = Outbox::new(H::SOURCE, delivery, now, h.traceparent);
+        let result = handler
+            .apply(&txn, delivery, prepared, &mut out)
+            .instrument(h.span.clone())
+            .await;
+        duration.record(started.elapsed().as_secs_f64());
+        if let Err(e) = result {
+            return careful(txn, e.to_string()).await;
+        }
+        record_ids(&h.span, &out);
+        inbox.push(inbox_row(delivery, now));
+        events.append(&mut out.events);
+        ended.extend(out.ended);
+        outcomes.push("ack");
+    }
+    if let Err(e) = claim_all(&txn, inbox).await {
+        return careful(txn, e.to_string()).await;
+    }
+    if let Err(e) = write_events(&txn, events).await {
+        return careful(txn, e.to_string()).await;
+    }
+    if let Err(e) = txn.commit().await {
+        return Fast::Failed(e.to_string());
+    }
+    for (h, outcome) in handlings.iter().zip(outcomes) {
+        handled(&h.span, outcome);
+    }
+    Fast::Done(ended)
+}
+
+/// Records a message's outcome on its span, and logs it (at debug).
+fn handled(span: &tracing::Span, outcome: &'static str) {
+    span.record("outcome", outcome);
+    span.in_scope(|| tracing::debug!(outcome, "handled"));
+}
+
+/// Names the saga and payment on the span, once the step has said them.
+fn record_ids(span: &tracing::Span, out: &Outbox) {
+    if let Some(saga) = out.saga_id() {
+        span.record("saga_id", saga);
+    }
+    if let Some(payment) = out.payment_id() {
+        span.record("payment_id", payment);
+    }
+}
+
+/// One message in its savepoint, inside its `handle` span.
+#[allow(clippy::too_many_arguments)]
 async fn step<H: Handler>(
+    handler: &H,
+    duration: &Histogram,
+    txn: &DatabaseTransaction,
+    delivery: &Delivery,
+    handling: &Handling,
+    prepared: &H::Prepared,
+    now: DateTime<Utc>,
+    nak_delay: Duration,
+) -> (Disposition, Option<SagaEnd>) {
+    let span = &handling.span;
+    let started = Instant::now();
+    let (disposition, outcome, end) = attempt(
+        handler,
+        txn,
+        delivery,
+        prepared,
+        now,
+        handling.traceparent,
+        nak_delay,
+    )
+    .instrument(span.clone())
+    .await;
+    duration.record(started.elapsed().as_secs_f64());
+    handled(span, outcome);
+    (disposition, end)
+}
+
+async fn attempt<H: Handler>(
     handler: &H,
     txn: &DatabaseTransaction,
     delivery: &Delivery,
     prepared: &H::Prepared,
     now: DateTime<Utc>,
+    traceparent: TraceParent,
     nak_delay: Duration,
-) -> Disposition {
+) -> (Disposition, &'static str, Option<SagaEnd>) {
     let savepoint = match txn.begin().await {
         Ok(sp) => sp,
-        Err(e) => return StepError::from(e).disposition(nak_delay),
+        Err(e) => return (StepError::from(e).disposition(nak_delay), "retry", None),
     };
+    let mut duplicate = false;
+    let mut out = Outbox::new(H::SOURCE, delivery, now, traceparent);
     let result = async {
         if !claim(&savepoint, delivery, now).await? {
-            tracing::debug!(actor = H::ACTOR.as_str(), msg_id = %delivery.inbox_key(), "duplicate; already processed");
+            duplicate = true;
             return Ok(());
         }
-        let mut out = Outbox::new(H::SOURCE, delivery, now);
-        handler.apply(&savepoint, delivery, prepared, &mut out).await?;
+        handler
+            .apply(&savepoint, delivery, prepared, &mut out)
+            .await?;
         out.write(&savepoint).await?;
         Ok::<(), StepError>(())
     }
     .await;
+    record_ids(&tracing::Span::current(), &out);
     match result {
         Ok(()) => match savepoint.commit().await {
-            Ok(()) => Disposition::Ack,
-            Err(e) => StepError::from(e).disposition(nak_delay),
+            Ok(()) if duplicate => (Disposition::Ack, "duplicate", None),
+            Ok(()) => (Disposition::Ack, "ack", out.ended),
+            Err(e) => (StepError::from(e).disposition(nak_delay), "retry", None),
         },
         Err(e) => {
             if let Err(rb) = savepoint.rollback().await {
-                tracing::warn!(actor = H::ACTOR.as_str(), error = %rb, "savepoint rollback failed");
+                tracing::warn!(error = %rb, "savepoint rollback failed");
             }
-            match &e {
-                StepError::Poison(_) => tracing::error!(
-                    actor = H::ACTOR.as_str(), subject = %delivery.subject, stream_seq = delivery.stream_seq,
-                    error = %e, "message can never succeed; dead-lettering"),
-                StepError::Transient(_) => tracing::warn!(
-                    actor = H::ACTOR.as_str(), subject = %delivery.subject, stream_seq = delivery.stream_seq,
-                    delivery_attempt = delivery.delivered, error = %e, "step failed; will retry"),
-            }
-            e.disposition(nak_delay)
+            let outcome = match &e {
+                StepError::Poison(_) => {
+                    tracing::error!(subject = %delivery.subject, error = %e, "message can never succeed; dead-lettering");
+                    "dead_letter"
+                }
+                StepError::Transient(_) => {
+                    tracing::warn!(subject = %delivery.subject, error = %e, "step failed; will retry");
+                    "retry"
+                }
+            };
+            (e.disposition(nak_delay), outcome, None)
         }
     }
 }

@@ -14,13 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use falcon_nats::{ConsumerSpec, Source};
+use falcon_nats::{ConsumerSpec, Settled, Source};
 use futures::future::join_all;
+use metrics::{Counter, Histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::batch::{run_batch, Handler};
 use crate::relay::Poke;
 use crate::runtime::{FaultPoint, Faults, Stats};
+use crate::telemetry::names;
 
 /// Longest wait for a message before the actor looks at its mailbox again.
 pub const POLL_IDLE: Duration = Duration::from_millis(250);
@@ -34,6 +36,8 @@ impl<H> Default for Consumer<H> {
 }
 
 pub struct ConsumerArgs<H> {
+    /// What its metrics and spans call it: the actor, or `payment-view`.
+    pub label: String,
     pub handler: Arc<H>,
     pub js: jetstream::Context,
     pub specs: Vec<ConsumerSpec>,
@@ -47,6 +51,7 @@ pub struct ConsumerArgs<H> {
 impl<H> Clone for ConsumerArgs<H> {
     fn clone(&self) -> Self {
         ConsumerArgs {
+            label: self.label.clone(),
             handler: self.handler.clone(),
             js: self.js.clone(),
             specs: self.specs.clone(),
@@ -62,6 +67,40 @@ impl<H> Clone for ConsumerArgs<H> {
 pub struct ConsumerState<H> {
     args: ConsumerArgs<H>,
     source: Source,
+    meters: Meters,
+}
+
+/// The consumer's metric handles, registered once.
+struct Meters {
+    handled: Counter,
+    failed: Counter,
+    redelivered: Counter,
+    dead_lettered: Counter,
+    batch_size: Histogram,
+}
+
+impl Meters {
+    fn new(label: &str) -> Meters {
+        let actor = || ("actor", label.to_owned());
+        Meters {
+            handled: metrics::counter!(names::HANDLED, &[actor()]),
+            failed: metrics::counter!(names::FAILED, &[actor()]),
+            redelivered: metrics::counter!(names::REDELIVERED, &[actor()]),
+            dead_lettered: metrics::counter!(names::DEAD_LETTERED, &[actor()]),
+            batch_size: metrics::histogram!(names::BATCH_SIZE, &[actor()]),
+        }
+    }
+
+    fn record(&self, settled: Settled) {
+        match settled {
+            Settled::Acked => self.handled.increment(1),
+            Settled::Nakked => self.failed.increment(1),
+            Settled::DeadLettered => {
+                self.failed.increment(1);
+                self.dead_lettered.increment(1);
+            }
+        }
+    }
 }
 
 pub enum ConsumerMsg {
@@ -79,8 +118,23 @@ impl<H: Handler> Actor for Consumer<H> {
         args: ConsumerArgs<H>,
     ) -> Result<ConsumerState<H>, ActorProcessingErr> {
         let source = Source::bind(&args.js, &args.specs, args.batch_max).await?;
+        args.stats.set_bound(&args.label, true);
         myself.cast(ConsumerMsg::Poll)?;
-        Ok(ConsumerState { args, source })
+        let meters = Meters::new(&args.label);
+        Ok(ConsumerState {
+            args,
+            source,
+            meters,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ConsumerMsg>,
+        state: &mut ConsumerState<H>,
+    ) -> Result<(), ActorProcessingErr> {
+        state.args.stats.set_bound(&state.args.label, false);
+        Ok(())
     }
 
     async fn handle(
@@ -90,9 +144,18 @@ impl<H: Handler> Actor for Consumer<H> {
         state: &mut ConsumerState<H>,
     ) -> Result<(), ActorProcessingErr> {
         if let Ok(batch) = tokio::time::timeout(POLL_IDLE, state.source.next_batch()).await {
-            let batch = batch?;
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    state.args.stats.set_bound(&state.args.label, false);
+                    return Err(e.into());
+                }
+            };
             let a = &state.args;
-            let dispositions = run_batch(&*a.handler, &batch, a.retry).await;
+            state.meters.batch_size.record(batch.len() as f64);
+            let redelivered = batch.iter().filter(|d| d.delivered > 1).count();
+            state.meters.redelivered.increment(redelivered as u64);
+            let dispositions = run_batch(&*a.handler, &a.label, &batch, a.retry).await;
             a.faults.trip(H::ACTOR, FaultPoint::AfterCommit, &batch);
             a.poke.poke();
             let settler = state.source.settler();
@@ -103,10 +166,17 @@ impl<H: Handler> Actor for Consumer<H> {
                     .map(|(d, disp)| settler.settle(d, disp)),
             )
             .await;
-            for e in settled.into_iter().filter_map(Result::err) {
-                tracing::warn!(actor = H::ACTOR.as_str(), error = %e, "settling failed; JetStream will redeliver");
+            for result in settled {
+                match result {
+                    Ok(s) => {
+                        state.meters.record(s);
+                        a.stats.record(s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(actor = %a.label, error = %e, "settling failed; JetStream will redeliver")
+                    }
+                }
             }
-            a.stats.record_batch(&dispositions);
         }
         myself.cast(ConsumerMsg::Poll)?;
         Ok(())

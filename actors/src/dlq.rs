@@ -154,12 +154,17 @@ async fn step<H: Handler>(
     delivery: Delivery,
     nak: crate::settings::Retry,
 ) -> Disposition {
-    run_batch(&handler, std::slice::from_ref(&delivery), nak)
-        .await
-        .into_iter()
-        .next()
-        .unwrap_or(Disposition::Nak {
-            delay: nak.delay_min,
-            error: "no disposition".into(),
-        })
+    run_batch(
+        &handler,
+        H::ACTOR.as_str(),
+        std::slice::from_ref(&delivery),
+        nak,
+    )
+    .await
+    .into_iter()
+    .next()
+    .unwrap_or(Disposition::Nak {
+        delay: nak.delay_min,
+        error: "no disposition".into(),
+    })
 }

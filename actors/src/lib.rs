@@ -25,6 +25,7 @@ pub mod dlq;
 pub mod error;
 pub mod invariants;
 pub mod migration;
+pub mod observe;
 pub mod payment;
 pub mod relay;
 pub mod replay;
@@ -32,6 +33,7 @@ pub mod risk;
 pub mod runtime;
 pub mod settings;
 pub mod store;
+pub mod telemetry;
 pub mod wallet;
 
 pub use error::{Error, StepError};

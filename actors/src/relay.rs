@@ -135,6 +135,8 @@ pub async fn drain(s: &RelayArgs) -> Result<usize, sea_orm::DbErr> {
         }
         if !published.is_empty() {
             total += published.len();
+            metrics::counter!(crate::telemetry::names::RELAY_PUBLISHED, "actor" => s.actor)
+                .increment(published.len() as u64);
             outbox::Entity::update_many()
                 .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
                 .filter(outbox::Column::Id.is_in(published))

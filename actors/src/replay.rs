@@ -108,7 +108,7 @@ async fn feed<H: Handler>(handler: &H, range: &Range<'_>) -> Result<Report, Erro
             .count(handler.db())
             .await
             .map_err(db_err)?;
-        let dispositions = run_batch(handler, &deliveries, nak).await;
+        let dispositions = run_batch(handler, H::ACTOR.as_str(), &deliveries, nak).await;
         let mut acked = 0;
         for (d, disp) in deliveries.iter().zip(dispositions) {
             match disp {

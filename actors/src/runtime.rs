@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use falcon_nats::Disposition;
+use falcon_nats::Settled;
 use falcon_sagas::Actor as ActorName;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use sea_orm::DatabaseConnection;
@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::batch::Handler;
 use crate::consumer::{Consumer, ConsumerArgs};
+use crate::observe::Probe;
 use crate::payment::provider::{Resilient, Simulator};
 use crate::relay::{Poke, Relay, RelayArgs};
 use crate::settings::Settings;
@@ -38,12 +39,15 @@ pub enum FaultPoint {
     AfterCommit,
 }
 
+/// How many more times a fault fires, and for which message only (if set).
+type Armed = (u32, Option<String>);
+
 /// Faults armed by tests and chaos tooling: a batch of the actor panics at
 /// the point, `times` times, optionally only a batch holding a message whose
 /// subject contains a given text.
 #[derive(Debug, Default)]
 pub struct Faults {
-    armed: Mutex<HashMap<(ActorName, FaultPoint), (u32, Option<String>)>>,
+    armed: Mutex<HashMap<(ActorName, FaultPoint), Armed>>,
 }
 
 impl Faults {
@@ -94,6 +98,7 @@ pub struct Stats {
     pub acked: AtomicU64,
     pub nakked: AtomicU64,
     pub dead_lettered: AtomicU64,
+    bound: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Default for Stats {
@@ -103,20 +108,38 @@ impl Default for Stats {
             acked: AtomicU64::new(0),
             nakked: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            bound: Default::default(),
         }
     }
 }
 
 impl Stats {
-    pub fn record_batch(&self, dispositions: &[Disposition]) {
-        for d in dispositions {
-            let counter = match d {
-                Disposition::Ack => &self.acked,
-                Disposition::Nak { .. } => &self.nakked,
-                Disposition::Term(_) => &self.dead_lettered,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+    /// Counts one settled message.
+    pub fn record(&self, settled: Settled) {
+        let counter = match settled {
+            Settled::Acked => &self.acked,
+            Settled::Nakked => &self.nakked,
+            Settled::DeadLettered => &self.dead_lettered,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Marks a consumer loop as bound to its JetStream consumers (or not).
+    pub fn set_bound(&self, label: &str, bound: bool) {
+        let mut set = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        if bound {
+            set.insert(label.to_owned());
+        } else {
+            set.remove(label);
         }
+    }
+
+    /// Whether the consumer loop `label` is bound now.
+    pub fn is_bound(&self, label: &str) -> bool {
+        self.bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(label)
     }
 
     /// Children restarted by the supervisor so far.
@@ -204,6 +227,7 @@ impl SupervisorState {
             .saturating_mul(1 << (*n).min(7))
             .min(RESTART_DELAY_MAX);
         self.stats.restarts.send_modify(|r| *r += 1);
+        metrics::counter!(crate::telemetry::names::ACTOR_RESTARTS).increment(1);
         myself.send_after(delay, move || SupervisorMsg::Start(name));
     }
 }
@@ -287,6 +311,11 @@ impl Actor for Supervisor {
             return Ok(());
         };
         if state.children.contains_key(&name) {
+            // A consumer loop that panicked never ran its `post_stop`: it is
+            // not bound until its restart binds again (readiness says so).
+            if let Some((_, label)) = name.rsplit_once('/') {
+                state.stats.set_bound(label, false);
+            }
             tracing::error!(child = %name, reason = %why, "child ended; restarting");
             state.schedule_restart(&myself, name);
         }
@@ -349,6 +378,17 @@ impl Stores {
             }
         }
         Ok(stores)
+    }
+
+    /// The open databases, with their actor's name.
+    pub fn each(&self) -> impl Iterator<Item = (&'static str, &DatabaseConnection)> {
+        [
+            ("payment", &self.payment),
+            ("risk", &self.risk),
+            ("wallet", &self.wallet),
+        ]
+        .into_iter()
+        .filter_map(|(actor, db)| db.as_ref().map(|db| (actor, db)))
     }
 }
 
@@ -450,6 +490,10 @@ pub struct Runtime {
     supervisor: ActorRef<SupervisorMsg>,
     join: tokio::task::JoinHandle<()>,
     dlq_watcher: tokio::task::JoinHandle<()>,
+    sampler: tokio::task::JoinHandle<()>,
+    probe: Probe,
+    js: jetstream::Context,
+    relay_batch_max: u64,
     chaos: Option<tokio::task::JoinHandle<()>>,
     stats: Arc<Stats>,
     faults: Arc<Faults>,
@@ -475,6 +519,8 @@ impl Runtime {
         let stats = Arc::new(Stats::default());
         let faults = Arc::new(Faults::default());
         let mut children = Vec::new();
+        let mut loops = Vec::new();
+        let mut breaker = None;
         let ctx = ChildContext {
             settings,
             js: &js,
@@ -483,7 +529,10 @@ impl Runtime {
             faults: &faults,
         };
         if let Some(db) = &stores.payment {
-            children.extend(ctx.children(payment_handler(settings, db.clone()), db.clone()));
+            let handler = payment_handler(settings, db.clone());
+            breaker = Some(handler.provider().clone());
+            children.extend(ctx.children(handler, db.clone()));
+            loops.extend(["payment".to_owned(), "payment-view".to_owned()]);
             children.push(ctx.consumer(
                 payment::view::SagaView::new(db.clone()),
                 "payment-view",
@@ -504,9 +553,11 @@ impl Runtime {
         }
         if let Some(db) = &stores.risk {
             children.extend(ctx.children(risk_handler(settings, db.clone())?, db.clone()));
+            loops.push("risk".to_owned());
         }
         if let Some(db) = &stores.wallet {
             children.extend(ctx.children(wallet::Wallet::new(db.clone()), db.clone()));
+            loops.push("wallet".to_owned());
         }
         let args = SupervisorArgs {
             children,
@@ -516,10 +567,23 @@ impl Runtime {
             Actor::spawn(Some(format!("{instance}/supervisor")), Supervisor, args)
                 .await
                 .map_err(|e| Error::Spawn(e.to_string()))?;
-        let consumers: Vec<String> = consumer_specs(settings, actors)
-            .into_iter()
-            .map(|c| c.name)
-            .collect();
+        let specs = consumer_specs(settings, actors);
+        let consumers: Vec<String> = specs.iter().map(|c| c.name.clone()).collect();
+        let probe = Probe {
+            client: client.clone(),
+            js: js.clone(),
+            stores: stores.clone(),
+            stats: stats.clone(),
+            loops,
+            consumers: specs,
+            breaker,
+            stuck_after: Duration::from_secs(settings.saga.stuck_after_s),
+        };
+        let sampler = tokio::spawn(
+            probe
+                .clone()
+                .run_sampler(Duration::from_millis(settings.http.sample_interval_ms)),
+        );
         let (watch_client, watch_js) = (client.clone(), js.clone());
         let dlq_watcher = tokio::spawn(async move {
             loop {
@@ -548,6 +612,10 @@ impl Runtime {
             supervisor,
             join,
             dlq_watcher,
+            sampler,
+            probe,
+            js: js.clone(),
+            relay_batch_max: settings.relay.batch_max,
             chaos,
             stats,
             faults,
@@ -565,6 +633,11 @@ impl Runtime {
         &self.faults
     }
 
+    /// What the health endpoints and the metrics sampler read.
+    pub fn probe(&self) -> &Probe {
+        &self.probe
+    }
+
     pub fn stores(&self) -> &Stores {
         &self.stores
     }
@@ -573,15 +646,37 @@ impl Runtime {
         &self.instance
     }
 
-    /// Stops every actor between batches, flushes, and closes the connection.
-    pub async fn shutdown(self) {
+    /// Stops pulling, lets every consumer finish and settle the batch it is
+    /// in, publishes what the outboxes still hold, and flushes the
+    /// connection. Returns how many events the last outbox sweep published.
+    pub async fn shutdown(self) -> usize {
         self.dlq_watcher.abort();
+        self.sampler.abort();
         if let Some(chaos) = &self.chaos {
             chaos.abort();
         }
         self.supervisor.stop(Some("shutdown".into()));
         if let Err(e) = self.join.await {
             tracing::warn!(error = %e, "supervisor task ended abnormally");
+        }
+        // The consumers are stopped: what their last batches wrote to the
+        // outboxes is published now rather than by the next process.
+        let mut flushed = 0;
+        for (actor, db) in self.stores.each() {
+            let args = RelayArgs {
+                actor,
+                db: db.clone(),
+                js: self.js.clone(),
+                batch_max: self.relay_batch_max,
+                interval: Duration::ZERO,
+                poke: Poke::new(String::new()),
+            };
+            match crate::relay::drain(&args).await {
+                Ok(n) => flushed += n,
+                Err(e) => {
+                    tracing::warn!(actor, error = %e, "publishing the outbox at shutdown; the next start publishes it")
+                }
+            }
         }
         // Bounded: with the server unreachable a flush would wait for a
         // connection that may never come, and shutdown must finish.
@@ -592,6 +687,7 @@ impl Runtime {
                 "NATS unreachable at shutdown; not flushed (unacked messages are redelivered)"
             ),
         }
+        flushed
     }
 }
 
@@ -607,6 +703,7 @@ impl ChildContext<'_> {
     /// A consumer loop named `<instance>/<name>`.
     fn consumer<H: Handler>(&self, handler: H, name: &str, poke: Poke) -> ChildSpec {
         let args = ConsumerArgs {
+            label: name.to_owned(),
             handler: Arc::new(handler),
             js: self.js.clone(),
             specs: H::consumers(&self.settings.consumer),

@@ -24,7 +24,47 @@ pub struct Settings {
     pub provider: ProviderSettings,
     pub saga: SagaSettings,
     pub sqlite: SqliteSettings,
+    pub http: HttpSettings,
+    pub shutdown: ShutdownSettings,
     pub chaos: ChaosSettings,
+}
+
+/// The HTTP endpoint of `falcon run`: `/metrics`, `/health/live`,
+/// `/health/ready`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address to listen on; empty turns the endpoint off. Default
+    /// `127.0.0.1:9464` (`0.0.0.0:9464` in a container).
+    pub listen: String,
+    /// How often the gauges that need a query (DLQ depth, consumer
+    /// pending, outbox backlog, stuck sagas) are refreshed, in ms. Default 5000.
+    pub sample_interval_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: "127.0.0.1:9464".into(),
+            sample_interval_ms: 5000,
+        }
+    }
+}
+
+/// What `falcon run` does on SIGTERM or SIGINT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Time to stop pulling, finish and ack the batches in flight, publish
+    /// the outbox and close connections, in ms; past it the process exits
+    /// non-zero (what was not acked is redelivered). Default 10000.
+    pub grace_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        ShutdownSettings { grace_ms: 10_000 }
+    }
 }
 
 /// Fault injection for chaos testing.
@@ -51,6 +91,8 @@ impl Default for Settings {
             provider: ProviderSettings::default(),
             saga: SagaSettings::default(),
             sqlite: SqliteSettings::default(),
+            http: HttpSettings::default(),
+            shutdown: ShutdownSettings::default(),
             chaos: ChaosSettings::default(),
         }
     }
@@ -318,6 +360,9 @@ pub struct SagaSettings {
     pub sweep_interval_ms: u64,
     /// Sagas compensated per sweep, at most. Default 256.
     pub sweep_batch_max: u64,
+    /// A saga not terminal and unchanged for this long, in seconds, counts
+    /// as stuck (`falcon_sagas_stuck`). Default 120.
+    pub stuck_after_s: u64,
 }
 
 impl Default for SagaSettings {
@@ -326,6 +371,7 @@ impl Default for SagaSettings {
             deadline_s: falcon_sagas::PAYMENT_SAGA.deadline_default.as_secs(),
             sweep_interval_ms: 1000,
             sweep_batch_max: 256,
+            stuck_after_s: 120,
         }
     }
 }
@@ -383,9 +429,50 @@ impl Settings {
                 self.sqlite.synchronous
             ));
         }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(format!(
+                "http.listen: {:?} is not an address like 0.0.0.0:9464 (empty turns it off)",
+                self.http.listen
+            ));
+        }
+        if self.http.sample_interval_ms == 0 {
+            return Err("http.sample_interval_ms: must be at least 1".into());
+        }
+        if self.shutdown.grace_ms == 0 {
+            return Err("shutdown.grace_ms: must be at least 1".into());
+        }
+        for (key, url) in [
+            ("payment.database_url", &self.payment.database_url),
+            ("wallet.database_url", &self.wallet.database_url),
+            ("risk.database_url", &self.risk.database_url),
+        ] {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return Err(format!(
+                    "{key}: {:?} is neither sqlite:… nor postgres://…",
+                    crate::settings::mask_url(url)
+                ));
+            }
+        }
         crate::risk::Rules::from_settings(&self.risk).map(|_| ())
     }
+
+    /// The settings with secrets masked: passwords in URLs.
+    pub fn masked(&self) -> Settings {
+        let mut s = self.clone();
+        s.nats.url = mask_url(&s.nats.url);
+        s.nats.monitor_url = mask_url(&s.nats.monitor_url);
+        s.payment.database_url = mask_url(&s.payment.database_url);
+        s.wallet.database_url = mask_url(&s.wallet.database_url);
+        s.risk.database_url = mask_url(&s.risk.database_url);
+        s
+    }
 }
+
+pub use falcon_nats::mask_url;
 
 #[cfg(test)]
 mod tests {
@@ -405,6 +492,43 @@ mod tests {
             .collect();
         assert_eq!(ms, [100, 200, 400, 800, 1000, 1000, 1000]);
         assert_eq!(r.delay(0).as_millis(), 100);
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(
+            mask_url("postgres://falcon:s3cret@db:5432/payment"),
+            "postgres://falcon:****@db:5432/payment"
+        );
+        assert_eq!(mask_url("nats://tok@n1:4222"), "nats://****@n1:4222");
+        assert_eq!(
+            mask_url("postgres://db/p?user=a&password=x&sslmode=require"),
+            "postgres://db/p?user=a&password=****&sslmode=require"
+        );
+        assert_eq!(
+            mask_url("sqlite://./data/payment.db?mode=rwc"),
+            "sqlite://./data/payment.db?mode=rwc"
+        );
+        let mut s = Settings::default();
+        s.nats.url = "nats://u:p@a:4222,nats://u:q@b:4222".into();
+        s.wallet.database_url = "postgres://w:pw@db/wallet".into();
+        let m = s.masked();
+        assert_eq!(m.nats.url, "nats://u:****@a:4222,nats://u:****@b:4222");
+        assert_eq!(m.wallet.database_url, "postgres://w:****@db/wallet");
+        assert!(!format!("{m:?}").contains("pw@"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut s = Settings::default();
+        s.http.listen = "nine".into();
+        assert!(matches!(s.validate(), Err(e) if e.starts_with("http.listen:")));
+        let mut s = Settings::default();
+        s.payment.database_url = "mysql://x".into();
+        assert!(matches!(s.validate(), Err(e) if e.starts_with("payment.database_url:")));
+        let mut s = Settings::default();
+        s.shutdown.grace_ms = 0;
+        assert!(matches!(s.validate(), Err(e) if e.starts_with("shutdown.grace_ms:")));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use sea_orm::{
 };
 
 use crate::settings::SqliteSettings;
+use crate::telemetry::SagaEnd;
 
 /// The inbox: one row per message an actor has processed. A redelivered or
 /// duplicated message finds its row and has no second effect.
@@ -91,12 +92,20 @@ pub async fn connect(url: &str, sqlite: &SqliteSettings) -> Result<DatabaseConne
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(synchronous)
                     .busy_timeout(busy)
+                    .statement_cache_capacity(STATEMENT_CACHE)
             });
     } else {
-        opts.max_connections(16).min_connections(1);
+        opts.max_connections(16)
+            .min_connections(1)
+            .map_sqlx_postgres_opts(|o| o.statement_cache_capacity(STATEMENT_CACHE));
     }
     Database::connect(opts).await
 }
+
+/// Prepared statements kept per connection. Multi-row inserts and IN lists
+/// of every batch size are distinct statements; with the driver's default
+/// (100) they evict each other and every batch parses its SQL again.
+const STATEMENT_CACHE: usize = 2048;
 
 /// The directory of a relative or absolute SQLite file URL, to create it.
 fn sqlite_dir(url: &str) -> Option<String> {
@@ -131,15 +140,7 @@ pub async fn claim(
     delivery: &Delivery,
     now: DateTime<Utc>,
 ) -> Result<bool, DbErr> {
-    let row = inbox::ActiveModel {
-        msg_id: Set(delivery.inbox_key()),
-        consumer: Set(delivery.consumer.to_string()),
-        stream: Set(delivery.stream.clone()),
-        stream_seq: Set(i64::try_from(delivery.stream_seq).unwrap_or(i64::MAX)),
-        subject: Set(delivery.subject.clone()),
-        processed_at: Set(now),
-    };
-    let result = inbox::Entity::insert(row)
+    let result = inbox::Entity::insert(inbox_row(delivery, now))
         .on_conflict_do_nothing_on([inbox::Column::Consumer, inbox::Column::MsgId])
         .exec(txn)
         .await?;
@@ -155,22 +156,41 @@ pub struct Outbox {
     pub traceparent: falcon_nats::trace::TraceParent,
     pub now: DateTime<Utc>,
     pub events: Vec<Event>,
+    /// Set by the step that ends a payment saga, for the metrics.
+    pub ended: Option<SagaEnd>,
+    saga_id: Option<String>,
+    payment_id: Option<String>,
 }
 
 impl Outbox {
-    pub fn new(source: &'static str, delivery: &Delivery, now: DateTime<Utc>) -> Outbox {
-        let parent = delivery
-            .traceparent()
-            .and_then(falcon_nats::trace::TraceParent::parse)
-            .map(|p| p.child())
-            .unwrap_or_else(falcon_nats::trace::TraceParent::new_root);
+    /// The outbox of the step handling `delivery`; its events carry
+    /// `traceparent` (the handling span's context).
+    pub fn new(
+        source: &'static str,
+        delivery: &Delivery,
+        now: DateTime<Utc>,
+        traceparent: falcon_nats::trace::TraceParent,
+    ) -> Outbox {
         Outbox {
             source,
             causation_id: delivery.inbox_key(),
-            traceparent: parent,
+            traceparent,
             now,
             events: Vec::new(),
+            ended: None,
+            saga_id: None,
+            payment_id: None,
         }
+    }
+
+    /// The saga the step's events belong to (known once it pushed one).
+    pub fn saga_id(&self) -> Option<&str> {
+        self.saga_id.as_deref()
+    }
+
+    /// The payment the step's events are about, when they name one.
+    pub fn payment_id(&self) -> Option<&str> {
+        self.payment_id.as_deref()
     }
 
     /// An outbox for a step no message caused (a deadline): a new trace,
@@ -182,6 +202,9 @@ impl Outbox {
             traceparent: falcon_nats::trace::TraceParent::new_root(),
             now,
             events: Vec::new(),
+            ended: None,
+            saga_id: None,
+            payment_id: None,
         }
     }
 
@@ -195,27 +218,103 @@ impl Outbox {
             &self.causation_id,
             Some(self.traceparent.to_string()),
         );
+        if self.saga_id.is_none() {
+            self.saga_id = Some(event.sagaid.clone());
+            self.payment_id = event
+                .data
+                .payment()
+                .map(|p| p.payment_id.clone())
+                .or_else(|| event.data.refund().map(|r| r.payment_id.clone()));
+        }
         self.events.push(event);
     }
 
     /// Writes the queued events in the caller's transaction.
-    pub async fn write(self, txn: &impl ConnectionTrait) -> Result<usize, DbErr> {
-        let n = self.events.len();
-        if n == 0 {
-            return Ok(0);
-        }
-        let rows = self.events.into_iter().map(|e| outbox::ActiveModel {
-            event_id: Set(e.id.clone()),
-            subject: Set(e.nats_subject()),
-            payload: Set(String::from_utf8(e.encode()).expect("serde_json writes UTF-8")),
-            traceparent: Set(e.traceparent.clone()),
-            created_at: Set(e.time),
-            published_at: Set(None),
-            ..Default::default()
-        });
-        outbox::Entity::insert_many(rows).exec(txn).await?;
-        Ok(n)
+    pub async fn write(&mut self, txn: &impl ConnectionTrait) -> Result<usize, DbErr> {
+        write_events(txn, std::mem::take(&mut self.events)).await
     }
+}
+
+/// Rows per multi-row INSERT: well under the bound on bind parameters.
+const INSERT_CHUNK: usize = 200;
+
+/// Writes events to the outbox, many rows per statement.
+pub async fn write_events(txn: &impl ConnectionTrait, events: Vec<Event>) -> Result<usize, DbErr> {
+    let n = events.len();
+    let mut rows = events.into_iter().map(|e| outbox::ActiveModel {
+        event_id: Set(e.id.clone()),
+        subject: Set(e.nats_subject()),
+        payload: Set(String::from_utf8(e.encode()).expect("serde_json writes UTF-8")),
+        traceparent: Set(e.traceparent.clone()),
+        created_at: Set(e.time),
+        published_at: Set(None),
+        ..Default::default()
+    });
+    loop {
+        let chunk: Vec<_> = rows.by_ref().take(INSERT_CHUNK).collect();
+        if chunk.is_empty() {
+            return Ok(n);
+        }
+        outbox::Entity::insert_many(chunk).exec(txn).await?;
+    }
+}
+
+/// The inbox row of a message processed now.
+pub fn inbox_row(delivery: &Delivery, now: DateTime<Utc>) -> inbox::ActiveModel {
+    inbox::ActiveModel {
+        msg_id: Set(delivery.inbox_key()),
+        consumer: Set(delivery.consumer.to_string()),
+        stream: Set(delivery.stream.clone()),
+        stream_seq: Set(i64::try_from(delivery.stream_seq).unwrap_or(i64::MAX)),
+        subject: Set(delivery.subject.clone()),
+        processed_at: Set(now),
+    }
+}
+
+/// Records many messages in the inbox, many rows per statement. Fails on a
+/// message already there (callers check first, in the same transaction).
+pub async fn claim_all(
+    txn: &impl ConnectionTrait,
+    rows: Vec<inbox::ActiveModel>,
+) -> Result<(), DbErr> {
+    let mut rows = rows.into_iter();
+    loop {
+        let chunk: Vec<_> = rows.by_ref().take(INSERT_CHUNK).collect();
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        inbox::Entity::insert_many(chunk).exec(txn).await?;
+    }
+}
+
+/// Which of these messages the inbox holds already: `(consumer, key)`.
+/// One indexed query per consumer in the batch (the key is the primary
+/// key's second column).
+pub async fn seen(
+    txn: &impl ConnectionTrait,
+    batch: &[Delivery],
+) -> Result<std::collections::HashSet<(String, String)>, DbErr> {
+    use sea_orm::{ColumnTrait, QueryFilter, QuerySelect};
+    let mut by_consumer: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for d in batch {
+        by_consumer
+            .entry(&d.consumer)
+            .or_default()
+            .push(d.inbox_key());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (consumer, keys) in by_consumer {
+        let rows: Vec<String> = inbox::Entity::find()
+            .select_only()
+            .column(inbox::Column::MsgId)
+            .filter(inbox::Column::Consumer.eq(consumer))
+            .filter(inbox::Column::MsgId.is_in(keys))
+            .into_tuple()
+            .all(txn)
+            .await?;
+        seen.extend(rows.into_iter().map(|k| (consumer.to_owned(), k)));
+    }
+    Ok(seen)
 }
 
 /// Creates the inbox and outbox tables (used by every actor's migration).

@@ -123,6 +123,15 @@ pub enum Disposition {
     Term(String),
 }
 
+/// What settling a message did: a nak on the consumer's last allowed
+/// delivery, or a term, is a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Acked,
+    Nakked,
+    DeadLettered,
+}
+
 /// A pulled message (or pull error) with the consumer it came through.
 type Tagged = (Arc<str>, Result<jetstream::Message, String>);
 
@@ -249,7 +258,7 @@ impl Settler {
         &self,
         delivery: &Delivery,
         disposition: &Disposition,
-    ) -> Result<(), Error> {
+    ) -> Result<Settled, Error> {
         let last_delivery = self
             .max_deliver
             .get(&*delivery.consumer)
@@ -265,9 +274,9 @@ impl Settler {
             }
             d => d,
         };
-        let kind = match disposition {
-            Disposition::Ack => AckKind::Ack,
-            Disposition::Nak { delay, .. } => AckKind::Nak(Some(*delay)),
+        let (kind, settled) = match disposition {
+            Disposition::Ack => (AckKind::Ack, Settled::Acked),
+            Disposition::Nak { delay, .. } => (AckKind::Nak(Some(*delay)), Settled::Nakked),
             Disposition::Term(error) => {
                 match crate::dlq::dead_letter(
                     &self.js,
@@ -277,22 +286,26 @@ impl Settler {
                 )
                 .await
                 {
-                    Ok(()) => AckKind::Term,
+                    Ok(()) => (AckKind::Term, Settled::DeadLettered),
                     Err(e) => {
                         tracing::error!(consumer = %delivery.consumer, stream_seq = delivery.stream_seq, error = %e, "dead-lettering failed; will retry");
-                        AckKind::Nak(Some(Duration::from_secs(1)))
+                        (AckKind::Nak(Some(Duration::from_secs(1))), Settled::Nakked)
                     }
                 }
             }
         };
         let Some(message) = &delivery.message else {
-            return Ok(());
+            return Ok(settled);
         };
-        message.ack_with(kind).await.map_err(|e| Error::Settle {
-            consumer: delivery.consumer.to_string(),
-            stream_seq: delivery.stream_seq,
-            detail: e.to_string(),
-        })
+        message
+            .ack_with(kind)
+            .await
+            .map_err(|e| Error::Settle {
+                consumer: delivery.consumer.to_string(),
+                stream_seq: delivery.stream_seq,
+                detail: e.to_string(),
+            })
+            .map(|()| settled)
     }
 }
 

@@ -150,14 +150,14 @@ pub async fn examine(
                     ));
                 }
                 Err(e) => checks.push(check(
-                    format!("{name}"),
+                    name.to_string(),
                     "unreadable",
                     false,
                     Some(e.to_string()),
                 )),
             },
             Err(_) => checks.push(check(
-                format!("{name}"),
+                name.to_string(),
                 "missing",
                 false,
                 Some("run `falcon streams apply`".into()),
@@ -180,7 +180,7 @@ pub async fn examine(
                 ));
             }
             None => checks.push(check(
-                format!("{consumer}"),
+                consumer.to_string(),
                 "missing",
                 false,
                 Some("run `falcon streams apply`".into()),

@@ -27,7 +27,7 @@ pub mod read;
 pub mod topology;
 pub mod trace;
 
-pub use consumer::{Delivery, Disposition, Settler, Source};
+pub use consumer::{Delivery, Disposition, Settled, Settler, Source};
 pub use error::Error;
 pub use publish::OutMsg;
 pub use topology::{ConsumerSpec, StreamSettings};
@@ -36,19 +36,63 @@ pub use topology::{ConsumerSpec, StreamSettings};
 /// Fails at once when no server answers (one clear error, not a hang);
 /// once connected, the client reconnects by itself.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error> {
-    async_nats::ConnectOptions::new()
+    let connect_err = |detail: String| Error::Connect {
+        url: mask_url(url),
+        detail,
+    };
+    // Several servers (a cluster) as a comma-separated list.
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| connect_err(e.to_string()))?;
+    // Credentials in the URL (`nats://user:password@host`, or a token as
+    // `nats://token@host`): the client does not take them from the URL itself.
+    let options = match servers.iter().find(|s| s.has_user_pass()) {
+        Some(s) => match (s.username(), s.password()) {
+            (Some(user), Some(pass)) => {
+                async_nats::ConnectOptions::with_user_and_password(user.into(), pass.into())
+            }
+            (Some(token), None) => async_nats::ConnectOptions::with_token(token.into()),
+            _ => async_nats::ConnectOptions::new(),
+        },
+        None => async_nats::ConnectOptions::new(),
+    };
+    options
         .name(name)
         .connection_timeout(std::time::Duration::from_secs(5))
-        // Several servers (a cluster) as a comma-separated list.
-        .connect(
-            url.split(',')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .collect::<Vec<_>>(),
-        )
+        .connect(servers)
         .await
-        .map_err(|e| Error::Connect {
-            url: url.to_owned(),
-            detail: e.to_string(),
-        })
+        .map_err(|e| connect_err(e.to_string()))
+}
+
+/// A URL, or a comma-separated list of them, with its secrets masked:
+/// `scheme://user:secret@host/…` → `scheme://user:****@host/…`, a token
+/// alone (`scheme://token@host`) and a `password=` query parameter too.
+pub fn mask_url(url: &str) -> String {
+    url.split(',').map(mask_one).collect::<Vec<_>>().join(",")
+}
+
+fn mask_one(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@') {
+            let userinfo = &out[rest..rest + at];
+            let masked = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:****"),
+                None => "****".to_owned(),
+            };
+            out.replace_range(rest..rest + at, &masked);
+        }
+    }
+    if let Some(i) = out.find("password=") {
+        let start = i + "password=".len();
+        let end = out[start..].find('&').map_or(out.len(), |j| start + j);
+        out.replace_range(start..end, "****");
+    }
+    out
 }

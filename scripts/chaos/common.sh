@@ -110,6 +110,8 @@ chaos_init() {
     export FALCON__RISK__DATABASE_URL="sqlite://$CHAOS_WORK/db/risk.db?mode=rwc"
     export FALCON__WALLET__DATABASE_URL="sqlite://$CHAOS_WORK/db/wallet.db?mode=rwc"
     export FALCON__CHAOS__ENABLED=true
+    # No HTTP endpoint: several `falcon run` may share this machine.
+    export FALCON__HTTP__LISTEN=${FALCON__HTTP__LISTEN-}
     export FALCON__NODE=${FALCON__NODE:-chaos}
     # Messages of a killed actor come back after 2 s, not 30.
     export FALCON__CONSUMER__ACK_WAIT_MS=${FALCON__CONSUMER__ACK_WAIT_MS:-2000}

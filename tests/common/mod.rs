@@ -186,52 +186,7 @@ impl World {
     /// Publishes many payments with their acks in flight, then waits until
     /// each has a terminal event; returns them by payment id.
     pub async fn pay_many(&self, bodies: &[serde_json::Value]) -> Result<HashMap<String, Event>> {
-        let msgs: Vec<OutMsg> = bodies
-            .iter()
-            .map(|b| OutMsg {
-                subject: "falcon.cmd.payment.create".into(),
-                msg_id: uuid::Uuid::now_v7().to_string(),
-                traceparent: None,
-                payload: Bytes::from(serde_json::to_vec(b).expect("JSON")),
-            })
-            .collect();
-        for r in publish_all(&self.js, &msgs).await {
-            r?;
-        }
-        let want: std::collections::HashSet<String> = bodies
-            .iter()
-            .map(|b| b["payment_id"].as_str().unwrap_or_default().to_owned())
-            .collect();
-        let mut events =
-            Box::pin(falcon_nats::read::watch(&self.js, STREAM_EVT, "falcon.evt.payment.>").await?);
-        let mut terminal = HashMap::new();
-        tokio::time::timeout(DEADLINE, async {
-            while terminal.len() < want.len() {
-                let Some(stored) = events.next().await else {
-                    bail!("event stream ended")
-                };
-                let e = Event::decode(&stored?.payload)?;
-                let done = matches!(
-                    e.event_type(),
-                    EventType::PaymentCompleted | EventType::PaymentFailed
-                );
-                if done && want.contains(&e.sagaid) {
-                    if let Some(prior) = terminal.insert(e.sagaid.clone(), e) {
-                        bail!("payment {} reached a second terminal event", prior.sagaid);
-                    }
-                }
-            }
-            Ok(())
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "only {} of {} payments terminal within {DEADLINE:?}",
-                terminal.len(),
-                want.len()
-            )
-        })??;
-        Ok(terminal)
+        pay_many(&self.js, bodies).await
     }
 
     /// Waits until a durable consumer has nothing pending or unacked.
@@ -299,6 +254,60 @@ fn init_logs() {
                 .try_init();
         }
     });
+}
+
+/// Publishes many payments with their acks in flight, then waits until
+/// each has a terminal event; returns them by payment id.
+pub async fn pay_many(
+    js: &jetstream::Context,
+    bodies: &[serde_json::Value],
+) -> Result<HashMap<String, Event>> {
+    let msgs: Vec<OutMsg> = bodies
+        .iter()
+        .map(|b| OutMsg {
+            subject: "falcon.cmd.payment.create".into(),
+            msg_id: uuid::Uuid::now_v7().to_string(),
+            traceparent: None,
+            payload: Bytes::from(serde_json::to_vec(b).expect("JSON")),
+        })
+        .collect();
+    for r in publish_all(js, &msgs).await {
+        r?;
+    }
+    let want: std::collections::HashSet<String> = bodies
+        .iter()
+        .map(|b| b["payment_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let mut events =
+        Box::pin(falcon_nats::read::watch(js, STREAM_EVT, "falcon.evt.payment.>").await?);
+    let mut terminal = HashMap::new();
+    tokio::time::timeout(DEADLINE, async {
+        while terminal.len() < want.len() {
+            let Some(stored) = events.next().await else {
+                bail!("event stream ended")
+            };
+            let e = Event::decode(&stored?.payload)?;
+            let done = matches!(
+                e.event_type(),
+                EventType::PaymentCompleted | EventType::PaymentFailed
+            );
+            if done && want.contains(&e.sagaid) {
+                if let Some(prior) = terminal.insert(e.sagaid.clone(), e) {
+                    bail!("payment {} reached a second terminal event", prior.sagaid);
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "only {} of {} payments terminal within {DEADLINE:?}",
+            terminal.len(),
+            want.len()
+        )
+    })??;
+    Ok(terminal)
 }
 
 /// Re-checks `cond` (until it gives `Some`) with a short, growing pause until it holds or the

@@ -50,7 +50,8 @@ fn binary() -> Result<String> {
     }
 }
 
-fn free_port() -> Result<u16> {
+/// A loopback port nobody listens on now.
+pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
@@ -133,6 +134,12 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (its store is kept until drop).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The HTTP monitoring URL, when started with `monitor`.

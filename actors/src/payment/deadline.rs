@@ -75,7 +75,9 @@ pub async fn sweep(
         }
         moved += 1;
         tracing::warn!(saga_id = %p.payment_id, state = %p.state, "saga deadline passed; compensating");
+        // Each compensation starts a trace of its own.
         out.causation_id = format!("deadline:{}", p.payment_id);
+        out.traceparent = falcon_nats::trace::TraceParent::new_root();
         out.push(EventData::PaymentCaptureFailed(FailureData {
             payment: data,
             reason: Reason::DeadlineExceeded,

@@ -43,6 +43,7 @@ use crate::batch::{consumer_spec, decode_event, Handler};
 use crate::error::StepError;
 use crate::settings::ConsumerSettings;
 use crate::store::Outbox;
+use crate::telemetry::SagaEnd;
 use entity::{payment, refund};
 use provider::{CaptureRequest, ProviderError, Resilient, Settlement};
 
@@ -73,6 +74,11 @@ impl Payment {
             provider,
             deadline: chrono::Duration::from_std(deadline).unwrap_or(chrono::Duration::MAX),
         }
+    }
+
+    /// The settlement provider with its retry and circuit breaker.
+    pub fn provider(&self) -> &Arc<Resilient> {
+        &self.provider
     }
 }
 
@@ -216,7 +222,7 @@ impl Handler for Payment {
             }
             EventData::FundsReserved(p) => capture(txn, &p, captures, out).await,
             EventData::TransferCommitted(p) => {
-                if advance(
+                if let Some(started_at) = advance(
                     txn,
                     &p.payment_id,
                     &[EventType::TransferCommitted, EventType::PaymentCompleted],
@@ -225,6 +231,12 @@ impl Handler for Payment {
                 )
                 .await?
                 {
+                    out.ended = Some(SagaEnd {
+                        started_at,
+                        ended_at: out.now,
+                        failure: None,
+                        compensated: false,
+                    });
                     out.push(EventData::PaymentCompleted(p));
                 }
                 Ok(())
@@ -337,7 +349,7 @@ async fn advance(
     events: &[EventType],
     update: Option<(Option<Reason>, Option<String>)>,
     now: DateTime<Utc>,
-) -> Result<bool, StepError> {
+) -> Result<Option<DateTime<Utc>>, StepError> {
     let Some(p) = payment::Entity::find_by_id(payment_id.to_owned())
         .one(txn)
         .await?
@@ -356,7 +368,7 @@ async fn advance(
     for (i, ev) in events.iter().enumerate() {
         match State::apply(Some(state), *ev) {
             Transition::Moved(next) => state = next,
-            Transition::Duplicate | Transition::Ignored if i == 0 => return Ok(false),
+            Transition::Duplicate | Transition::Ignored if i == 0 => return Ok(None),
             Transition::Invalid { .. } if !from.is_terminal() && i == 0 => {
                 return Err(StepError::Transient(format!(
                     "payment {payment_id} is {from}; {ev:?} must wait"
@@ -390,7 +402,7 @@ async fn advance(
             "payment {payment_id} changed concurrently"
         )));
     }
-    Ok(true)
+    Ok(Some(p.created_at))
 }
 
 async fn fail(
@@ -402,7 +414,7 @@ async fn fail(
     compensated: bool,
     out: &mut Outbox,
 ) -> Result<(), StepError> {
-    if advance(
+    if let Some(started_at) = advance(
         txn,
         &p.payment_id,
         &[cause, EventType::PaymentFailed],
@@ -411,6 +423,12 @@ async fn fail(
     )
     .await?
     {
+        out.ended = Some(SagaEnd {
+            started_at,
+            ended_at: out.now,
+            failure: Some(reason),
+            compensated,
+        });
         out.push(EventData::PaymentFailed(PaymentFailedData {
             payment: p.clone(),
             reason,
@@ -464,7 +482,7 @@ async fn capture(
             (Some(Reason::CaptureDeclined), None),
         ),
     };
-    if !advance(
+    if advance(
         txn,
         &p.payment_id,
         &[EventType::FundsReserved, next],
@@ -472,6 +490,7 @@ async fn capture(
         out.now,
     )
     .await?
+    .is_none()
     {
         return Ok(());
     }

@@ -189,6 +189,8 @@ impl Resilient {
             .await;
         self.breaker
             .record(!matches!(result, Err(ProviderError::Unavailable(_))));
+        metrics::gauge!(crate::telemetry::names::BREAKER_STATE)
+            .set(crate::observe::breaker_value(self.breaker.state()));
         result
     }
 }

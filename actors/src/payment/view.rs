@@ -13,7 +13,7 @@ use falcon_schemas::{Event, EventData, EventType};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde::Serialize;
 
@@ -483,6 +483,16 @@ pub async fn list(
         q = q.filter(saga_view::Column::StartedAt.gte(t));
     }
     Ok(q.all(db).await?.into_iter().map(SagaRow::from).collect())
+}
+
+/// How many sagas are not terminal with their last event older than
+/// `before` (the `falcon_sagas_stuck` gauge).
+pub async fn stuck_count(db: &impl ConnectionTrait, before: DateTime<Utc>) -> Result<u64, DbErr> {
+    saga_view::Entity::find()
+        .filter(saga_view::Column::Terminal.eq(false))
+        .filter(saga_view::Column::UpdatedAt.lt(before))
+        .count(db)
+        .await
 }
 
 /// Sagas not terminal whose last event is older than `before`, oldest first.

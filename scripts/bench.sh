@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Reproduces the numbers in docs/BENCHMARKS.md: starts its own JetStream
+# server, fresh databases, and runs `falcon bench --spawn` (release build)
+# against them; stops everything it started.
+#
+#   scripts/bench.sh [--db sqlite|postgres] [--durable] [--runs N] [-- BENCH ARGS...]
+#
+#   --db sqlite      one SQLite file per actor in a temp dir (default)
+#   --db postgres    fresh databases on FALCON_PG_HOST:FALCON_PG_PORT
+#                    (default 127.0.0.1:5432, user postgres, trust auth)
+#   --durable        nats-server with `jetstream { sync_interval: always }`
+#   --runs N         repeat the bench N times on the same set-up (default 1);
+#                    each run prints its report, the last line of each is
+#                    `invariants: ok` when money is conserved
+#   BENCH ARGS       passed to `falcon bench` (default: --concurrency 256
+#                    --payments 5000 --warmup 500)
+#
+# Examples:
+#   scripts/bench.sh --runs 3
+#   scripts/bench.sh --db postgres --runs 3
+#   scripts/bench.sh --durable
+#   scripts/bench.sh -- --rate 100 --payments 3000
+#   scripts/bench.sh -- --concurrency 10000 --payments 20000 --warmup 0
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$FALCON_ROOT"
+
+db=sqlite durable=0 runs=1 bench_args=()
+while (($#)); do
+    case $1 in
+    --db) db=$2; shift 2 ;;
+    --durable) durable=1; shift ;;
+    --runs) runs=$2; shift 2 ;;
+    --) shift; bench_args=("$@"); break ;;
+    *) falcon_die "unknown argument $1 (see the header of $0)" ;;
+    esac
+done
+((${#bench_args[@]})) || bench_args=(--concurrency 256 --payments 5000 --warmup 500)
+
+falcon_build
+work=$(mktemp -d "${TMPDIR:-/tmp}/falcon-bench.XXXXXX")
+falcon_on_exit "rm -rf $(printf '%q' "$work")"
+
+conf=
+if ((durable)); then
+    conf=$FALCON_ROOT/deploy/nats/durable.conf
+fi
+falcon_start_nats "$work/nats" ${conf:+"$conf"}
+export FALCON__NATS__URL=$NATS_URL
+export FALCON__HTTP__LISTEN=
+export RUST_LOG=${RUST_LOG:-warn}
+
+case $db in
+sqlite)
+    for a in payment risk wallet; do
+        export "FALCON__${a^^}__DATABASE_URL=sqlite://$work/$a.db?mode=rwc"
+    done
+    ;;
+postgres)
+    falcon_ensure_postgres || falcon_die "PostgreSQL is not reachable"
+    suffix=$(date +%s)
+    for a in payment risk wallet; do
+        name="falcon_bench_${a}_$suffix"
+        psql -q "$FALCON_PG_URL" -c "CREATE DATABASE $name"
+        falcon_on_exit "psql -q $(printf '%q' "$FALCON_PG_URL") -c 'DROP DATABASE IF EXISTS $name' >/dev/null 2>&1 || true"
+        export "FALCON__${a^^}__DATABASE_URL=${FALCON_PG_URL%/*}/$name"
+    done
+    ;;
+*) falcon_die "--db must be sqlite or postgres" ;;
+esac
+
+falcon_log "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1); db $db; nats sync_interval $( ((durable)) && echo always || echo default)"
+for ((i = 1; i <= runs; i++)); do
+    falcon_log "run $i of $runs: falcon bench --spawn ${bench_args[*]}"
+    "$FALCON_BIN" bench --spawn "${bench_args[@]}"
+done
