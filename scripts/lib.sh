@@ -75,14 +75,16 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 falcon__pid_alive() {
-    local pid=$1 state
+    local pid=$1 stat
     kill -0 "$pid" 2>/dev/null || return 1
-    # A zombie still answers kill -0; it is gone for our purposes.
-    if [[ -r /proc/$pid/stat ]]; then
-        state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)
-        [[ $state != Z ]] || return 1
-    fi
-    return 0
+    # Without procfs, kill -0 is all there is.
+    [[ -d /proc/self ]] || return 0
+    # A zombie still answers kill -0; it is gone for our purposes. So is a
+    # process reaped between the two looks (bash reaps its children while it
+    # waits for the read below): an unreadable stat means gone, not alive.
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ -n $stat && ${stat:0:1} != Z ]]
 }
 
 falcon_stop_pid() {
