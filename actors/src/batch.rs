@@ -48,6 +48,36 @@ pub trait Handler: Send + Sync + 'static {
         prepared: &Self::Prepared,
         out: &mut Outbox,
     ) -> impl Future<Output = Result<(), StepError>> + Send;
+
+    /// The fast path's step: every new message of a batch, in delivery
+    /// order, in the batch transaction without savepoints. By default each
+    /// runs [`Handler::apply`] inside its span; an actor whose step can be
+    /// set-based over the batch overrides this. An error sends the batch to
+    /// the careful path, where `apply` runs per message in a savepoint, so
+    /// `apply` remains the reference for what a message does.
+    fn apply_batch(
+        &self,
+        txn: &DatabaseTransaction,
+        items: &mut [Item<'_>],
+        prepared: &Self::Prepared,
+    ) -> impl Future<Output = Result<(), StepError>> + Send {
+        async move {
+            for item in items.iter_mut() {
+                self.apply(txn, item.delivery, prepared, &mut item.out)
+                    .instrument(item.span.clone())
+                    .await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A new message of a batch on the fast path, with the outbox its step
+/// writes to.
+pub struct Item<'a> {
+    pub delivery: &'a Delivery,
+    pub span: &'a tracing::Span,
+    pub out: Outbox,
 }
 
 /// Builds a consumer spec from the shared consumer settings.
@@ -175,8 +205,7 @@ async fn fast_path<H: Handler>(
         Err(e) => return careful(txn, e.to_string()).await,
     };
     let mut inbox = Vec::with_capacity(batch.len());
-    let mut events = Vec::new();
-    let mut ended = Vec::new();
+    let mut items = Vec::with_capacity(batch.len());
     let mut outcomes = Vec::with_capacity(batch.len());
     for (delivery, h) in batch.iter().zip(handlings) {
         // A message the inbox holds, or a second copy in this batch.
@@ -184,21 +213,31 @@ async fn fast_path<H: Handler>(
             outcomes.push("duplicate");
             continue;
         }
-        let started = Instant::now();
-        let mut out = Outbox::new(H::SOURCE, delivery, now, h.traceparent);
-        let result = handler
-            .apply(&txn, delivery, prepared, &mut out)
-            .instrument(h.span.clone())
-            .await;
-        duration.record(started.elapsed().as_secs_f64());
-        if let Err(e) = result {
-            return careful(txn, e.to_string()).await;
-        }
-        record_ids(&h.span, &out);
-        inbox.push(inbox_row(delivery, now));
-        events.append(&mut out.events);
-        ended.extend(out.ended);
         outcomes.push("ack");
+        inbox.push(inbox_row(delivery, now));
+        items.push(Item {
+            delivery,
+            span: &h.span,
+            out: Outbox::new(H::SOURCE, delivery, now, h.traceparent),
+        });
+    }
+    let started = Instant::now();
+    if let Err(e) = handler.apply_batch(&txn, &mut items, prepared).await {
+        return careful(txn, e.to_string()).await;
+    }
+    // Each message's share of the batch's step.
+    if let Ok(n @ 1..) = u32::try_from(items.len()) {
+        let share = (started.elapsed() / n).as_secs_f64();
+        for _ in &items {
+            duration.record(share);
+        }
+    }
+    let mut events = Vec::new();
+    let mut ended = Vec::new();
+    for mut item in items {
+        record_ids(item.span, &item.out);
+        events.append(&mut item.out.events);
+        ended.extend(item.out.ended);
     }
     if let Err(e) = claim_all(&txn, inbox).await {
         return careful(txn, e.to_string()).await;

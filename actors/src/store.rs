@@ -236,7 +236,10 @@ impl Outbox {
 }
 
 /// Rows per multi-row INSERT: well under the bound on bind parameters.
-const INSERT_CHUNK: usize = 200;
+pub(crate) const INSERT_CHUNK: usize = 200;
+/// Values per `IN (…)` list: well under SQLite's and PostgreSQL's bound on
+/// bind parameters.
+pub(crate) const IN_CHUNK: usize = 500;
 
 /// Writes events to the outbox, many rows per statement.
 pub async fn write_events(txn: &impl ConnectionTrait, events: Vec<Event>) -> Result<usize, DbErr> {

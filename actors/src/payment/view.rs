@@ -13,11 +13,11 @@ use falcon_schemas::{Event, EventData, EventType};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TryInsertResult,
 };
 use serde::Serialize;
 
-use crate::batch::{consumer_spec, decode_event, Handler};
+use crate::batch::{consumer_spec, decode_event, Handler, Item};
 use crate::error::StepError;
 use crate::settings::ConsumerSettings;
 use crate::store::Outbox;
@@ -116,7 +116,21 @@ impl Handler for SagaView {
         _out: &mut Outbox,
     ) -> Result<(), StepError> {
         let event = decode_event(delivery)?;
-        project(txn, &event, delivery.stream_seq).await
+        project(txn, &[(event, delivery.stream_seq)]).await
+    }
+
+    /// The whole batch set-based: one read, one insert, an update per saga.
+    async fn apply_batch(
+        &self,
+        txn: &DatabaseTransaction,
+        items: &mut [Item<'_>],
+        _: &(),
+    ) -> Result<(), StepError> {
+        let events = items
+            .iter()
+            .map(|item| Ok((decode_event(item.delivery)?, item.delivery.stream_seq)))
+            .collect::<Result<Vec<_>, StepError>>()?;
+        project(txn, &events).await
     }
 }
 
@@ -244,51 +258,34 @@ fn failing(state: Option<State>) -> bool {
     )
 }
 
-/// Applies one event to its saga's row. Order-independent (the state is
-/// folded from the set of event types seen) and safe under concurrency (the
-/// row is updated only from the set it was read with; a lost race is retried).
-pub async fn project(txn: &impl ConnectionTrait, e: &Event, seq: u64) -> Result<(), StepError> {
-    let Some(bit) = bit(e.event_type()) else {
-        return Ok(());
-    };
-    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+/// The row a saga has after `e`, given the row it had (`None`: no row yet);
+/// `None` when the event changes nothing (its type was seen already, or it
+/// does not belong to a saga). Pure: the projection's whole rule.
+fn next_row(row: Option<&saga_view::Model>, e: &Event, seq: i64) -> Option<saga_view::Model> {
+    let bit = bit(e.event_type())?;
     let f = facts(e);
-    let row = saga_view::Entity::find_by_id(e.sagaid.clone())
-        .one(txn)
-        .await?;
     let Some(row) = row else {
         let (state, refused) = fold_seen(bit);
-        let reason = if failing(state) { f.reason } else { None };
-        let inserted = saga_view::Entity::insert(saga_view::ActiveModel {
-            saga_id: Set(e.sagaid.clone()),
-            kind: Set(f.kind.to_owned()),
-            state: Set(state.map_or("unknown", |s| s.as_str()).to_owned()),
-            terminal: Set(state.is_some_and(|s| s.is_terminal())),
-            amount: Set(f.amount),
-            currency: Set(f.currency),
-            from_wallet: Set(f.from_wallet),
-            to_wallet: Set(f.to_wallet),
-            payment_id: Set(f.payment_id),
-            reason: Set(reason),
-            started_at: Set(e.time),
-            updated_at: Set(e.time),
-            last_seq: Set(seq),
-            anomalies: Set(refused),
-            events_seen: Set(bit),
-        })
-        .on_conflict_do_nothing_on([saga_view::Column::SagaId])
-        .exec(txn)
-        .await?;
-        return match inserted {
-            sea_orm::TryInsertResult::Inserted(_) => Ok(()),
-            _ => Err(StepError::Transient(format!(
-                "saga view row {} created concurrently",
-                e.sagaid
-            ))),
-        };
+        return Some(saga_view::Model {
+            saga_id: e.sagaid.clone(),
+            kind: f.kind.to_owned(),
+            state: state.map_or("unknown", |s| s.as_str()).to_owned(),
+            terminal: state.is_some_and(|s| s.is_terminal()),
+            amount: f.amount,
+            currency: f.currency,
+            from_wallet: f.from_wallet,
+            to_wallet: f.to_wallet,
+            payment_id: f.payment_id,
+            reason: if failing(state) { f.reason } else { None },
+            started_at: e.time,
+            updated_at: e.time,
+            last_seq: seq,
+            anomalies: refused,
+            events_seen: bit,
+        });
     };
     if row.events_seen & bit != 0 {
-        return Ok(());
+        return None;
     }
     let seen = row.events_seen | bit;
     let (state, refused) = fold_seen(seen);
@@ -317,55 +314,129 @@ pub async fn project(txn: &impl ConnectionTrait, e: &Event, seq: u64) -> Result<
     } else {
         row.kind.clone()
     };
+    Some(saga_view::Model {
+        saga_id: row.saga_id.clone(),
+        kind,
+        state: state.map_or("unknown", |s| s.as_str()).to_owned(),
+        terminal: state.is_some_and(|s| s.is_terminal()),
+        amount: fill(&row.amount, f.amount),
+        currency: fill(&row.currency, f.currency),
+        from_wallet: fill(&row.from_wallet, f.from_wallet),
+        to_wallet: fill(&row.to_wallet, f.to_wallet),
+        payment_id: row.payment_id.clone(),
+        reason,
+        started_at: row.started_at.min(e.time),
+        updated_at: row.updated_at.max(e.time),
+        last_seq: row.last_seq.max(seq),
+        anomalies: refused,
+        events_seen: seen,
+    })
+}
+
+/// Applies events (with their FALCON_EVT sequences) to their sagas' rows,
+/// set-based: one read of every row they touch, the fold in memory, one
+/// multi-row insert for new sagas and one update per saga that changed.
+/// Order-independent (the state is folded from the set of event types seen)
+/// and safe under concurrency: a new row is inserted only if no other
+/// writer created it meanwhile, and a row is updated only from the set of
+/// event types it was read with; a lost race is a transient error (the
+/// batch is retried).
+pub async fn project(txn: &impl ConnectionTrait, events: &[(Event, u64)]) -> Result<(), StepError> {
+    let mut ids: Vec<&str> = events
+        .iter()
+        .filter(|(e, _)| bit(e.event_type()).is_some())
+        .map(|(e, _)| e.sagaid.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut read = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(crate::store::IN_CHUNK) {
+        let rows = saga_view::Entity::find()
+            .filter(saga_view::Column::SagaId.is_in(chunk.iter().copied()))
+            .all(txn)
+            .await?;
+        read.extend(rows.into_iter().map(|r| (r.saga_id.clone(), r)));
+    }
+    // Per saga: the row as read, and the row after this batch's events.
+    let mut folded: std::collections::BTreeMap<&str, Option<saga_view::Model>> =
+        std::collections::BTreeMap::new();
+    for (e, seq) in events {
+        let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+        let now = folded
+            .entry(e.sagaid.as_str())
+            .or_insert_with(|| read.get(&e.sagaid).cloned());
+        if let Some(next) = next_row(now.as_ref(), e, seq) {
+            *now = Some(next);
+        }
+    }
+    let mut created = Vec::new();
+    for (id, row) in folded {
+        let Some(row) = row else { continue };
+        match read.get(id) {
+            None => created.push(row),
+            Some(before) if before.events_seen != row.events_seen => {
+                update(txn, before, row).await?
+            }
+            Some(_) => {}
+        }
+    }
+    let expected = created.len() as u64;
+    let mut inserted = 0;
+    let mut rows = created.into_iter().map(saga_view::ActiveModel::from);
+    loop {
+        let chunk: Vec<_> = rows.by_ref().take(crate::store::INSERT_CHUNK).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        inserted += match saga_view::Entity::insert_many(chunk)
+            .on_conflict_do_nothing_on([saga_view::Column::SagaId])
+            .exec_without_returning(txn)
+            .await?
+        {
+            TryInsertResult::Inserted(n) => n,
+            TryInsertResult::Empty | TryInsertResult::Conflicted => 0,
+        };
+    }
+    if inserted != expected {
+        return Err(StepError::Transient(format!(
+            "{} of {expected} saga view rows created concurrently",
+            expected - inserted
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `row` over `before`, if the row still has `before`'s event types.
+async fn update(
+    txn: &impl ConnectionTrait,
+    before: &saga_view::Model,
+    row: saga_view::Model,
+) -> Result<(), StepError> {
     let updated = saga_view::Entity::update_many()
-        .col_expr(saga_view::Column::Kind, Expr::value(kind))
-        .col_expr(
-            saga_view::Column::State,
-            Expr::value(state.map_or("unknown", |s| s.as_str())),
-        )
-        .col_expr(
-            saga_view::Column::Terminal,
-            Expr::value(state.is_some_and(|s| s.is_terminal())),
-        )
-        .col_expr(
-            saga_view::Column::Amount,
-            Expr::value(fill(&row.amount, f.amount)),
-        )
-        .col_expr(
-            saga_view::Column::Currency,
-            Expr::value(fill(&row.currency, f.currency)),
-        )
-        .col_expr(
-            saga_view::Column::FromWallet,
-            Expr::value(fill(&row.from_wallet, f.from_wallet)),
-        )
-        .col_expr(
-            saga_view::Column::ToWallet,
-            Expr::value(fill(&row.to_wallet, f.to_wallet)),
-        )
-        .col_expr(saga_view::Column::Reason, Expr::value(reason))
-        .col_expr(
-            saga_view::Column::StartedAt,
-            Expr::value(row.started_at.min(e.time)),
-        )
-        .col_expr(
-            saga_view::Column::UpdatedAt,
-            Expr::value(row.updated_at.max(e.time)),
-        )
-        .col_expr(
-            saga_view::Column::LastSeq,
-            Expr::value(row.last_seq.max(seq)),
-        )
-        .col_expr(saga_view::Column::Anomalies, Expr::value(refused))
-        .col_expr(saga_view::Column::EventsSeen, Expr::value(seen))
-        .filter(saga_view::Column::SagaId.eq(&e.sagaid))
-        .filter(saga_view::Column::EventsSeen.eq(row.events_seen))
+        .col_expr(saga_view::Column::Kind, Expr::value(row.kind))
+        .col_expr(saga_view::Column::State, Expr::value(row.state))
+        .col_expr(saga_view::Column::Terminal, Expr::value(row.terminal))
+        .col_expr(saga_view::Column::Amount, Expr::value(row.amount))
+        .col_expr(saga_view::Column::Currency, Expr::value(row.currency))
+        .col_expr(saga_view::Column::FromWallet, Expr::value(row.from_wallet))
+        .col_expr(saga_view::Column::ToWallet, Expr::value(row.to_wallet))
+        .col_expr(saga_view::Column::Reason, Expr::value(row.reason))
+        .col_expr(saga_view::Column::StartedAt, Expr::value(row.started_at))
+        .col_expr(saga_view::Column::UpdatedAt, Expr::value(row.updated_at))
+        .col_expr(saga_view::Column::LastSeq, Expr::value(row.last_seq))
+        .col_expr(saga_view::Column::Anomalies, Expr::value(row.anomalies))
+        .col_expr(saga_view::Column::EventsSeen, Expr::value(row.events_seen))
+        .filter(saga_view::Column::SagaId.eq(&row.saga_id))
+        .filter(saga_view::Column::EventsSeen.eq(before.events_seen))
         .exec(txn)
         .await?;
     if updated.rows_affected != 1 {
         return Err(StepError::Transient(format!(
             "saga view row {} changed concurrently",
-            e.sagaid
+            row.saga_id
         )));
     }
     Ok(())
@@ -375,6 +446,122 @@ pub async fn project(txn: &impl ConnectionTrait, e: &Event, seq: u64) -> Result<
 mod tests {
     use super::*;
     use EventType as E;
+
+    fn payment_event(ty: EventType, saga: &str, seconds: i64) -> Event {
+        use falcon_schemas::event::{CapturedData, PaymentData, RiskData};
+        let payment = PaymentData {
+            payment_id: saga.into(),
+            from_wallet: "payer".into(),
+            to_wallet: "payee".into(),
+            amount: rust_decimal::Decimal::new(1250, 2),
+            currency: falcon_schemas::Currency::from_code("USD").expect("USD"),
+        };
+        let data = match ty {
+            E::PaymentRequested => EventData::PaymentRequested(payment),
+            E::RiskApproved => EventData::RiskApproved(RiskData {
+                payment,
+                score: 1,
+                risk_reasons: Vec::new(),
+            }),
+            E::FundsReserved => EventData::FundsReserved(payment),
+            E::PaymentCaptured => EventData::PaymentCaptured(CapturedData {
+                payment,
+                settlement_id: "settled".into(),
+            }),
+            E::TransferCommitted => EventData::TransferCommitted(payment),
+            E::PaymentCompleted => EventData::PaymentCompleted(payment),
+            other => panic!("no sample for {other:?}"),
+        };
+        let time = DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("a time");
+        Event::new(data, format!("{saga}-{seconds}"), time, "test", "c", None)
+    }
+
+    async fn view_db() -> sea_orm::DatabaseConnection {
+        let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
+        options.max_connections(1);
+        let db = sea_orm::Database::connect(options)
+            .await
+            .expect("in-memory SQLite");
+        let schema = sea_orm::Schema::new(db.get_database_backend());
+        db.execute(&schema.create_table_from_entity(saga_view::Entity))
+            .await
+            .expect("saga_view table");
+        db
+    }
+
+    async fn rows(db: &sea_orm::DatabaseConnection) -> Vec<saga_view::Model> {
+        saga_view::Entity::find()
+            .order_by_asc(saga_view::Column::SagaId)
+            .all(db)
+            .await
+            .expect("rows")
+    }
+
+    /// A batch projected at once leaves the rows that projecting its events
+    /// one at a time leaves: new and existing sagas, several events of one
+    /// saga in one batch, out of order, and a duplicate.
+    #[tokio::test]
+    async fn a_batch_projects_like_its_events_one_by_one() {
+        let first = vec![
+            (payment_event(E::PaymentRequested, "s1", 0), 1),
+            (payment_event(E::PaymentRequested, "s2", 1), 2),
+        ];
+        let second = vec![
+            (payment_event(E::FundsReserved, "s1", 3), 4),
+            (payment_event(E::PaymentCompleted, "s1", 5), 6),
+            (payment_event(E::RiskApproved, "s1", 2), 8),
+            (payment_event(E::TransferCommitted, "s1", 4), 5),
+            (payment_event(E::PaymentCaptured, "s1", 3), 9),
+            (payment_event(E::FundsReserved, "s3", 2), 3),
+            (payment_event(E::PaymentRequested, "s3", 1), 7),
+            (payment_event(E::PaymentRequested, "s2", 1), 2),
+        ];
+        let (batched, single) = (view_db().await, view_db().await);
+        for batch in [&first, &second] {
+            project(&batched, batch).await.expect("batch projects");
+            for event in batch.iter() {
+                project(&single, std::slice::from_ref(event))
+                    .await
+                    .expect("event projects");
+            }
+        }
+        let rows = rows(&batched).await;
+        assert_eq!(rows, self::rows(&single).await);
+        assert_eq!(rows.len(), 3);
+        let states: Vec<(&str, bool)> = rows
+            .iter()
+            .map(|r| (r.state.as_str(), r.terminal))
+            .collect();
+        assert_eq!(states[0], (State::Completed.as_str(), true), "{rows:?}");
+        assert_eq!((rows[0].last_seq, rows[0].anomalies), (9, 0));
+        assert_eq!(
+            rows[2].started_at,
+            payment_event(E::PaymentRequested, "s3", 1).time
+        );
+        assert_eq!(rows[2].last_seq, 7);
+    }
+
+    /// A row another writer changed between the read and the write is a
+    /// transient error, not a lost event.
+    #[tokio::test]
+    async fn a_row_changed_meanwhile_is_a_transient_conflict() {
+        let db = view_db().await;
+        let requested = payment_event(E::PaymentRequested, "s1", 0);
+        project(&db, &[(requested, 1)]).await.expect("projects");
+        let before = rows(&db).await.remove(0);
+        let reserved = payment_event(E::FundsReserved, "s1", 1);
+        let next = next_row(Some(&before), &reserved, 2).expect("a change");
+        let mut stale = before.clone();
+        stale.events_seen = 0;
+        let err = update(&db, &stale, next.clone())
+            .await
+            .expect_err("guarded");
+        assert!(matches!(err, StepError::Transient(_)), "{err}");
+        update(&db, &before, next.clone())
+            .await
+            .expect("from the row as read");
+        assert_eq!(rows(&db).await, vec![next]);
+    }
 
     /// Any order of a saga's events folds to the state of their true order.
     #[test]
