@@ -48,7 +48,7 @@ if ((durable)); then
 fi
 falcon_start_nats "$work/nats" ${conf:+"$conf"}
 export FALCON__NATS__URL=$NATS_URL
-export FALCON__HTTP__LISTEN=
+export FALCON__HTTP__LISTEN=${FALCON__HTTP__LISTEN-}
 export RUST_LOG=${RUST_LOG:-warn}
 
 case $db in
