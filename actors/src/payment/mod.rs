@@ -38,8 +38,9 @@ use sea_orm::{
     ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, Set,
     TryInsertResult,
 };
+use tracing::Instrument;
 
-use crate::batch::{consumer_spec, decode_event, Handler};
+use crate::batch::{consumer_spec, decode_event, Handler, Item};
 use crate::error::StepError;
 use crate::settings::ConsumerSettings;
 use crate::store::Outbox;
@@ -153,103 +154,229 @@ impl Handler for Payment {
         out: &mut Outbox,
     ) -> Result<(), StepError> {
         if delivery.stream == STREAM_CMD {
-            return match Command::parse(&delivery.subject, &delivery.payload) {
-                Err(ParseError::Unparseable(e)) => Err(StepError::Poison(e)),
-                Err(ParseError::Rejected(r)) => {
-                    out.push(EventData::PaymentRejected(crate::rejection(&r, delivery)));
-                    Ok(())
-                }
-                Ok(Command::CreatePayment(c)) => self.create(txn, &c, out).await,
-                Ok(Command::RefundPayment(c)) => request_refund(txn, &c, out).await,
-                Ok(other) => Err(StepError::Poison(format!(
-                    "{} is not a payment command",
-                    other.kind().as_str()
-                ))),
-            };
+            return self.on_command(txn, delivery, out).await;
         }
         let event = decode_event(delivery)?;
-        match event.data {
-            EventData::RiskApproved(d) => advance(
+        on_event(txn, event.data, captures, &mut Rows::default(), out).await
+    }
+
+    /// The batch with its events decoded once and the payment rows they
+    /// name read with one query.
+    async fn apply_batch(
+        &self,
+        txn: &DatabaseTransaction,
+        items: &mut [Item<'_>],
+        captures: &Captures,
+    ) -> Result<(), StepError> {
+        let mut events = Vec::with_capacity(items.len());
+        for item in items.iter() {
+            events.push(if item.delivery.stream == STREAM_CMD {
+                None
+            } else {
+                Some(decode_event(item.delivery)?.data)
+            });
+        }
+        let ids = events
+            .iter()
+            .flatten()
+            .filter_map(|e| e.payment().map(|p| p.payment_id.as_str()));
+        let mut rows = Rows::read(txn, ids).await?;
+        for (item, event) in items.iter_mut().zip(events) {
+            let span = item.span.clone();
+            match event {
+                None => {
+                    self.on_command(txn, item.delivery, &mut item.out)
+                        .instrument(span)
+                        .await?
+                }
+                Some(e) => {
+                    on_event(txn, e, captures, &mut rows, &mut item.out)
+                        .instrument(span)
+                        .await?
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Payment {
+    async fn on_command(
+        &self,
+        txn: &DatabaseTransaction,
+        delivery: &Delivery,
+        out: &mut Outbox,
+    ) -> Result<(), StepError> {
+        match Command::parse(&delivery.subject, &delivery.payload) {
+            Err(ParseError::Unparseable(e)) => Err(StepError::Poison(e)),
+            Err(ParseError::Rejected(r)) => {
+                out.push(EventData::PaymentRejected(crate::rejection(&r, delivery)));
+                Ok(())
+            }
+            Ok(Command::CreatePayment(c)) => self.create(txn, &c, out).await,
+            Ok(Command::RefundPayment(c)) => request_refund(txn, &c, out).await,
+            Ok(other) => Err(StepError::Poison(format!(
+                "{} is not a payment command",
+                other.kind().as_str()
+            ))),
+        }
+    }
+}
+
+/// One event's step.
+async fn on_event(
+    txn: &DatabaseTransaction,
+    event: EventData,
+    captures: &Captures,
+    rows: &mut Rows,
+    out: &mut Outbox,
+) -> Result<(), StepError> {
+    match event {
+        EventData::RiskApproved(d) => advance(
+            txn,
+            rows,
+            &d.payment.payment_id,
+            &[EventType::RiskApproved],
+            None,
+            out.now,
+        )
+        .await
+        .map(drop),
+        EventData::RiskRejected(d) => {
+            let reasons: Vec<&str> = d.risk_reasons.iter().map(Reason::as_str).collect();
+            let message = format!(
+                "risk rejected the payment (score {}): {}",
+                d.score,
+                reasons.join(", ")
+            );
+            fail(
                 txn,
-                &d.payment.payment_id,
-                &[EventType::RiskApproved],
+                rows,
+                &d.payment,
+                Failing {
+                    cause: EventType::RiskRejected,
+                    reason: Reason::RiskRejected,
+                    message,
+                    compensated: false,
+                },
+                out,
+            )
+            .await
+        }
+        EventData::ReservationDeclined(d) => {
+            fail(
+                txn,
+                rows,
+                &d.payment,
+                Failing {
+                    cause: EventType::ReservationDeclined,
+                    reason: d.reason,
+                    message: d.message,
+                    compensated: false,
+                },
+                out,
+            )
+            .await
+        }
+        EventData::FundsReleased(d) => {
+            fail(
+                txn,
+                rows,
+                &d.payment,
+                Failing {
+                    cause: EventType::FundsReleased,
+                    reason: d.reason,
+                    message: d.message,
+                    compensated: true,
+                },
+                out,
+            )
+            .await
+        }
+        EventData::FundsReserved(p) => capture(txn, rows, &p, captures, out).await,
+        EventData::TransferCommitted(p) => {
+            if let Some(started_at) = advance(
+                txn,
+                rows,
+                &p.payment_id,
+                &[EventType::TransferCommitted, EventType::PaymentCompleted],
                 None,
                 out.now,
             )
-            .await
-            .map(drop),
-            EventData::RiskRejected(d) => {
-                let reasons: Vec<&str> = d.risk_reasons.iter().map(Reason::as_str).collect();
-                let message = format!(
-                    "risk rejected the payment (score {}): {}",
-                    d.score,
-                    reasons.join(", ")
-                );
-                fail(
-                    txn,
-                    &d.payment,
-                    EventType::RiskRejected,
-                    Reason::RiskRejected,
-                    message,
-                    false,
-                    out,
-                )
-                .await
+            .await?
+            {
+                out.ended = Some(SagaEnd {
+                    started_at,
+                    ended_at: out.now,
+                    failure: None,
+                    compensated: false,
+                });
+                out.push(EventData::PaymentCompleted(p));
             }
-            EventData::ReservationDeclined(d) => {
-                fail(
-                    txn,
-                    &d.payment,
-                    EventType::ReservationDeclined,
-                    d.reason,
-                    d.message,
-                    false,
-                    out,
-                )
-                .await
-            }
-            EventData::FundsReleased(d) => {
-                fail(
-                    txn,
-                    &d.payment,
-                    EventType::FundsReleased,
-                    d.reason,
-                    d.message,
-                    true,
-                    out,
-                )
-                .await
-            }
-            EventData::FundsReserved(p) => capture(txn, &p, captures, out).await,
-            EventData::TransferCommitted(p) => {
-                if let Some(started_at) = advance(
-                    txn,
-                    &p.payment_id,
-                    &[EventType::TransferCommitted, EventType::PaymentCompleted],
-                    None,
-                    out.now,
-                )
-                .await?
-                {
-                    out.ended = Some(SagaEnd {
-                        started_at,
-                        ended_at: out.now,
-                        failure: None,
-                        compensated: false,
-                    });
-                    out.push(EventData::PaymentCompleted(p));
-                }
-                Ok(())
-            }
-            EventData::RefundCommitted(r) => finish_refund(txn, r, None, out).await,
-            EventData::RefundDeclined(d) => {
-                finish_refund(txn, d.refund, Some((d.reason, d.message)), out).await
-            }
-            other => Err(StepError::Poison(format!(
-                "payment does not handle {}",
-                other.event_type().type_str()
-            ))),
+            Ok(())
         }
+        EventData::RefundCommitted(r) => {
+            rows.forget(&r.payment_id);
+            finish_refund(txn, r, None, out).await
+        }
+        EventData::RefundDeclined(d) => {
+            rows.forget(&d.refund.payment_id);
+            finish_refund(txn, d.refund, Some((d.reason, d.message)), out).await
+        }
+        other => Err(StepError::Poison(format!(
+            "payment does not handle {}",
+            other.event_type().type_str()
+        ))),
+    }
+}
+
+/// Payment rows read in this transaction, by id. The fast path reads a
+/// batch's rows with one query and keeps them current as its steps update
+/// them; the careful path starts each message with none, so every step
+/// reads its own row. A row another process changed meanwhile fails the
+/// guarded update (state as read), which is a transient error.
+#[derive(Default)]
+struct Rows(HashMap<String, payment::Model>);
+
+impl Rows {
+    async fn read(
+        txn: &DatabaseTransaction,
+        ids: impl Iterator<Item = &str>,
+    ) -> Result<Rows, StepError> {
+        let mut ids: Vec<&str> = ids.collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut rows = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(crate::store::IN_CHUNK) {
+            let found = payment::Entity::find()
+                .filter(payment::Column::PaymentId.is_in(chunk.iter().copied()))
+                .all(txn)
+                .await?;
+            rows.extend(found.into_iter().map(|r| (r.payment_id.clone(), r)));
+        }
+        Ok(Rows(rows))
+    }
+
+    async fn get(
+        &mut self,
+        txn: &DatabaseTransaction,
+        payment_id: &str,
+    ) -> Result<Option<payment::Model>, StepError> {
+        if let Some(row) = self.0.get(payment_id) {
+            return Ok(Some(row.clone()));
+        }
+        let row = payment::Entity::find_by_id(payment_id.to_owned())
+            .one(txn)
+            .await?;
+        if let Some(r) = &row {
+            self.0.insert(payment_id.to_owned(), r.clone());
+        }
+        Ok(row)
+    }
+
+    /// A step changed the row in a way this cache does not follow.
+    fn forget(&mut self, payment_id: &str) {
+        self.0.remove(payment_id);
     }
 }
 
@@ -345,15 +472,13 @@ impl Payment {
 /// still on the way); one that can never apply is poison.
 async fn advance(
     txn: &DatabaseTransaction,
+    rows: &mut Rows,
     payment_id: &str,
     events: &[EventType],
     update: Option<(Option<Reason>, Option<String>)>,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, StepError> {
-    let Some(p) = payment::Entity::find_by_id(payment_id.to_owned())
-        .one(txn)
-        .await?
-    else {
+    let Some(mut p) = rows.get(txn, payment_id).await? else {
         return Err(StepError::Transient(format!(
             "payment {payment_id} is not known (yet)"
         )));
@@ -384,12 +509,16 @@ async fn advance(
     let mut q = payment::Entity::update_many()
         .col_expr(payment::Column::State, Expr::value(state.as_str()))
         .col_expr(payment::Column::UpdatedAt, Expr::value(now));
+    p.state = state.as_str().to_owned();
+    p.updated_at = now;
     if let Some((reason, settlement)) = update {
         if let Some(r) = reason {
             q = q.col_expr(payment::Column::Reason, Expr::value(r.as_str()));
+            p.reason = Some(r.as_str().to_owned());
         }
         if let Some(s) = settlement {
-            q = q.col_expr(payment::Column::SettlementId, Expr::value(s));
+            q = q.col_expr(payment::Column::SettlementId, Expr::value(s.clone()));
+            p.settlement_id = Some(s);
         }
     }
     let r = q
@@ -398,24 +527,41 @@ async fn advance(
         .exec(txn)
         .await?;
     if r.rows_affected != 1 {
+        rows.forget(payment_id);
         return Err(StepError::Transient(format!(
             "payment {payment_id} changed concurrently"
         )));
     }
-    Ok(Some(p.created_at))
+    let created_at = p.created_at;
+    rows.0.insert(payment_id.to_owned(), p);
+    Ok(Some(created_at))
+}
+
+/// Why a payment fails: the event that failed it and what the failure says.
+struct Failing {
+    cause: EventType,
+    reason: Reason,
+    message: String,
+    /// The funds were reserved and have been released.
+    compensated: bool,
 }
 
 async fn fail(
     txn: &DatabaseTransaction,
+    rows: &mut Rows,
     p: &PaymentData,
-    cause: EventType,
-    reason: Reason,
-    message: String,
-    compensated: bool,
+    why: Failing,
     out: &mut Outbox,
 ) -> Result<(), StepError> {
+    let Failing {
+        cause,
+        reason,
+        message,
+        compensated,
+    } = why;
     if let Some(started_at) = advance(
         txn,
+        rows,
         &p.payment_id,
         &[cause, EventType::PaymentFailed],
         Some((Some(reason), None)),
@@ -441,14 +587,15 @@ async fn fail(
 
 async fn capture(
     txn: &DatabaseTransaction,
+    rows: &mut Rows,
     p: &PaymentData,
     captures: &Captures,
     out: &mut Outbox,
 ) -> Result<(), StepError> {
     // Past capture already (a redelivery, or a deadline compensated the
     // saga meanwhile): nothing to do, whatever the provider said.
-    let state = payment::Entity::find_by_id(p.payment_id.clone())
-        .one(txn)
+    let state = rows
+        .get(txn, &p.payment_id)
         .await?
         .and_then(|row| State::parse(&row.state));
     if let Some(s) = state {
@@ -484,6 +631,7 @@ async fn capture(
     };
     if advance(
         txn,
+        rows,
         &p.payment_id,
         &[EventType::FundsReserved, next],
         Some(update),
