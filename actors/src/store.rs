@@ -290,6 +290,33 @@ pub async fn claim_all(
     }
 }
 
+/// The rows of `E` whose `column` holds one of `keys` (repeats allowed),
+/// read with one query per [`IN_CHUNK`] keys, by that key (`key_of`).
+pub async fn rows_by_key<'k, E, C>(
+    txn: &impl ConnectionTrait,
+    column: C,
+    keys: impl Iterator<Item = &'k str>,
+    key_of: impl Fn(&E::Model) -> String,
+) -> Result<std::collections::HashMap<String, E::Model>, DbErr>
+where
+    E: EntityTrait,
+    C: sea_orm::ColumnTrait,
+{
+    use sea_orm::QueryFilter;
+    let mut keys: Vec<&str> = keys.collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut rows = std::collections::HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(IN_CHUNK) {
+        let found = E::find()
+            .filter(column.is_in(chunk.iter().copied()))
+            .all(txn)
+            .await?;
+        rows.extend(found.into_iter().map(|r| (key_of(&r), r)));
+    }
+    Ok(rows)
+}
+
 /// Which of these messages the inbox holds already: `(consumer, key)`.
 /// One indexed query per consumer in the batch (the key is the primary
 /// key's second column).

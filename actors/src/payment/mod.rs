@@ -343,17 +343,13 @@ impl Rows {
         txn: &DatabaseTransaction,
         ids: impl Iterator<Item = &str>,
     ) -> Result<Rows, StepError> {
-        let mut ids: Vec<&str> = ids.collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut rows = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(crate::store::IN_CHUNK) {
-            let found = payment::Entity::find()
-                .filter(payment::Column::PaymentId.is_in(chunk.iter().copied()))
-                .all(txn)
-                .await?;
-            rows.extend(found.into_iter().map(|r| (r.payment_id.clone(), r)));
-        }
+        let rows = crate::store::rows_by_key::<payment::Entity, _>(
+            txn,
+            payment::Column::PaymentId,
+            ids,
+            |r| r.payment_id.clone(),
+        )
+        .await?;
         Ok(Rows(rows))
     }
 

@@ -342,24 +342,17 @@ fn next_row(row: Option<&saga_view::Model>, e: &Event, seq: i64) -> Option<saga_
 /// event types it was read with; a lost race is a transient error (the
 /// batch is retried).
 pub async fn project(txn: &impl ConnectionTrait, events: &[(Event, u64)]) -> Result<(), StepError> {
-    let mut ids: Vec<&str> = events
+    let ids = events
         .iter()
         .filter(|(e, _)| bit(e.event_type()).is_some())
-        .map(|(e, _)| e.sagaid.as_str())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let mut read = std::collections::HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(crate::store::IN_CHUNK) {
-        let rows = saga_view::Entity::find()
-            .filter(saga_view::Column::SagaId.is_in(chunk.iter().copied()))
-            .all(txn)
-            .await?;
-        read.extend(rows.into_iter().map(|r| (r.saga_id.clone(), r)));
-    }
+        .map(|(e, _)| e.sagaid.as_str());
+    let read = crate::store::rows_by_key::<saga_view::Entity, _>(
+        txn,
+        saga_view::Column::SagaId,
+        ids,
+        |r| r.saga_id.clone(),
+    )
+    .await?;
     // Per saga: the row as read, and the row after this batch's events.
     let mut folded: std::collections::BTreeMap<&str, Option<saga_view::Model>> =
         std::collections::BTreeMap::new();
