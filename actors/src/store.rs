@@ -236,7 +236,7 @@ impl Outbox {
 }
 
 /// Rows per multi-row INSERT: well under the bound on bind parameters.
-pub(crate) const INSERT_CHUNK: usize = 200;
+const INSERT_CHUNK: usize = 200;
 /// Values per `IN (…)` list: well under SQLite's and PostgreSQL's bound on
 /// bind parameters.
 pub(crate) const IN_CHUNK: usize = 500;
@@ -244,7 +244,7 @@ pub(crate) const IN_CHUNK: usize = 500;
 /// Writes events to the outbox, many rows per statement.
 pub async fn write_events(txn: &impl ConnectionTrait, events: Vec<Event>) -> Result<usize, DbErr> {
     let n = events.len();
-    let mut rows = events.into_iter().map(|e| outbox::ActiveModel {
+    let rows = events.into_iter().map(|e| outbox::ActiveModel {
         event_id: Set(e.id.clone()),
         subject: Set(e.nats_subject()),
         payload: Set(String::from_utf8(e.encode()).expect("serde_json writes UTF-8")),
@@ -253,13 +253,19 @@ pub async fn write_events(txn: &impl ConnectionTrait, events: Vec<Event>) -> Res
         published_at: Set(None),
         ..Default::default()
     });
-    loop {
-        let chunk: Vec<_> = rows.by_ref().take(INSERT_CHUNK).collect();
-        if chunk.is_empty() {
-            return Ok(n);
-        }
+    for chunk in insert_chunks(rows) {
         outbox::Entity::insert_many(chunk).exec(txn).await?;
     }
+    Ok(n)
+}
+
+/// Rows grouped for multi-row inserts of at most [`INSERT_CHUNK`] rows.
+pub(crate) fn insert_chunks<T>(rows: impl IntoIterator<Item = T>) -> impl Iterator<Item = Vec<T>> {
+    let mut rows = rows.into_iter();
+    std::iter::from_fn(move || {
+        let chunk: Vec<T> = rows.by_ref().take(INSERT_CHUNK).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    })
 }
 
 /// The inbox row of a message processed now.
@@ -280,14 +286,10 @@ pub async fn claim_all(
     txn: &impl ConnectionTrait,
     rows: Vec<inbox::ActiveModel>,
 ) -> Result<(), DbErr> {
-    let mut rows = rows.into_iter();
-    loop {
-        let chunk: Vec<_> = rows.by_ref().take(INSERT_CHUNK).collect();
-        if chunk.is_empty() {
-            return Ok(());
-        }
+    for chunk in insert_chunks(rows) {
         inbox::Entity::insert_many(chunk).exec(txn).await?;
     }
+    Ok(())
 }
 
 /// The rows of `E` whose `column` holds one of `keys` (repeats allowed),

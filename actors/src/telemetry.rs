@@ -32,7 +32,8 @@ pub mod names {
     pub const REDELIVERED: &str = "falcon_messages_redelivered_total";
     /// Counter `{actor}`: messages copied to FALCON_DLQ.
     pub const DEAD_LETTERED: &str = "falcon_messages_dead_lettered_total";
-    /// Histogram `{actor}`: one message's step, in seconds.
+    /// Histogram `{actor}`: one message's step, in seconds (on the batch
+    /// fast path, its share of the batch's step).
     pub const HANDLER_DURATION: &str = "falcon_handler_duration_seconds";
     /// Histogram `{actor}`: messages per batch transaction.
     pub const BATCH_SIZE: &str = "falcon_batch_size";

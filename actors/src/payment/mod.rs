@@ -832,3 +832,116 @@ async fn finish_refund(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    async fn db_with(state: State) -> DatabaseConnection {
+        let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
+        options.max_connections(1);
+        let db = sea_orm::Database::connect(options)
+            .await
+            .expect("in-memory SQLite");
+        let schema = sea_orm::Schema::new(db.get_database_backend());
+        db.execute(&schema.create_table_from_entity(payment::Entity))
+            .await
+            .expect("payment table");
+        let now = Utc::now();
+        payment::Entity::insert(payment::ActiveModel {
+            payment_id: Set("p1".into()),
+            from_wallet: Set("a".into()),
+            to_wallet: Set("b".into()),
+            amount_minor: Set(1250),
+            currency: Set("USD".into()),
+            state: Set(state.as_str().into()),
+            reason: Set(None),
+            settlement_id: Set(None),
+            refunded_minor: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+            deadline_at: Set(now),
+        })
+        .exec(&db)
+        .await
+        .expect("a payment");
+        db
+    }
+
+    async fn state_of(db: &DatabaseConnection) -> String {
+        payment::Entity::find_by_id("p1".to_owned())
+            .one(db)
+            .await
+            .expect("read")
+            .expect("the payment")
+            .state
+    }
+
+    /// The batch's rows are read once and kept current: two steps of one
+    /// payment in one batch see each other's update.
+    #[tokio::test]
+    async fn rows_read_for_a_batch_follow_its_steps() {
+        let db = db_with(State::Requested).await;
+        let txn = db.begin().await.expect("txn");
+        let mut rows = Rows::read(&txn, ["p1", "p1", "unknown"].into_iter())
+            .await
+            .expect("read");
+        assert_eq!(rows.0.len(), 1);
+        let now = Utc::now();
+        advance(&txn, &mut rows, "p1", &[EventType::RiskApproved], None, now)
+            .await
+            .expect("approved");
+        assert_eq!(rows.0["p1"].state, State::Approved.as_str());
+        // Already applied: a duplicate, judged from the kept row.
+        let again = advance(&txn, &mut rows, "p1", &[EventType::RiskApproved], None, now)
+            .await
+            .expect("duplicate");
+        assert_eq!(again, None);
+        txn.commit().await.expect("commit");
+        assert_eq!(state_of(&db).await, State::Approved.as_str());
+    }
+
+    /// A row changed after the batch read it (another process) fails the
+    /// guarded update as a transient error, and is read afresh next time.
+    #[tokio::test]
+    async fn a_row_changed_after_the_read_is_a_transient_error() {
+        let db = db_with(State::Requested).await;
+        let mut rows = Rows::read(&db.begin().await.expect("txn"), ["p1"].into_iter())
+            .await
+            .expect("read");
+        payment::Entity::update_many()
+            .col_expr(
+                payment::Column::State,
+                Expr::value(State::Approved.as_str()),
+            )
+            .filter(payment::Column::PaymentId.eq("p1"))
+            .exec(&db)
+            .await
+            .expect("changed meanwhile");
+        let txn = db.begin().await.expect("txn");
+        let err = advance(
+            &txn,
+            &mut rows,
+            "p1",
+            &[EventType::RiskApproved],
+            None,
+            Utc::now(),
+        )
+        .await
+        .expect_err("stale");
+        assert!(matches!(err, StepError::Transient(_)), "{err}");
+        assert!(rows.0.is_empty(), "the stale row is forgotten");
+        let again = advance(
+            &txn,
+            &mut rows,
+            "p1",
+            &[EventType::RiskApproved],
+            None,
+            Utc::now(),
+        )
+        .await
+        .expect("read afresh: a duplicate");
+        assert_eq!(again, None);
+    }
+}

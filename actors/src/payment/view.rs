@@ -378,12 +378,8 @@ pub async fn project(txn: &impl ConnectionTrait, events: &[(Event, u64)]) -> Res
     }
     let expected = created.len() as u64;
     let mut inserted = 0;
-    let mut rows = created.into_iter().map(saga_view::ActiveModel::from);
-    loop {
-        let chunk: Vec<_> = rows.by_ref().take(crate::store::INSERT_CHUNK).collect();
-        if chunk.is_empty() {
-            break;
-        }
+    for chunk in crate::store::insert_chunks(created.into_iter().map(saga_view::ActiveModel::from))
+    {
         inserted += match saga_view::Entity::insert_many(chunk)
             .on_conflict_do_nothing_on([saga_view::Column::SagaId])
             .exec_without_returning(txn)
