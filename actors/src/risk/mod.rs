@@ -7,7 +7,7 @@
 //! Shutdown and failure: as every actor, it stops between batches and is
 //! restarted by its supervisor from the database.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use falcon_nats::{ConsumerSpec, Delivery};
@@ -21,7 +21,7 @@ use sea_orm::{
     QueryFilter, QuerySelect, Set, TryInsertResult,
 };
 
-use crate::batch::{consumer_spec, decode_event, Handler};
+use crate::batch::{consumer_spec, decode_event, Handler, Item};
 use crate::error::StepError;
 use crate::settings::{ConsumerSettings, RiskSettings};
 use crate::store::Outbox;
@@ -133,8 +133,12 @@ impl Risk {
     }
 }
 
+/// Approved decisions of one source wallet in one currency inside the
+/// velocity window.
 #[derive(Debug, FromQueryResult)]
 struct Velocity {
+    from_wallet: String,
+    currency: String,
     count: i64,
     sum: Option<i64>,
 }
@@ -166,118 +170,204 @@ impl Handler for Risk {
         _: &(),
         out: &mut Outbox,
     ) -> Result<(), StepError> {
-        let event = decode_event(delivery)?;
-        let EventData::PaymentRequested(p) = &event.data else {
-            return Err(StepError::Poison(format!(
-                "risk does not handle {}",
-                event.ty
-            )));
-        };
-        self.assess(txn, p, out).await
+        let request = requested(delivery)?;
+        self.assess(txn, vec![(request, out)]).await
+    }
+
+    /// The whole batch with one read of its decisions, one of its wallets'
+    /// velocity and one multi-row insert.
+    async fn apply_batch(
+        &self,
+        txn: &DatabaseTransaction,
+        items: &mut [Item<'_>],
+        _: &(),
+    ) -> Result<(), StepError> {
+        let mut requests = Vec::with_capacity(items.len());
+        for item in items.iter_mut() {
+            requests.push((requested(item.delivery)?, &mut item.out));
+        }
+        self.assess(txn, requests).await
     }
 }
 
+/// A payment request with its amount, as the risk actor reads it.
+struct Request {
+    payment: PaymentData,
+    amount: Money,
+}
+
+fn requested(delivery: &Delivery) -> Result<Request, StepError> {
+    let event = decode_event(delivery)?;
+    let EventData::PaymentRequested(payment) = event.data else {
+        return Err(StepError::Poison(format!(
+            "risk does not handle {}",
+            event.ty
+        )));
+    };
+    let amount = payment.money().map_err(|e| {
+        StepError::Poison(format!(
+            "payment {} has a malformed amount: {e}",
+            payment.payment_id
+        ))
+    })?;
+    Ok(Request { payment, amount })
+}
+
 impl Risk {
+    /// Decides each request in order, each seeing the velocity the ones
+    /// before it approved; a payment decided already gets no second
+    /// decision. A decision another process inserted meanwhile is a
+    /// transient error (the retry finds it).
     async fn assess(
         &self,
         txn: &DatabaseTransaction,
-        p: &PaymentData,
-        out: &mut Outbox,
+        requests: Vec<(Request, &mut Outbox)>,
     ) -> Result<(), StepError> {
-        let amount = p.money().map_err(|e| {
-            StepError::Poison(format!(
-                "payment {} has a malformed amount: {e}",
-                p.payment_id
-            ))
-        })?;
-        if decision::Entity::find_by_id(p.payment_id.clone())
-            .one(txn)
-            .await?
-            .is_some()
-        {
+        let Some(now) = requests.first().map(|(_, out)| out.now) else {
             return Ok(());
-        }
-        let mut reasons = Vec::new();
-        if self.rules.blocked.contains(&p.from_wallet) || self.rules.blocked.contains(&p.to_wallet)
-        {
-            reasons.push(Reason::WalletBlocked);
-        }
-        if let Some(max) = self.rules.max_amount.get(&amount.currency()) {
-            if amount.minor() > max.minor() {
-                reasons.push(Reason::AmountLimitExceeded);
+        };
+        let mut decided: HashSet<String> = crate::store::rows_by_key::<decision::Entity, _>(
+            txn,
+            decision::Column::PaymentId,
+            requests.iter().map(|(r, _)| r.payment.payment_id.as_str()),
+            |d| d.payment_id.clone(),
+        )
+        .await?
+        .into_keys()
+        .collect();
+        let mut velocity = self
+            .velocity(
+                txn,
+                requests.iter().map(|(r, _)| r.payment.from_wallet.as_str()),
+                now,
+            )
+            .await?;
+        let mut rows = Vec::new();
+        for (Request { payment: p, amount }, out) in requests {
+            if !decided.insert(p.payment_id.clone()) {
+                continue;
             }
+            let mut reasons = Vec::new();
+            if self.rules.blocked.contains(&p.from_wallet)
+                || self.rules.blocked.contains(&p.to_wallet)
+            {
+                reasons.push(Reason::WalletBlocked);
+            }
+            if let Some(max) = self.rules.max_amount.get(&amount.currency()) {
+                if amount.minor() > max.minor() {
+                    reasons.push(Reason::AmountLimitExceeded);
+                }
+            }
+            let key = (p.from_wallet.clone(), amount.currency().code().to_owned());
+            let (count, sum) = velocity.get(&key).copied().unwrap_or((0, 0));
+            let count_after = count.saturating_add(1);
+            let sum_after = sum.saturating_add(amount.minor());
+            let sum_exceeded = self
+                .rules
+                .velocity_sum_max
+                .get(&amount.currency())
+                .is_some_and(|max| sum_after > max.minor());
+            if count_after > self.rules.velocity_count_max || sum_exceeded {
+                reasons.push(Reason::VelocityExceeded);
+            }
+            let score = score(&reasons);
+            let approved = reasons.is_empty();
+            if approved {
+                velocity.insert(key, (count_after, sum_after));
+            }
+            rows.push(decision::ActiveModel {
+                payment_id: Set(p.payment_id.clone()),
+                from_wallet: Set(p.from_wallet.clone()),
+                to_wallet: Set(p.to_wallet.clone()),
+                amount_minor: Set(amount.minor()),
+                currency: Set(amount.currency().code().to_owned()),
+                approved: Set(approved),
+                score: Set(i32::try_from(score).unwrap_or(100)),
+                reasons: Set(serde_json::to_string(&reasons).expect("reasons serialize")),
+                decided_at: Set(out.now),
+            });
+            let data = RiskData {
+                payment: p,
+                score,
+                risk_reasons: reasons,
+            };
+            out.push(if approved {
+                EventData::RiskApproved(data)
+            } else {
+                EventData::RiskRejected(data)
+            });
         }
+        let expected = rows.len() as u64;
+        let mut inserted = 0;
+        for chunk in crate::store::insert_chunks(rows) {
+            inserted += match decision::Entity::insert_many(chunk)
+                .on_conflict_do_nothing_on([decision::Column::PaymentId])
+                .exec_without_returning(txn)
+                .await?
+            {
+                TryInsertResult::Inserted(n) => n,
+                TryInsertResult::Empty | TryInsertResult::Conflicted => 0,
+            };
+        }
+        if inserted != expected {
+            return Err(StepError::Transient(format!(
+                "{} of {expected} risk decisions made concurrently",
+                expected - inserted
+            )));
+        }
+        Ok(())
+    }
+
+    /// Approved decisions per (source wallet, currency) inside the window
+    /// that ends at `now`: count and sum of minor units.
+    async fn velocity<'w>(
+        &self,
+        txn: &DatabaseTransaction,
+        wallets: impl Iterator<Item = &'w str>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<HashMap<(String, String), (u64, i64)>, StepError> {
         let window =
             chrono::Duration::from_std(self.rules.velocity_window).unwrap_or(chrono::Duration::MAX);
-        let since = out
-            .now
+        let since = now
             .checked_sub_signed(window)
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-        let velocity = decision::Entity::find()
-            .select_only()
-            .column_as(
-                Expr::from(Func::count(Expr::col(decision::Column::PaymentId))),
-                "count",
-            )
-            .column_as(
-                // SUM of BIGINT is NUMERIC on PostgreSQL: cast back to BIGINT.
-                Expr::from(Func::cast_as(
-                    Func::sum(Expr::col(decision::Column::AmountMinor)),
-                    "BIGINT",
-                )),
-                "sum",
-            )
-            .filter(decision::Column::FromWallet.eq(&p.from_wallet))
-            .filter(decision::Column::Currency.eq(amount.currency().code()))
-            .filter(decision::Column::Approved.eq(true))
-            .filter(decision::Column::DecidedAt.gte(since))
-            .into_model::<Velocity>()
-            .one(txn)
-            .await?
-            .unwrap_or(Velocity {
-                count: 0,
-                sum: None,
-            });
-        let count_after = u64::try_from(velocity.count).unwrap_or(0).saturating_add(1);
-        let sum_after = velocity.sum.unwrap_or(0).saturating_add(amount.minor());
-        let sum_exceeded = self
-            .rules
-            .velocity_sum_max
-            .get(&amount.currency())
-            .is_some_and(|max| sum_after > max.minor());
-        if count_after > self.rules.velocity_count_max || sum_exceeded {
-            reasons.push(Reason::VelocityExceeded);
+        let mut wallets: Vec<&str> = wallets.collect();
+        wallets.sort_unstable();
+        wallets.dedup();
+        let mut velocity = HashMap::with_capacity(wallets.len());
+        for chunk in wallets.chunks(crate::store::IN_CHUNK) {
+            let rows = decision::Entity::find()
+                .select_only()
+                .column(decision::Column::FromWallet)
+                .column(decision::Column::Currency)
+                .column_as(
+                    Expr::from(Func::count(Expr::col(decision::Column::PaymentId))),
+                    "count",
+                )
+                .column_as(
+                    // SUM of BIGINT is NUMERIC on PostgreSQL: cast back to BIGINT.
+                    Expr::from(Func::cast_as(
+                        Func::sum(Expr::col(decision::Column::AmountMinor)),
+                        "BIGINT",
+                    )),
+                    "sum",
+                )
+                .filter(decision::Column::FromWallet.is_in(chunk.iter().copied()))
+                .filter(decision::Column::Approved.eq(true))
+                .filter(decision::Column::DecidedAt.gte(since))
+                .group_by(decision::Column::FromWallet)
+                .group_by(decision::Column::Currency)
+                .into_model::<Velocity>()
+                .all(txn)
+                .await?;
+            velocity.extend(rows.into_iter().map(|v| {
+                (
+                    (v.from_wallet, v.currency),
+                    (u64::try_from(v.count).unwrap_or(0), v.sum.unwrap_or(0)),
+                )
+            }));
         }
-        let score = score(&reasons);
-        let approved = reasons.is_empty();
-        let inserted = decision::Entity::insert(decision::ActiveModel {
-            payment_id: Set(p.payment_id.clone()),
-            from_wallet: Set(p.from_wallet.clone()),
-            to_wallet: Set(p.to_wallet.clone()),
-            amount_minor: Set(amount.minor()),
-            currency: Set(amount.currency().code().to_owned()),
-            approved: Set(approved),
-            score: Set(i32::try_from(score).unwrap_or(100)),
-            reasons: Set(serde_json::to_string(&reasons).expect("reasons serialize")),
-            decided_at: Set(out.now),
-        })
-        .on_conflict_do_nothing_on([decision::Column::PaymentId])
-        .exec(txn)
-        .await?;
-        if !matches!(inserted, TryInsertResult::Inserted(_)) {
-            return Ok(());
-        }
-        let data = RiskData {
-            payment: p.clone(),
-            score,
-            risk_reasons: reasons,
-        };
-        out.push(if approved {
-            EventData::RiskApproved(data)
-        } else {
-            EventData::RiskRejected(data)
-        });
-        Ok(())
+        Ok(velocity)
     }
 }
 
@@ -293,4 +383,114 @@ fn score(reasons: &[Reason]) -> u32 {
         })
         .sum::<u32>()
         .min(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use falcon_nats::dlq::Origin;
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    fn request(payment_id: &str, from: &str, amount: &str) -> (Request, Delivery) {
+        let currency = Currency::from_code("USD").expect("USD");
+        let money = Money::parse(amount, currency).expect("an amount");
+        let payment = PaymentData {
+            payment_id: payment_id.into(),
+            from_wallet: from.into(),
+            to_wallet: "payee".into(),
+            amount: money.wire_amount(),
+            currency,
+        };
+        let origin = Origin {
+            subject: format!("falcon.evt.payment.requested.{payment_id}"),
+            stream: STREAM_EVT.into(),
+            stream_seq: 1,
+            consumer: "risk-evt".into(),
+            delivered: 1,
+            msg_id: Some(format!("evt-{payment_id}")),
+            traceparent: None,
+        };
+        let delivery = Delivery::detached(&origin, bytes::Bytes::new());
+        (
+            Request {
+                payment,
+                amount: money,
+            },
+            delivery,
+        )
+    }
+
+    /// One batch: each request sees the velocity the ones before it
+    /// approved, a payment decided earlier or twice in the batch gets no
+    /// second decision, and the decisions are stored.
+    #[tokio::test]
+    async fn a_batch_decides_in_order_with_its_own_velocity() {
+        let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
+        options.max_connections(1);
+        let db = sea_orm::Database::connect(options)
+            .await
+            .expect("in-memory SQLite");
+        let schema = sea_orm::Schema::new(db.get_database_backend());
+        db.execute(&schema.create_table_from_entity(decision::Entity))
+            .await
+            .expect("decisions table");
+        let settings = RiskSettings {
+            velocity_count_max: 2,
+            ..RiskSettings::default()
+        };
+        let risk = Risk::new(db.clone(), Rules::from_settings(&settings).expect("rules"));
+        let now = chrono::Utc::now();
+        let run = |ids: &[(&str, &str)]| {
+            ids.iter()
+                .map(|(id, from)| request(id, from, "1.00"))
+                .collect::<Vec<_>>()
+        };
+        // p0 is decided in an earlier batch.
+        let first = run(&[("p0", "alice")]);
+        let txn = db.begin().await.expect("txn");
+        let (r, d) = first.into_iter().next().expect("one");
+        let mut out = Outbox::new("test", &d, now, falcon_nats::trace::TraceParent::new_root());
+        risk.assess(&txn, vec![(r, &mut out)])
+            .await
+            .expect("decided");
+        txn.commit().await.expect("commit");
+        assert_eq!(out.events.len(), 1);
+
+        let batch = run(&[
+            ("p0", "alice"),
+            ("p1", "alice"),
+            ("p2", "bob"),
+            ("p1", "alice"),
+            ("p3", "alice"),
+        ]);
+        let mut outs: Vec<Outbox> = batch
+            .iter()
+            .map(|(_, d)| Outbox::new("test", d, now, falcon_nats::trace::TraceParent::new_root()))
+            .collect();
+        let requests = batch
+            .into_iter()
+            .map(|(r, _)| r)
+            .zip(outs.iter_mut())
+            .collect();
+        let txn = db.begin().await.expect("txn");
+        risk.assess(&txn, requests).await.expect("decided");
+        txn.commit().await.expect("commit");
+        let types: Vec<Vec<EventType>> = outs
+            .iter()
+            .map(|o| o.events.iter().map(|e| e.event_type()).collect())
+            .collect();
+        assert_eq!(
+            types,
+            vec![
+                vec![],                        // p0: decided before
+                vec![EventType::RiskApproved], // alice's second
+                vec![EventType::RiskApproved], // bob's first
+                vec![],                        // p1 again
+                vec![EventType::RiskRejected], // alice's third: over the count
+            ]
+        );
+        let stored = decision::Entity::find().all(&db).await.expect("rows");
+        assert_eq!(stored.len(), 4);
+        assert!(stored.iter().any(|d| d.payment_id == "p3" && !d.approved));
+    }
 }
