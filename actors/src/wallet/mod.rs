@@ -387,28 +387,18 @@ async fn reserve(
             message,
         }));
     };
-    // Claim the payment's hold first: a second reserve for the same payment
-    // finds it and does nothing.
-    let claimed = hold::Entity::insert(hold::ActiveModel {
-        payment_id: Set(p.payment_id.clone()),
-        wallet_id: Set(p.from_wallet.clone()),
-        to_wallet: Set(p.to_wallet.clone()),
-        amount_minor: Set(amount.minor()),
-        currency: Set(amount.currency().code().to_owned()),
-        state: Set(hold_state::DECLINED.to_owned()),
-        reason: Set(None),
-        created_at: Set(out.now),
-        updated_at: Set(out.now),
-    })
-    .on_conflict_do_nothing_on([hold::Column::PaymentId])
-    .exec(txn)
+    // Both wallets with one read: a missing one or a foreign currency
+    // declines without touching any balance.
+    let wallets = crate::store::rows_by_key::<wallet::Entity, _>(
+        txn,
+        wallet::Column::WalletId,
+        [p.from_wallet.as_str(), p.to_wallet.as_str()].into_iter(),
+        |w| w.wallet_id.clone(),
+    )
     .await?;
-    if !matches!(claimed, TryInsertResult::Inserted(_)) {
-        return Ok(());
-    }
     let mut refuse = None;
     for wallet_id in [&p.from_wallet, &p.to_wallet] {
-        match find_wallet(txn, wallet_id).await? {
+        match wallets.get(wallet_id) {
             None => {
                 refuse = Some((
                     Reason::WalletNotFound,
@@ -430,6 +420,31 @@ async fn reserve(
             Some(_) => {}
         }
     }
+    // Claim the payment's hold before any balance moves, in the state the
+    // checks so far give: a second reserve for the same payment finds it
+    // and does nothing.
+    let claimed = hold::Entity::insert(hold::ActiveModel {
+        payment_id: Set(p.payment_id.clone()),
+        wallet_id: Set(p.from_wallet.clone()),
+        to_wallet: Set(p.to_wallet.clone()),
+        amount_minor: Set(amount.minor()),
+        currency: Set(amount.currency().code().to_owned()),
+        state: Set(if refuse.is_some() {
+            hold_state::DECLINED
+        } else {
+            hold_state::RESERVED
+        }
+        .to_owned()),
+        reason: Set(refuse.as_ref().map(|(r, _)| r.as_str().to_owned())),
+        created_at: Set(out.now),
+        updated_at: Set(out.now),
+    })
+    .on_conflict_do_nothing_on([hold::Column::PaymentId])
+    .exec(txn)
+    .await?;
+    if !matches!(claimed, TryInsertResult::Inserted(_)) {
+        return Ok(());
+    }
     if refuse.is_none() {
         let reserved = wallet::Entity::update_many()
             .col_expr(
@@ -446,38 +461,26 @@ async fn reserve(
             .exec(txn)
             .await?;
         if reserved.rows_affected == 0 {
-            refuse = Some((
-                Reason::InsufficientFunds,
-                format!("wallet {} has less than {amount} available", p.from_wallet),
-            ));
-        }
-    }
-    match refuse {
-        Some((reason, message)) => {
-            set_hold_state(
+            let reason = Reason::InsufficientFunds;
+            let declined = set_hold_state(
                 txn,
                 &p.payment_id,
-                hold_state::DECLINED,
+                hold_state::RESERVED,
                 hold_state::DECLINED,
                 Some(reason),
                 out.now,
             )
             .await?;
-            decline(out, reason, message);
+            assert!(declined, "the hold was claimed in this transaction");
+            refuse = Some((
+                reason,
+                format!("wallet {} has less than {amount} available", p.from_wallet),
+            ));
         }
-        None => {
-            let moved = set_hold_state(
-                txn,
-                &p.payment_id,
-                hold_state::DECLINED,
-                hold_state::RESERVED,
-                None,
-                out.now,
-            )
-            .await?;
-            assert!(moved, "the hold was claimed in this transaction");
-            out.push(EventData::FundsReserved(p.clone()));
-        }
+    }
+    match refuse {
+        Some((reason, message)) => decline(out, reason, message),
+        None => out.push(EventData::FundsReserved(p.clone())),
     }
     Ok(())
 }
