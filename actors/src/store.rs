@@ -259,6 +259,53 @@ pub async fn write_events(txn: &impl ConnectionTrait, events: Vec<Event>) -> Res
     Ok(n)
 }
 
+/// Inserts rows that must all be new (many per statement). A row whose
+/// `key` exists already is left alone and makes the whole call a transient
+/// error naming `what`: another writer got there first, and a retry of the
+/// batch sees its row.
+pub async fn insert_all_new<A>(
+    txn: &impl ConnectionTrait,
+    rows: Vec<A>,
+    key: <A::Entity as EntityTrait>::Column,
+    what: &str,
+) -> Result<(), crate::error::StepError>
+where
+    A: sea_orm::ActiveModelTrait + Send,
+{
+    let expected = rows.len() as u64;
+    let mut inserted = 0;
+    for chunk in insert_chunks(rows) {
+        inserted += match <A::Entity as EntityTrait>::insert_many(chunk)
+            .on_conflict_do_nothing_on([key])
+            .exec_without_returning(txn)
+            .await?
+        {
+            TryInsertResult::Inserted(n) => n,
+            TryInsertResult::Empty | TryInsertResult::Conflicted => 0,
+        };
+    }
+    if inserted != expected {
+        return Err(crate::error::StepError::Transient(format!(
+            "{} of {expected} {what} written concurrently",
+            expected - inserted
+        )));
+    }
+    Ok(())
+}
+
+/// An in-memory SQLite database (one connection) with `entity`'s table.
+#[cfg(test)]
+pub(crate) async fn memory_db<E: EntityTrait>(entity: E) -> DatabaseConnection {
+    let mut options = ConnectOptions::new("sqlite::memory:");
+    options.max_connections(1);
+    let db = Database::connect(options).await.expect("in-memory SQLite");
+    let schema = sea_orm::Schema::new(db.get_database_backend());
+    db.execute(&schema.create_table_from_entity(entity))
+        .await
+        .expect("the table");
+    db
+}
+
 /// Rows grouped for multi-row inserts of at most [`INSERT_CHUNK`] rows.
 pub(crate) fn insert_chunks<T>(rows: impl IntoIterator<Item = T>) -> impl Iterator<Item = Vec<T>> {
     let mut rows = rows.into_iter();

@@ -13,7 +13,7 @@ use falcon_schemas::{Event, EventData, EventType};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TryInsertResult,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::Serialize;
 
@@ -376,26 +376,16 @@ pub async fn project(txn: &impl ConnectionTrait, events: &[(Event, u64)]) -> Res
             Some(_) => {}
         }
     }
-    let expected = created.len() as u64;
-    let mut inserted = 0;
-    for chunk in crate::store::insert_chunks(created.into_iter().map(saga_view::ActiveModel::from))
-    {
-        inserted += match saga_view::Entity::insert_many(chunk)
-            .on_conflict_do_nothing_on([saga_view::Column::SagaId])
-            .exec_without_returning(txn)
-            .await?
-        {
-            TryInsertResult::Inserted(n) => n,
-            TryInsertResult::Empty | TryInsertResult::Conflicted => 0,
-        };
-    }
-    if inserted != expected {
-        return Err(StepError::Transient(format!(
-            "{} of {expected} saga view rows created concurrently",
-            expected - inserted
-        )));
-    }
-    Ok(())
+    crate::store::insert_all_new(
+        txn,
+        created
+            .into_iter()
+            .map(saga_view::ActiveModel::from)
+            .collect(),
+        saga_view::Column::SagaId,
+        "saga view rows",
+    )
+    .await
 }
 
 /// Writes `row` over `before`, if the row still has `before`'s event types.
@@ -466,16 +456,7 @@ mod tests {
     }
 
     async fn view_db() -> sea_orm::DatabaseConnection {
-        let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
-        options.max_connections(1);
-        let db = sea_orm::Database::connect(options)
-            .await
-            .expect("in-memory SQLite");
-        let schema = sea_orm::Schema::new(db.get_database_backend());
-        db.execute(&schema.create_table_from_entity(saga_view::Entity))
-            .await
-            .expect("saga_view table");
-        db
+        crate::store::memory_db(saga_view::Entity).await
     }
 
     async fn rows(db: &sea_orm::DatabaseConnection) -> Vec<saga_view::Model> {
@@ -550,6 +531,26 @@ mod tests {
             .await
             .expect("from the row as read");
         assert_eq!(rows(&db).await, vec![next]);
+    }
+
+    /// A new saga row another writer created meanwhile is a transient
+    /// conflict, not a silently skipped event.
+    #[tokio::test]
+    async fn a_row_created_meanwhile_is_a_transient_conflict() {
+        let db = view_db().await;
+        let first = payment_event(E::PaymentRequested, "s1", 0);
+        project(&db, &[(first.clone(), 1)]).await.expect("projects");
+        let row = next_row(None, &first, 1).expect("a row");
+        let other = next_row(None, &payment_event(E::PaymentRequested, "s2", 0), 2).expect("a row");
+        let err = crate::store::insert_all_new(
+            &db,
+            vec![row.into(), saga_view::ActiveModel::from(other)],
+            saga_view::Column::SagaId,
+            "saga view rows",
+        )
+        .await
+        .expect_err("s1 exists");
+        assert!(matches!(err, StepError::Transient(_)), "{err}");
     }
 
     /// Any order of a saga's events folds to the state of their true order.

@@ -18,7 +18,7 @@ use falcon_schemas::{Currency, EventData, EventType, Money, Reason};
 use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{
     ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, FromQueryResult,
-    QueryFilter, QuerySelect, Set, TryInsertResult,
+    QueryFilter, QuerySelect, Set,
 };
 
 use crate::batch::{consumer_spec, decode_event, Handler, Item};
@@ -297,25 +297,7 @@ impl Risk {
                 EventData::RiskRejected(data)
             });
         }
-        let expected = rows.len() as u64;
-        let mut inserted = 0;
-        for chunk in crate::store::insert_chunks(rows) {
-            inserted += match decision::Entity::insert_many(chunk)
-                .on_conflict_do_nothing_on([decision::Column::PaymentId])
-                .exec_without_returning(txn)
-                .await?
-            {
-                TryInsertResult::Inserted(n) => n,
-                TryInsertResult::Empty | TryInsertResult::Conflicted => 0,
-            };
-        }
-        if inserted != expected {
-            return Err(StepError::Transient(format!(
-                "{} of {expected} risk decisions made concurrently",
-                expected - inserted
-            )));
-        }
-        Ok(())
+        crate::store::insert_all_new(txn, rows, decision::Column::PaymentId, "risk decisions").await
     }
 
     /// Approved decisions per (source wallet, currency) inside the window
