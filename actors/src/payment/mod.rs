@@ -836,18 +836,10 @@ async fn finish_refund(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sea_orm::{ConnectionTrait, TransactionTrait};
+    use sea_orm::TransactionTrait;
 
     async fn db_with(state: State) -> DatabaseConnection {
-        let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
-        options.max_connections(1);
-        let db = sea_orm::Database::connect(options)
-            .await
-            .expect("in-memory SQLite");
-        let schema = sea_orm::Schema::new(db.get_database_backend());
-        db.execute(&schema.create_table_from_entity(payment::Entity))
-            .await
-            .expect("payment table");
+        let db = crate::store::memory_db(payment::Entity).await;
         let now = Utc::now();
         payment::Entity::insert(payment::ActiveModel {
             payment_id: Set("p1".into()),

@@ -371,7 +371,7 @@ fn score(reasons: &[Reason]) -> u32 {
 mod tests {
     use super::*;
     use falcon_nats::dlq::Origin;
-    use sea_orm::{ConnectionTrait, TransactionTrait};
+    use sea_orm::TransactionTrait;
 
     fn request(payment_id: &str, from: &str, amount: &str) -> (Request, Delivery) {
         let currency = Currency::from_code("USD").expect("USD");
@@ -407,15 +407,7 @@ mod tests {
     /// second decision, and the decisions are stored.
     #[tokio::test]
     async fn a_batch_decides_in_order_with_its_own_velocity() {
-        let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
-        options.max_connections(1);
-        let db = sea_orm::Database::connect(options)
-            .await
-            .expect("in-memory SQLite");
-        let schema = sea_orm::Schema::new(db.get_database_backend());
-        db.execute(&schema.create_table_from_entity(decision::Entity))
-            .await
-            .expect("decisions table");
+        let db = crate::store::memory_db(decision::Entity).await;
         let settings = RiskSettings {
             velocity_count_max: 2,
             ..RiskSettings::default()
