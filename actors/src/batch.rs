@@ -61,15 +61,25 @@ pub trait Handler: Send + Sync + 'static {
         items: &mut [Item<'_>],
         prepared: &Self::Prepared,
     ) -> impl Future<Output = Result<(), StepError>> + Send {
-        async move {
-            for item in items.iter_mut() {
-                self.apply(txn, item.delivery, prepared, &mut item.out)
-                    .instrument(item.span.clone())
-                    .await?;
-            }
-            Ok(())
-        }
+        apply_each(self, txn, items, prepared)
     }
+}
+
+/// The default fast-path step: [`Handler::apply`] for each item in turn,
+/// inside its span.
+pub async fn apply_each<H: Handler + ?Sized>(
+    handler: &H,
+    txn: &DatabaseTransaction,
+    items: &mut [Item<'_>],
+    prepared: &H::Prepared,
+) -> Result<(), StepError> {
+    for item in items.iter_mut() {
+        handler
+            .apply(txn, item.delivery, prepared, &mut item.out)
+            .instrument(item.span.clone())
+            .await?;
+    }
+    Ok(())
 }
 
 /// A new message of a batch on the fast path, with the outbox its step

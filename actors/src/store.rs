@@ -293,6 +293,94 @@ where
     Ok(())
 }
 
+/// Writes rows changed in memory back with one statement per chunk, each
+/// row guarded by the values it was read with: `UPDATE t SET c = v.… FROM
+/// (VALUES …) AS v WHERE t.key = v.… AND t.guard = v.…` (SQLite ≥ 3.33 and
+/// PostgreSQL). `rows` are `(as read, as it is now)`; `set` are the columns
+/// written from the second, `guard` the columns compared with the first
+/// (never NULL ones: NULL equals nothing). A row another writer changed
+/// since it was read is not written and makes the whole call a transient
+/// error naming `what`, so the batch is retried and sees the change.
+pub async fn update_guarded<E>(
+    txn: &impl ConnectionTrait,
+    key: E::Column,
+    set: &[E::Column],
+    guard: &[E::Column],
+    rows: &[(&E::Model, &E::Model)],
+    what: &str,
+) -> Result<(), crate::error::StepError>
+where
+    E: EntityTrait,
+    E::Model: sea_orm::ModelTrait<Entity = E>,
+{
+    use sea_orm::IdenStatic;
+    use sea_orm::ModelTrait;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let backend = txn.get_database_backend();
+    let table = E::default().table_name().to_owned();
+    let q = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let width = 1 + set.len() + guard.len();
+    let mut head = format!("UPDATE {} SET ", q(&table));
+    let assigns: Vec<String> = set
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = v.column{}", q(c.as_str()), i + 2))
+        .collect();
+    head.push_str(&assigns.join(", "));
+    let mut tail = format!(
+        ") AS v WHERE {}.{} = v.column1",
+        q(&table),
+        q(key.as_str())
+    );
+    for (i, c) in guard.iter().enumerate() {
+        tail.push_str(&format!(
+            " AND {}.{} = v.column{}",
+            q(&table),
+            q(c.as_str()),
+            set.len() + i + 2
+        ));
+    }
+    let per_statement = (30_000 / width).clamp(1, IN_CHUNK);
+    let mut written = 0;
+    for chunk in rows.chunks(per_statement) {
+        let mut sql = head.clone();
+        sql.push_str(" FROM (VALUES ");
+        let mut values = Vec::with_capacity(chunk.len() * width);
+        for (r, (before, after)) in chunk.iter().enumerate() {
+            sql.push_str(if r == 0 { "(" } else { ", (" });
+            let row = std::iter::once(after.get(key))
+                .chain(set.iter().map(|c| after.get(*c)))
+                .chain(guard.iter().map(|c| before.get(*c)));
+            for (i, v) in row.enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                values.push(v);
+                match backend {
+                    DbBackend::Postgres => sql.push_str(&format!("${}", values.len())),
+                    _ => sql.push('?'),
+                }
+            }
+            sql.push(')');
+        }
+        sql.push_str(&tail);
+        let r = txn
+            .execute_raw(sea_orm::Statement::from_sql_and_values(backend, sql, values))
+            .await?;
+        written += r.rows_affected();
+    }
+    let expected = rows.len() as u64;
+    if written != expected {
+        return Err(crate::error::StepError::Transient(format!(
+            "{} of {expected} {what} changed concurrently",
+            expected.saturating_sub(written)
+        )));
+    }
+    Ok(())
+}
+
 /// An in-memory SQLite database (one connection) with `entity`'s table.
 #[cfg(test)]
 pub(crate) async fn memory_db<E: EntityTrait>(entity: E) -> DatabaseConnection {

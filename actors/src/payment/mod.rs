@@ -185,6 +185,8 @@ impl Handler for Payment {
             let span = item.span.clone();
             match event {
                 None => {
+                    // A command reads and writes payments directly.
+                    rows.flush(txn).await?;
                     self.on_command(txn, item.delivery, &mut item.out)
                         .instrument(span)
                         .await?
@@ -196,7 +198,7 @@ impl Handler for Payment {
                 }
             }
         }
-        Ok(())
+        rows.flush(txn).await
     }
 }
 
@@ -316,11 +318,11 @@ async fn on_event(
             Ok(())
         }
         EventData::RefundCommitted(r) => {
-            rows.forget(&r.payment_id);
+            rows.forget(txn, &r.payment_id).await?;
             finish_refund(txn, r, None, out).await
         }
         EventData::RefundDeclined(d) => {
-            rows.forget(&d.refund.payment_id);
+            rows.forget(txn, &d.refund.payment_id).await?;
             finish_refund(txn, d.refund, Some((d.reason, d.message)), out).await
         }
         other => Err(StepError::Poison(format!(
@@ -331,12 +333,18 @@ async fn on_event(
 }
 
 /// Payment rows read in this transaction, by id. The fast path reads a
-/// batch's rows with one query and keeps them current as its steps update
-/// them; the careful path starts each message with none, so every step
-/// reads its own row. A row another process changed meanwhile fails the
-/// guarded update (state as read), which is a transient error.
+/// batch's rows with one query, keeps them current as its steps move them,
+/// and writes the moved ones back with one guarded statement at the end of
+/// the batch ([`Rows::flush`]); the careful path starts each message with
+/// none, so every step reads its own row and writes it at once. A row
+/// another process changed meanwhile fails the guard (state as read), which
+/// is a transient error.
 #[derive(Default)]
-struct Rows(HashMap<String, payment::Model>);
+struct Rows {
+    current: HashMap<String, payment::Model>,
+    /// Fast path only: the rows its steps moved, as read from the database.
+    moved: Option<HashMap<String, payment::Model>>,
+}
 
 impl Rows {
     async fn read(
@@ -350,7 +358,38 @@ impl Rows {
             |r| r.payment_id.clone(),
         )
         .await?;
-        Ok(Rows(rows))
+        Ok(Rows {
+            current: rows,
+            moved: Some(HashMap::new()),
+        })
+    }
+
+    /// Writes the rows the batch's steps moved (fast path), each guarded by
+    /// its state as read.
+    async fn flush(&mut self, txn: &DatabaseTransaction) -> Result<(), StepError> {
+        let Some(moved) = self.moved.as_mut() else {
+            return Ok(());
+        };
+        let pairs: Vec<(&payment::Model, &payment::Model)> = moved
+            .iter()
+            .filter_map(|(id, before)| Some((before, self.current.get(id)?)))
+            .collect();
+        crate::store::update_guarded::<payment::Entity>(
+            txn,
+            payment::Column::PaymentId,
+            &[
+                payment::Column::State,
+                payment::Column::Reason,
+                payment::Column::SettlementId,
+                payment::Column::UpdatedAt,
+            ],
+            &[payment::Column::State],
+            &pairs,
+            "payments",
+        )
+        .await?;
+        moved.clear();
+        Ok(())
     }
 
     async fn get(
@@ -358,21 +397,28 @@ impl Rows {
         txn: &DatabaseTransaction,
         payment_id: &str,
     ) -> Result<Option<payment::Model>, StepError> {
-        if let Some(row) = self.0.get(payment_id) {
+        if let Some(row) = self.current.get(payment_id) {
             return Ok(Some(row.clone()));
         }
         let row = payment::Entity::find_by_id(payment_id.to_owned())
             .one(txn)
             .await?;
         if let Some(r) = &row {
-            self.0.insert(payment_id.to_owned(), r.clone());
+            self.current.insert(payment_id.to_owned(), r.clone());
         }
         Ok(row)
     }
 
-    /// A step changed the row in a way this cache does not follow.
-    fn forget(&mut self, payment_id: &str) {
-        self.0.remove(payment_id);
+    /// A step is about to change the row in a way this cache does not
+    /// follow: the moves so far are written first.
+    async fn forget(
+        &mut self,
+        txn: &DatabaseTransaction,
+        payment_id: &str,
+    ) -> Result<(), StepError> {
+        self.flush(txn).await?;
+        self.current.remove(payment_id);
+        Ok(())
     }
 }
 
@@ -502,6 +548,7 @@ async fn advance(
             }
         }
     }
+    let before = p.clone();
     let mut q = payment::Entity::update_many()
         .col_expr(payment::Column::State, Expr::value(state.as_str()))
         .col_expr(payment::Column::UpdatedAt, Expr::value(now));
@@ -517,19 +564,25 @@ async fn advance(
             p.settlement_id = Some(s);
         }
     }
+    let created_at = p.created_at;
+    if let Some(moved) = rows.moved.as_mut() {
+        // Fast path: written by `flush`, guarded by the state first read.
+        moved.entry(payment_id.to_owned()).or_insert(before);
+        rows.current.insert(payment_id.to_owned(), p);
+        return Ok(Some(created_at));
+    }
     let r = q
         .filter(payment::Column::PaymentId.eq(payment_id))
         .filter(payment::Column::State.eq(from.as_str()))
         .exec(txn)
         .await?;
     if r.rows_affected != 1 {
-        rows.forget(payment_id);
+        rows.current.remove(payment_id);
         return Err(StepError::Transient(format!(
             "payment {payment_id} changed concurrently"
         )));
     }
-    let created_at = p.created_at;
-    rows.0.insert(payment_id.to_owned(), p);
+    rows.current.insert(payment_id.to_owned(), p);
     Ok(Some(created_at))
 }
 
@@ -836,7 +889,7 @@ async fn finish_refund(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sea_orm::TransactionTrait;
+    use sea_orm::{ConnectionTrait, TransactionTrait};
 
     async fn db_with(state: State) -> DatabaseConnection {
         let db = crate::store::memory_db(payment::Entity).await;
@@ -861,7 +914,7 @@ mod tests {
         db
     }
 
-    async fn state_of(db: &DatabaseConnection) -> String {
+    async fn state_of(db: &impl ConnectionTrait) -> String {
         payment::Entity::find_by_id("p1".to_owned())
             .one(db)
             .await
@@ -870,8 +923,9 @@ mod tests {
             .state
     }
 
-    /// The batch's rows are read once and kept current: two steps of one
-    /// payment in one batch see each other's update.
+    /// The batch's rows are read once and kept current: steps of one
+    /// payment in one batch see each other's moves, and the row is written
+    /// once, at the flush, guarded by the state first read.
     #[tokio::test]
     async fn rows_read_for_a_batch_follow_its_steps() {
         let db = db_with(State::Requested).await;
@@ -879,23 +933,43 @@ mod tests {
         let mut rows = Rows::read(&txn, ["p1", "p1", "unknown"].into_iter())
             .await
             .expect("read");
-        assert_eq!(rows.0.len(), 1);
+        assert_eq!(rows.current.len(), 1);
         let now = Utc::now();
         advance(&txn, &mut rows, "p1", &[EventType::RiskApproved], None, now)
             .await
             .expect("approved");
-        assert_eq!(rows.0["p1"].state, State::Approved.as_str());
+        assert_eq!(rows.current["p1"].state, State::Approved.as_str());
         // Already applied: a duplicate, judged from the kept row.
         let again = advance(&txn, &mut rows, "p1", &[EventType::RiskApproved], None, now)
             .await
             .expect("duplicate");
         assert_eq!(again, None);
+        let settled = Some((None, Some("s-1".to_owned())));
+        advance(
+            &txn,
+            &mut rows,
+            "p1",
+            &[EventType::FundsReserved, EventType::PaymentCaptured],
+            settled,
+            now,
+        )
+        .await
+        .expect("captured");
+        assert_eq!(state_of(&txn).await, State::Requested.as_str(), "not yet written");
+        rows.flush(&txn).await.expect("flush");
         txn.commit().await.expect("commit");
-        assert_eq!(state_of(&db).await, State::Approved.as_str());
+        let row = payment::Entity::find_by_id("p1".to_owned())
+            .one(&db)
+            .await
+            .expect("read")
+            .expect("the payment");
+        assert_eq!(row.state, State::Captured.as_str());
+        assert_eq!(row.settlement_id.as_deref(), Some("s-1"));
     }
 
     /// A row changed after the batch read it (another process) fails the
-    /// guarded update as a transient error, and is read afresh next time.
+    /// guarded write as a transient error; the retry, step by step, reads
+    /// it afresh.
     #[tokio::test]
     async fn a_row_changed_after_the_read_is_a_transient_error() {
         let db = db_with(State::Requested).await;
@@ -912,7 +986,7 @@ mod tests {
             .await
             .expect("changed meanwhile");
         let txn = db.begin().await.expect("txn");
-        let err = advance(
+        advance(
             &txn,
             &mut rows,
             "p1",
@@ -921,12 +995,12 @@ mod tests {
             Utc::now(),
         )
         .await
-        .expect_err("stale");
+        .expect("moved in memory");
+        let err = rows.flush(&txn).await.expect_err("stale");
         assert!(matches!(err, StepError::Transient(_)), "{err}");
-        assert!(rows.0.is_empty(), "the stale row is forgotten");
         let again = advance(
             &txn,
-            &mut rows,
+            &mut Rows::default(),
             "p1",
             &[EventType::RiskApproved],
             None,

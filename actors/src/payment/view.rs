@@ -10,7 +10,6 @@ use falcon_nats::{ConsumerSpec, Delivery};
 use falcon_sagas::{Actor, State, Transition};
 use falcon_schemas::subject::STREAM_EVT;
 use falcon_schemas::{Event, EventData, EventType};
-use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -366,16 +365,16 @@ pub async fn project(txn: &impl ConnectionTrait, events: &[(Event, u64)]) -> Res
         }
     }
     let mut created = Vec::new();
-    for (id, row) in folded {
+    let mut changed = Vec::new();
+    for (id, row) in &folded {
         let Some(row) = row else { continue };
-        match read.get(id) {
-            None => created.push(row),
-            Some(before) if before.events_seen != row.events_seen => {
-                update(txn, before, row).await?
-            }
+        match read.get(*id) {
+            None => created.push(row.clone()),
+            Some(before) if before.events_seen != row.events_seen => changed.push((before, row)),
             Some(_) => {}
         }
     }
+    update(txn, &changed).await?;
     crate::store::insert_all_new(
         txn,
         created
@@ -388,37 +387,36 @@ pub async fn project(txn: &impl ConnectionTrait, events: &[(Event, u64)]) -> Res
     .await
 }
 
-/// Writes `row` over `before`, if the row still has `before`'s event types.
+/// Writes each row `(as read, as folded)` over its read self, if the row
+/// still has the event types it was read with.
 async fn update(
     txn: &impl ConnectionTrait,
-    before: &saga_view::Model,
-    row: saga_view::Model,
+    changed: &[(&saga_view::Model, &saga_view::Model)],
 ) -> Result<(), StepError> {
-    let updated = saga_view::Entity::update_many()
-        .col_expr(saga_view::Column::Kind, Expr::value(row.kind))
-        .col_expr(saga_view::Column::State, Expr::value(row.state))
-        .col_expr(saga_view::Column::Terminal, Expr::value(row.terminal))
-        .col_expr(saga_view::Column::Amount, Expr::value(row.amount))
-        .col_expr(saga_view::Column::Currency, Expr::value(row.currency))
-        .col_expr(saga_view::Column::FromWallet, Expr::value(row.from_wallet))
-        .col_expr(saga_view::Column::ToWallet, Expr::value(row.to_wallet))
-        .col_expr(saga_view::Column::Reason, Expr::value(row.reason))
-        .col_expr(saga_view::Column::StartedAt, Expr::value(row.started_at))
-        .col_expr(saga_view::Column::UpdatedAt, Expr::value(row.updated_at))
-        .col_expr(saga_view::Column::LastSeq, Expr::value(row.last_seq))
-        .col_expr(saga_view::Column::Anomalies, Expr::value(row.anomalies))
-        .col_expr(saga_view::Column::EventsSeen, Expr::value(row.events_seen))
-        .filter(saga_view::Column::SagaId.eq(&row.saga_id))
-        .filter(saga_view::Column::EventsSeen.eq(before.events_seen))
-        .exec(txn)
-        .await?;
-    if updated.rows_affected != 1 {
-        return Err(StepError::Transient(format!(
-            "saga view row {} changed concurrently",
-            row.saga_id
-        )));
-    }
-    Ok(())
+    use saga_view::Column as C;
+    crate::store::update_guarded::<saga_view::Entity>(
+        txn,
+        C::SagaId,
+        &[
+            C::Kind,
+            C::State,
+            C::Terminal,
+            C::Amount,
+            C::Currency,
+            C::FromWallet,
+            C::ToWallet,
+            C::Reason,
+            C::StartedAt,
+            C::UpdatedAt,
+            C::LastSeq,
+            C::Anomalies,
+            C::EventsSeen,
+        ],
+        &[C::EventsSeen],
+        changed,
+        "saga view rows",
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -523,11 +521,11 @@ mod tests {
         let next = next_row(Some(&before), &reserved, 2).expect("a change");
         let mut stale = before.clone();
         stale.events_seen = 0;
-        let err = update(&db, &stale, next.clone())
+        let err = update(&db, &[(&stale, &next)])
             .await
             .expect_err("guarded");
         assert!(matches!(err, StepError::Transient(_)), "{err}");
-        update(&db, &before, next.clone())
+        update(&db, &[(&before, &next)])
             .await
             .expect("from the row as read");
         assert_eq!(rows(&db).await, vec![next]);

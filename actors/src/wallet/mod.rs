@@ -13,6 +13,7 @@
 //! redelivered and finds its inbox rows. On failure the supervisor restarts
 //! the actor from the database.
 
+mod book;
 pub mod entity;
 pub mod migration;
 
@@ -31,7 +32,7 @@ use sea_orm::{
     QueryFilter, Set, TryInsertResult,
 };
 
-use crate::batch::{consumer_spec, decode_event, Handler};
+use crate::batch::{apply_each, consumer_spec, decode_event, Handler, Item};
 use crate::error::StepError;
 use crate::settings::ConsumerSettings;
 use crate::store::Outbox;
@@ -172,6 +173,34 @@ impl Handler for Wallet {
                 other.event_type().type_str()
             ))),
         }
+    }
+
+    /// A batch of the payment saga's steps runs set-based over the wallets
+    /// and holds it touches ([`book`]); a batch with anything else (a
+    /// command, a refund) runs step by step.
+    async fn apply_batch(
+        &self,
+        txn: &DatabaseTransaction,
+        items: &mut [Item<'_>],
+        prepared: &(),
+    ) -> Result<(), StepError> {
+        let mut events = Vec::with_capacity(items.len());
+        for item in items.iter() {
+            if item.delivery.stream == STREAM_CMD {
+                return apply_each(self, txn, items, prepared).await;
+            }
+            let data = decode_event(item.delivery)?.data;
+            if !book::handles(&data) {
+                return apply_each(self, txn, items, prepared).await;
+            }
+            events.push(data);
+        }
+        let mut book = book::Book::read(txn, &events).await?;
+        for (item, data) in items.iter_mut().zip(&events) {
+            let span = item.span.clone();
+            span.in_scope(|| book.apply(data, &mut item.out))?;
+        }
+        book.write(txn).await
     }
 }
 
@@ -334,8 +363,7 @@ async fn deposit(
     Ok(())
 }
 
-/// Writes one ledger movement. The entries must sum to zero: a movement
-/// that does not is a bug, so it panics and the supervisor restarts.
+/// Writes one ledger movement.
 async fn post(
     txn: &impl ConnectionTrait,
     movement_id: &str,
@@ -343,6 +371,21 @@ async fn post(
     entries: &[(&str, i64)],
     now: DateTime<Utc>,
 ) -> Result<(), StepError> {
+    ledger_entry::Entity::insert_many(ledger_rows(movement_id, currency, entries, now))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+/// The rows of one ledger movement. The entries must sum to zero: a
+/// movement that does not is a bug, so it panics and the supervisor
+/// restarts.
+fn ledger_rows(
+    movement_id: &str,
+    currency: &str,
+    entries: &[(&str, i64)],
+    now: DateTime<Utc>,
+) -> Vec<ledger_entry::ActiveModel> {
     let sum = entries
         .iter()
         .try_fold(0_i64, |acc, (_, a)| acc.checked_add(*a));
@@ -351,7 +394,7 @@ async fn post(
         Some(0),
         "ledger movement {movement_id} must sum to zero"
     );
-    let rows = entries
+    entries
         .iter()
         .map(|(account, amount_minor)| ledger_entry::ActiveModel {
             movement_id: Set(movement_id.to_owned()),
@@ -360,9 +403,8 @@ async fn post(
             currency: Set(currency.to_owned()),
             created_at: Set(now),
             ..Default::default()
-        });
-    ledger_entry::Entity::insert_many(rows).exec(txn).await?;
-    Ok(())
+        })
+        .collect()
 }
 
 fn money(p: &PaymentData) -> Result<Money, StepError> {
