@@ -237,9 +237,24 @@ impl Outbox {
 
 /// Rows per multi-row INSERT: well under the bound on bind parameters.
 const INSERT_CHUNK: usize = 200;
-/// Values per `IN (…)` list: well under SQLite's and PostgreSQL's bound on
-/// bind parameters.
-pub(crate) const IN_CHUNK: usize = 500;
+/// Values per `IN (…)` list (and rows per guarded multi-row update): well
+/// under SQLite's and PostgreSQL's bound on bind parameters.
+pub(crate) const IN_CHUNK: usize = 512;
+
+/// `items` in chunks of at most [`IN_CHUNK`], each padded to a power of two
+/// by repeating its last item, for statements where a repeat changes
+/// nothing (`IN` lists, guarded updates). Each size is a distinct prepared
+/// statement, which every connection keeps in its cache: ten sizes instead
+/// of five hundred keep that cache small and always warm.
+pub(crate) fn padded_chunks<T: Clone>(items: &[T]) -> impl Iterator<Item = Vec<T>> + '_ {
+    items.chunks(IN_CHUNK).map(|chunk| {
+        let mut padded = chunk.to_vec();
+        if let Some(last) = chunk.last() {
+            padded.resize(chunk.len().next_power_of_two(), last.clone());
+        }
+        padded
+    })
+}
 
 /// Writes events to the outbox, many rows per statement.
 pub async fn write_events(txn: &impl ConnectionTrait, events: Vec<Event>) -> Result<usize, DbErr> {
@@ -329,11 +344,7 @@ where
         .map(|(i, c)| format!("{} = v.column{}", q(c.as_str()), i + 2))
         .collect();
     head.push_str(&assigns.join(", "));
-    let mut tail = format!(
-        ") AS v WHERE {}.{} = v.column1",
-        q(&table),
-        q(key.as_str())
-    );
+    let mut tail = format!(") AS v WHERE {}.{} = v.column1", q(&table), q(key.as_str()));
     for (i, c) in guard.iter().enumerate() {
         tail.push_str(&format!(
             " AND {}.{} = v.column{}",
@@ -342,9 +353,13 @@ where
             set.len() + i + 2
         ));
     }
-    let per_statement = (30_000 / width).clamp(1, IN_CHUNK);
+    // A power of two, so that padding stays under the bound.
+    let per_statement = 1 << (30_000 / width).clamp(1, IN_CHUNK).ilog2();
     let mut written = 0;
+    // Padded with repeats of a chunk's last row: a target row that joins
+    // several identical rows of `v` is updated (and counted) once.
     for chunk in rows.chunks(per_statement) {
+        let chunk = padded_chunks(chunk).flatten().collect::<Vec<_>>();
         let mut sql = head.clone();
         sql.push_str(" FROM (VALUES ");
         let mut values = Vec::with_capacity(chunk.len() * width);
@@ -367,7 +382,9 @@ where
         }
         sql.push_str(&tail);
         let r = txn
-            .execute_raw(sea_orm::Statement::from_sql_and_values(backend, sql, values))
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                backend, sql, values,
+            ))
             .await?;
         written += r.rows_affected();
     }
@@ -444,11 +461,8 @@ where
     keys.sort_unstable();
     keys.dedup();
     let mut rows = std::collections::HashMap::with_capacity(keys.len());
-    for chunk in keys.chunks(IN_CHUNK) {
-        let found = E::find()
-            .filter(column.is_in(chunk.iter().copied()))
-            .all(txn)
-            .await?;
+    for chunk in padded_chunks(&keys) {
+        let found = E::find().filter(column.is_in(chunk)).all(txn).await?;
         rows.extend(found.into_iter().map(|r| (key_of(&r), r)));
     }
     Ok(rows)
@@ -475,7 +489,7 @@ pub async fn seen(
             .select_only()
             .column(inbox::Column::MsgId)
             .filter(inbox::Column::Consumer.eq(consumer))
-            .filter(inbox::Column::MsgId.is_in(keys))
+            .filter(inbox::Column::MsgId.is_in(padded_chunks(&keys).flatten()))
             .into_tuple()
             .all(txn)
             .await?;
@@ -490,4 +504,76 @@ pub async fn create_common_tables(
 ) -> Result<(), DbErr> {
     crate::migration::create_entity_table(manager, inbox::Entity).await?;
     crate::migration::create_entity_table(manager, outbox::Entity).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_padded_to_a_power_of_two_with_their_last_item() {
+        let items: Vec<u32> = (0..1030).collect();
+        let sizes: Vec<usize> = padded_chunks(&items).map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![512, 512, 8]);
+        let last = padded_chunks(&items).last().expect("a chunk");
+        assert_eq!(last, vec![1024, 1025, 1026, 1027, 1028, 1029, 1029, 1029]);
+        assert_eq!(padded_chunks::<u32>(&[]).count(), 0);
+    }
+
+    /// Three rows go out as a padded chunk of four: each is written once
+    /// and counted once; a row whose guard no longer holds is a conflict.
+    #[tokio::test]
+    async fn guarded_updates_write_each_row_once_and_catch_stale_ones() {
+        let db = memory_db(inbox::Entity).await;
+        let now = Utc::now();
+        let row = |id: &str, seq: i64| inbox::Model {
+            consumer: "c".into(),
+            msg_id: id.into(),
+            stream: "S".into(),
+            stream_seq: seq,
+            subject: "s".into(),
+            processed_at: now,
+        };
+        let read: Vec<inbox::Model> = ["a", "b", "c"].iter().map(|id| row(id, 1)).collect();
+        for r in &read {
+            inbox::Entity::insert(sea_orm::IntoActiveModel::into_active_model(r.clone()))
+                .exec(&db)
+                .await
+                .expect("a row");
+        }
+        let next: Vec<inbox::Model> = ["a", "b", "c"].iter().map(|id| row(id, 2)).collect();
+        let pairs: Vec<_> = read.iter().zip(&next).collect();
+        update_guarded::<inbox::Entity>(
+            &db,
+            inbox::Column::MsgId,
+            &[inbox::Column::StreamSeq],
+            &[inbox::Column::StreamSeq],
+            &pairs,
+            "rows",
+        )
+        .await
+        .expect("written");
+        let seqs: Vec<i64> = inbox::Entity::find()
+            .all(&db)
+            .await
+            .expect("rows")
+            .iter()
+            .map(|r| r.stream_seq)
+            .collect();
+        assert_eq!(seqs, vec![2, 2, 2]);
+        // Read before the write above: stale now.
+        let again: Vec<inbox::Model> = ["a", "b", "c"].iter().map(|id| row(id, 3)).collect();
+        let stale: Vec<_> = read.iter().zip(&again).collect();
+        let err = update_guarded::<inbox::Entity>(
+            &db,
+            inbox::Column::MsgId,
+            &[inbox::Column::StreamSeq],
+            &[inbox::Column::StreamSeq],
+            &stale,
+            "rows",
+        )
+        .await
+        .expect_err("stale");
+        assert!(err.to_string().contains("3 of 3 rows"), "{err}");
+    }
 }

@@ -955,7 +955,11 @@ mod tests {
         )
         .await
         .expect("captured");
-        assert_eq!(state_of(&txn).await, State::Requested.as_str(), "not yet written");
+        assert_eq!(
+            state_of(&txn).await,
+            State::Requested.as_str(),
+            "not yet written"
+        );
         rows.flush(&txn).await.expect("flush");
         txn.commit().await.expect("commit");
         let row = payment::Entity::find_by_id("p1".to_owned())

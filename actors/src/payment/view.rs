@@ -521,9 +521,7 @@ mod tests {
         let next = next_row(Some(&before), &reserved, 2).expect("a change");
         let mut stale = before.clone();
         stale.events_seen = 0;
-        let err = update(&db, &[(&stale, &next)])
-            .await
-            .expect_err("guarded");
+        let err = update(&db, &[(&stale, &next)]).await.expect_err("guarded");
         assert!(matches!(err, StepError::Transient(_)), "{err}");
         update(&db, &[(&before, &next)])
             .await

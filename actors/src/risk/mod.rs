@@ -317,7 +317,7 @@ impl Risk {
         wallets.sort_unstable();
         wallets.dedup();
         let mut velocity = HashMap::with_capacity(wallets.len());
-        for chunk in wallets.chunks(crate::store::IN_CHUNK) {
+        for chunk in crate::store::padded_chunks(&wallets) {
             let rows = decision::Entity::find()
                 .select_only()
                 .column(decision::Column::FromWallet)
@@ -334,7 +334,7 @@ impl Risk {
                     )),
                     "sum",
                 )
-                .filter(decision::Column::FromWallet.is_in(chunk.iter().copied()))
+                .filter(decision::Column::FromWallet.is_in(chunk))
                 .filter(decision::Column::Approved.eq(true))
                 .filter(decision::Column::DecidedAt.gte(since))
                 .group_by(decision::Column::FromWallet)

@@ -259,9 +259,9 @@ impl Book {
             .move_hold(&p.payment_id, hold_state::COMMITTED, None, out.now)
             .ok_or_else(|| StepError::Poison(format!("payment {} has no hold", p.payment_id)))?;
         self.unhold(&h.wallet_id, h.amount_minor, true, out.now)?;
-        let to = self.wallet(&h.to_wallet).ok_or_else(|| {
-            StepError::Poison(format!("wallet {} does not exist", h.to_wallet))
-        })?;
+        let to = self
+            .wallet(&h.to_wallet)
+            .ok_or_else(|| StepError::Poison(format!("wallet {} does not exist", h.to_wallet)))?;
         to.balance_minor += h.amount_minor;
         to.updated_at = out.now;
         self.ledger.extend(ledger_rows(
@@ -392,7 +392,8 @@ mod tests {
     use falcon_schemas::Currency;
     use rust_decimal::Decimal;
     use sea_orm::{
-        ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+        ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
+        TransactionTrait,
     };
 
     async fn wallet_db() -> DatabaseConnection {
@@ -405,7 +406,12 @@ mod tests {
             db.execute(&table).await.expect("a table");
         }
         let now = Utc::now();
-        for (id, currency, balance) in [("a", "USD", 1000), ("b", "USD", 0), ("c", "USD", 50), ("e", "EUR", 500)] {
+        for (id, currency, balance) in [
+            ("a", "USD", 1000),
+            ("b", "USD", 0),
+            ("c", "USD", 50),
+            ("e", "EUR", 500),
+        ] {
             wallet::Entity::insert(wallet::ActiveModel {
                 wallet_id: Set(id.into()),
                 owner: Set("o".into()),
@@ -501,9 +507,15 @@ mod tests {
             for data in batch {
                 let mut out = Outbox::standalone("falcon/wallet", "cause".into(), Utc::now());
                 match data {
-                    EventData::RiskApproved(d) => super::super::reserve(&txn, &d.payment, &mut out).await,
-                    EventData::PaymentCaptured(d) => super::super::commit(&txn, &d.payment, &mut out).await,
-                    EventData::PaymentCaptureFailed(d) => super::super::release(&txn, d, &mut out).await,
+                    EventData::RiskApproved(d) => {
+                        super::super::reserve(&txn, &d.payment, &mut out).await
+                    }
+                    EventData::PaymentCaptured(d) => {
+                        super::super::commit(&txn, &d.payment, &mut out).await
+                    }
+                    EventData::PaymentCaptureFailed(d) => {
+                        super::super::release(&txn, d, &mut out).await
+                    }
                     _ => unreachable!("the test's events"),
                 }
                 .expect("a step");
@@ -565,8 +577,16 @@ mod tests {
         assert_eq!(events, expected_events);
         let expected = contents(&one_by_one).await;
         assert_eq!(contents(&booked).await, expected);
-        assert!(expected.0.contains(&"a 700 650".to_owned()), "{:?}", expected.0);
-        assert!(expected.0.contains(&"b 300 0".to_owned()), "{:?}", expected.0);
+        assert!(
+            expected.0.contains(&"a 700 650".to_owned()),
+            "{:?}",
+            expected.0
+        );
+        assert!(
+            expected.0.contains(&"b 300 0".to_owned()),
+            "{:?}",
+            expected.0
+        );
     }
 
     /// A wallet another writer changed after the book read it is not
@@ -581,7 +601,10 @@ mod tests {
         let mut out = Outbox::standalone("falcon/wallet", "cause".into(), Utc::now());
         book.apply(&batch[0], &mut out).expect("reserved in memory");
         wallet::Entity::update_many()
-            .col_expr(wallet::Column::BalanceMinor, sea_orm::sea_query::Expr::value(10))
+            .col_expr(
+                wallet::Column::BalanceMinor,
+                sea_orm::sea_query::Expr::value(10),
+            )
             .filter(wallet::Column::WalletId.eq("a"))
             .exec(&db)
             .await
