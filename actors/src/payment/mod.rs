@@ -160,38 +160,45 @@ impl Handler for Payment {
         on_event(txn, event.data, captures, &mut Rows::default(), out).await
     }
 
-    /// The batch with its events decoded once and the payment rows they
-    /// name read with one query.
+    /// The batch with its messages decoded once, the payment rows they
+    /// name read with one query, new payments inserted with one multi-row
+    /// insert and the moved ones written with one guarded update.
     async fn apply_batch(
         &self,
         txn: &DatabaseTransaction,
         items: &mut [Item<'_>],
         captures: &Captures,
     ) -> Result<(), StepError> {
-        let mut events = Vec::with_capacity(items.len());
+        let mut messages = Vec::with_capacity(items.len());
         for item in items.iter() {
-            events.push(if item.delivery.stream == STREAM_CMD {
-                None
+            messages.push(if item.delivery.stream == STREAM_CMD {
+                match Command::parse(&item.delivery.subject, &item.delivery.payload) {
+                    Ok(Command::CreatePayment(c)) => Message::Create(c),
+                    _ => Message::OtherCommand,
+                }
             } else {
-                Some(decode_event(item.delivery)?.data)
+                Message::Event(decode_event(item.delivery)?.data)
             });
         }
-        let ids = events
-            .iter()
-            .flatten()
-            .filter_map(|e| e.payment().map(|p| p.payment_id.as_str()));
+        let ids = messages.iter().filter_map(|m| match m {
+            Message::Create(c) => Some(c.payment_id.as_str()),
+            Message::Event(e) => e.payment().map(|p| p.payment_id.as_str()),
+            Message::OtherCommand => None,
+        });
         let mut rows = Rows::read(txn, ids).await?;
-        for (item, event) in items.iter_mut().zip(events) {
+        for (item, message) in items.iter_mut().zip(messages) {
             let span = item.span.clone();
-            match event {
-                None => {
-                    // A command reads and writes payments directly.
+            match message {
+                Message::Create(c) => span.in_scope(|| self.stage(&mut rows, &c, &mut item.out)),
+                Message::OtherCommand => {
+                    // A refund (or a rejection) reads and writes payments
+                    // directly.
                     rows.flush(txn).await?;
                     self.on_command(txn, item.delivery, &mut item.out)
                         .instrument(span)
                         .await?
                 }
-                Some(e) => {
+                Message::Event(e) => {
                     on_event(txn, e, captures, &mut rows, &mut item.out)
                         .instrument(span)
                         .await?
@@ -200,6 +207,13 @@ impl Handler for Payment {
         }
         rows.flush(txn).await
     }
+}
+
+/// A message of a batch, decoded once.
+enum Message {
+    Create(CreatePayment),
+    OtherCommand,
+    Event(EventData),
 }
 
 impl Payment {
@@ -344,6 +358,8 @@ struct Rows {
     current: HashMap<String, payment::Model>,
     /// Fast path only: the rows its steps moved, as read from the database.
     moved: Option<HashMap<String, payment::Model>>,
+    /// Fast path only: new payments, inserted by `flush`.
+    created: Vec<payment::Model>,
 }
 
 impl Rows {
@@ -361,15 +377,23 @@ impl Rows {
         Ok(Rows {
             current: rows,
             moved: Some(HashMap::new()),
+            created: Vec::new(),
         })
     }
 
-    /// Writes the rows the batch's steps moved (fast path), each guarded by
+    /// Writes the payments the batch created (all new, or the batch is
+    /// retried) and the rows its steps moved (fast path), each guarded by
     /// its state as read.
     async fn flush(&mut self, txn: &DatabaseTransaction) -> Result<(), StepError> {
         let Some(moved) = self.moved.as_mut() else {
             return Ok(());
         };
+        let created: Vec<payment::ActiveModel> = self
+            .created
+            .drain(..)
+            .map(sea_orm::IntoActiveModel::into_active_model)
+            .collect();
+        crate::store::insert_all_new(txn, created, payment::Column::PaymentId, "payments").await?;
         let pairs: Vec<(&payment::Model, &payment::Model)> = moved
             .iter()
             .filter_map(|(id, before)| Some((before, self.current.get(id)?)))
@@ -449,62 +473,91 @@ fn payment_data(p: &payment::Model) -> Result<PaymentData, StepError> {
 }
 
 impl Payment {
+    /// The row of a new payment.
+    fn new_row(&self, c: &CreatePayment, now: DateTime<Utc>) -> payment::Model {
+        payment::Model {
+            payment_id: c.payment_id.clone(),
+            from_wallet: c.from_wallet.clone(),
+            to_wallet: c.to_wallet.clone(),
+            amount_minor: c.amount.minor(),
+            currency: c.amount.currency().code().to_owned(),
+            state: State::Requested.as_str().to_owned(),
+            reason: None,
+            settlement_id: None,
+            refunded_minor: 0,
+            created_at: now,
+            updated_at: now,
+            deadline_at: now + self.deadline,
+        }
+    }
+
+    /// `create` on the fast path: the batch read the payment's row (if
+    /// any) already, and a new one is inserted by [`Rows::flush`].
+    fn stage(&self, rows: &mut Rows, c: &CreatePayment, out: &mut Outbox) {
+        if let Some(p) = rows.current.get(&c.payment_id) {
+            check_same(out, p, c);
+            return;
+        }
+        let row = self.new_row(c, out.now);
+        rows.current.insert(c.payment_id.clone(), row.clone());
+        rows.created.push(row);
+        out.push(requested(c));
+    }
+
     async fn create(
         &self,
         txn: &DatabaseTransaction,
         c: &CreatePayment,
         out: &mut Outbox,
     ) -> Result<(), StepError> {
-        let row = payment::ActiveModel {
-            payment_id: Set(c.payment_id.clone()),
-            from_wallet: Set(c.from_wallet.clone()),
-            to_wallet: Set(c.to_wallet.clone()),
-            amount_minor: Set(c.amount.minor()),
-            currency: Set(c.amount.currency().code().to_owned()),
-            state: Set(State::Requested.as_str().to_owned()),
-            reason: Set(None),
-            settlement_id: Set(None),
-            refunded_minor: Set(0),
-            created_at: Set(out.now),
-            updated_at: Set(out.now),
-            deadline_at: Set(out.now + self.deadline),
-        };
+        let row = sea_orm::IntoActiveModel::into_active_model(self.new_row(c, out.now));
         let inserted = payment::Entity::insert(row)
             .on_conflict_do_nothing_on([payment::Column::PaymentId])
             .exec(txn)
             .await?;
         if matches!(inserted, TryInsertResult::Inserted(_)) {
-            out.push(EventData::PaymentRequested(PaymentData {
-                payment_id: c.payment_id.clone(),
-                from_wallet: c.from_wallet.clone(),
-                to_wallet: c.to_wallet.clone(),
-                amount: c.amount.wire_amount(),
-                currency: c.amount.currency(),
-            }));
+            out.push(requested(c));
             return Ok(());
         }
         let existing = payment::Entity::find_by_id(c.payment_id.clone())
             .one(txn)
             .await?;
         if let Some(p) = existing {
-            let same = p.from_wallet == c.from_wallet
-                && p.to_wallet == c.to_wallet
-                && p.amount_minor == c.amount.minor()
-                && p.currency == c.amount.currency().code();
-            if !same {
-                reject(
-                    out,
-                    "payment.create",
-                    &c.payment_id,
-                    Reason::IdempotencyKeyReused,
-                    format!(
-                        "payment {} exists: {} {} from {} to {}",
-                        p.payment_id, p.amount_minor, p.currency, p.from_wallet, p.to_wallet
-                    ),
-                );
-            }
+            check_same(out, &p, c);
         }
         Ok(())
+    }
+}
+
+/// The event of a payment just created.
+fn requested(c: &CreatePayment) -> EventData {
+    EventData::PaymentRequested(PaymentData {
+        payment_id: c.payment_id.clone(),
+        from_wallet: c.from_wallet.clone(),
+        to_wallet: c.to_wallet.clone(),
+        amount: c.amount.wire_amount(),
+        currency: c.amount.currency(),
+    })
+}
+
+/// A create for a payment that exists: the same payment again is a
+/// duplicate (nothing to do), a different one reuses its key.
+fn check_same(out: &mut Outbox, p: &payment::Model, c: &CreatePayment) {
+    let same = p.from_wallet == c.from_wallet
+        && p.to_wallet == c.to_wallet
+        && p.amount_minor == c.amount.minor()
+        && p.currency == c.amount.currency().code();
+    if !same {
+        reject(
+            out,
+            "payment.create",
+            &c.payment_id,
+            Reason::IdempotencyKeyReused,
+            format!(
+                "payment {} exists: {} {} from {} to {}",
+                p.payment_id, p.amount_minor, p.currency, p.from_wallet, p.to_wallet
+            ),
+        );
     }
 }
 
@@ -1013,5 +1066,59 @@ mod tests {
         .await
         .expect("read afresh: a duplicate");
         assert_eq!(again, None);
+    }
+
+    fn handler(db: DatabaseConnection) -> Payment {
+        let settings = crate::settings::ProviderSettings::default();
+        let simulator = Arc::new(provider::Simulator::new(&settings));
+        Payment::new(
+            db,
+            Arc::new(Resilient::new(simulator, &settings)),
+            std::time::Duration::from_secs(60),
+        )
+    }
+
+    fn create(id: &str, minor: i64) -> CreatePayment {
+        CreatePayment {
+            payment_id: id.into(),
+            from_wallet: "a".into(),
+            to_wallet: "b".into(),
+            amount: Money::from_minor(minor, Currency::from_code("USD").expect("USD")),
+        }
+    }
+
+    fn kinds(out: &Outbox) -> Vec<EventType> {
+        out.events.iter().map(|e| e.data.event_type()).collect()
+    }
+
+    /// Creates on the fast path: a new payment is requested once however
+    /// often the batch repeats it, the existing one (p1) is a duplicate,
+    /// and a different payment under a used key is rejected; one insert
+    /// writes the new rows at the flush.
+    #[tokio::test]
+    async fn a_batch_creates_payments_like_its_commands_one_by_one() {
+        let db = db_with(State::Requested).await;
+        let payment = handler(db.clone());
+        let txn = db.begin().await.expect("txn");
+        let mut rows = Rows::read(&txn, ["p1", "p2"].into_iter())
+            .await
+            .expect("read");
+        let mut out = Outbox::standalone("falcon/payment", "cause".into(), Utc::now());
+        payment.stage(&mut rows, &create("p2", 500), &mut out);
+        payment.stage(&mut rows, &create("p2", 500), &mut out);
+        payment.stage(&mut rows, &create("p1", 1250), &mut out);
+        payment.stage(&mut rows, &create("p2", 999), &mut out);
+        assert_eq!(
+            kinds(&out),
+            vec![EventType::PaymentRequested, EventType::PaymentRejected]
+        );
+        rows.flush(&txn).await.expect("flush");
+        txn.commit().await.expect("commit");
+        let p2 = payment::Entity::find_by_id("p2".to_owned())
+            .one(&db)
+            .await
+            .expect("read")
+            .expect("created");
+        assert_eq!((p2.amount_minor, p2.state.as_str()), (500, "requested"));
     }
 }
