@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::error::StepError;
 use crate::settings::{ConsumerSettings, Retry};
-use crate::store::{begin_write, claim, claim_all, inbox_row, write_events, Outbox};
+use crate::store::{begin_write, claim, write_events, Outbox};
 use crate::telemetry::{self, names, Handling, SagaEnd};
 
 /// An actor's behaviour, as the consumer loop sees it.
@@ -111,9 +111,10 @@ pub fn consumer_spec(
 /// in order. When the transaction itself fails, every message is nak'd.
 /// Saga ends are recorded in the metrics only once the batch has committed.
 ///
-/// The fast path runs every step straight in the transaction, reads the
-/// inbox for the whole batch with one query and writes the inbox rows and
-/// the outbox rows with a few multi-row inserts. If any step fails, that
+/// The fast path claims the whole batch's inbox rows with one insert (a
+/// message it could not claim is a duplicate), runs every new message's
+/// step straight in the transaction, and writes the outbox rows with a few
+/// multi-row inserts. If any step fails, that
 /// transaction is rolled back and the batch runs again on the careful path:
 /// a savepoint per message, so the failing message fails alone.
 pub async fn run_batch<H: Handler>(
@@ -210,21 +211,20 @@ async fn fast_path<H: Handler>(
         }
         Fast::Careful
     };
-    let mut seen = match crate::store::seen(&txn, batch).await {
-        Ok(seen) => seen,
+    let mut claimed = match crate::store::claim_new(&txn, batch, now).await {
+        Ok(claimed) => claimed,
         Err(e) => return careful(txn, e.to_string()).await,
     };
-    let mut inbox = Vec::with_capacity(batch.len());
     let mut items = Vec::with_capacity(batch.len());
     let mut outcomes = Vec::with_capacity(batch.len());
     for (delivery, h) in batch.iter().zip(handlings) {
-        // A message the inbox holds, or a second copy in this batch.
-        if !seen.insert((delivery.consumer.to_string(), delivery.inbox_key())) {
+        // Not claimed now: the inbox holds it, or a copy earlier in this
+        // batch claimed it.
+        if !claimed.remove(&(delivery.consumer.to_string(), delivery.inbox_key())) {
             outcomes.push("duplicate");
             continue;
         }
         outcomes.push("ack");
-        inbox.push(inbox_row(delivery, now));
         items.push(Item {
             delivery,
             span: &h.span,
@@ -248,9 +248,6 @@ async fn fast_path<H: Handler>(
         record_ids(item.span, &item.out);
         events.append(&mut item.out.events);
         ended.extend(item.out.ended);
-    }
-    if let Err(e) = claim_all(&txn, inbox).await {
-        return careful(txn, e.to_string()).await;
     }
     if let Err(e) = write_events(&txn, events).await {
         return careful(txn, e.to_string()).await;

@@ -434,18 +434,6 @@ pub fn inbox_row(delivery: &Delivery, now: DateTime<Utc>) -> inbox::ActiveModel 
     }
 }
 
-/// Records many messages in the inbox, many rows per statement. Fails on a
-/// message already there (callers check first, in the same transaction).
-pub async fn claim_all(
-    txn: &impl ConnectionTrait,
-    rows: Vec<inbox::ActiveModel>,
-) -> Result<(), DbErr> {
-    for chunk in insert_chunks(rows) {
-        inbox::Entity::insert_many(chunk).exec(txn).await?;
-    }
-    Ok(())
-}
-
 /// The rows of `E` whose `column` holds one of `keys` (repeats allowed),
 /// read with one query per [`IN_CHUNK`] keys, by that key (`key_of`).
 pub async fn rows_by_key<'k, E, C>(
@@ -470,34 +458,56 @@ where
     Ok(rows)
 }
 
-/// Which of these messages the inbox holds already: `(consumer, key)`.
-/// One indexed query per consumer in the batch (the key is the primary
-/// key's second column).
-pub async fn seen(
+/// Records a batch's messages in the inbox with one statement per chunk
+/// (`INSERT … ON CONFLICT DO NOTHING RETURNING`); returns the `(consumer,
+/// key)` of those it recorded now. A message missing from the answer is a
+/// duplicate: the inbox held it, or an earlier copy in the same batch.
+pub async fn claim_new(
     txn: &impl ConnectionTrait,
     batch: &[Delivery],
+    now: DateTime<Utc>,
 ) -> Result<std::collections::HashSet<(String, String)>, DbErr> {
-    use sea_orm::{ColumnTrait, QueryFilter, QuerySelect};
-    let mut by_consumer: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-    for d in batch {
-        by_consumer
-            .entry(&d.consumer)
-            .or_default()
-            .push(d.inbox_key());
-    }
-    let mut seen = std::collections::HashSet::new();
-    for (consumer, keys) in by_consumer {
-        let rows: Vec<String> = inbox::Entity::find()
-            .select_only()
-            .column(inbox::Column::MsgId)
-            .filter(inbox::Column::Consumer.eq(consumer))
-            .filter(inbox::Column::MsgId.is_in(padded_chunks(&keys).flatten()))
-            .into_tuple()
-            .all(txn)
+    let backend = txn.get_database_backend();
+    let mut claimed = std::collections::HashSet::with_capacity(batch.len());
+    let batch: Vec<&Delivery> = batch.iter().collect();
+    for chunk in padded_chunks(&batch) {
+        let mut sql = String::from(
+            "INSERT INTO \"inbox\" (\"consumer\", \"msg_id\", \"stream\", \"stream_seq\", \"subject\", \"processed_at\") VALUES ",
+        );
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 6);
+        for (r, d) in chunk.iter().enumerate() {
+            sql.push_str(if r == 0 { "(" } else { ", (" });
+            let row: [sea_orm::Value; 6] = [
+                d.consumer.to_string().into(),
+                d.inbox_key().into(),
+                d.stream.clone().into(),
+                i64::try_from(d.stream_seq).unwrap_or(i64::MAX).into(),
+                d.subject.clone().into(),
+                now.into(),
+            ];
+            for (i, v) in row.into_iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                values.push(v);
+                match backend {
+                    DbBackend::Postgres => sql.push_str(&format!("${}", values.len())),
+                    _ => sql.push('?'),
+                }
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING \"consumer\", \"msg_id\"");
+        let rows = txn
+            .query_all_raw(sea_orm::Statement::from_sql_and_values(
+                backend, sql, values,
+            ))
             .await?;
-        seen.extend(rows.into_iter().map(|k| (consumer.to_owned(), k)));
+        for row in rows {
+            claimed.insert((row.try_get("", "consumer")?, row.try_get("", "msg_id")?));
+        }
     }
-    Ok(seen)
+    Ok(claimed)
 }
 
 /// Creates the inbox and outbox tables (used by every actor's migration).
@@ -577,5 +587,53 @@ mod tests {
         .await
         .expect_err("stale");
         assert!(err.to_string().contains("3 of 3 rows"), "{err}");
+    }
+
+    fn delivery(consumer: &str, msg_id: &str, seq: u64) -> Delivery {
+        Delivery::detached(
+            &falcon_nats::dlq::Origin {
+                subject: "falcon.evt.x".into(),
+                stream: "FALCON_EVT".into(),
+                stream_seq: seq,
+                consumer: consumer.into(),
+                delivered: 1,
+                msg_id: Some(msg_id.into()),
+                traceparent: None,
+            },
+            bytes::Bytes::new(),
+        )
+    }
+
+    /// One insert claims a batch: a message the inbox holds, or a second
+    /// copy in the batch, is not claimed; the same id for another consumer
+    /// is.
+    #[tokio::test]
+    async fn a_batch_claims_only_its_new_messages() {
+        let db = memory_db(inbox::Entity).await;
+        let now = Utc::now();
+        let first = claim_new(&db, &[delivery("c", "m1", 1)], now)
+            .await
+            .expect("claimed");
+        assert_eq!(first.len(), 1);
+        let batch = [
+            delivery("c", "m1", 1),
+            delivery("c", "m2", 2),
+            delivery("c", "m2", 2),
+            delivery("other", "m1", 1),
+        ];
+        let mut claimed: Vec<(String, String)> = claim_new(&db, &batch, now)
+            .await
+            .expect("claimed")
+            .into_iter()
+            .collect();
+        claimed.sort();
+        assert_eq!(
+            claimed,
+            vec![
+                ("c".to_owned(), "m2".to_owned()),
+                ("other".to_owned(), "m1".to_owned())
+            ]
+        );
+        assert_eq!(inbox::Entity::find().all(&db).await.expect("rows").len(), 3);
     }
 }
