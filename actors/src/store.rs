@@ -310,6 +310,29 @@ where
     Ok(())
 }
 
+/// Appends one `(…)` row of bind parameters to a `VALUES` list (after a
+/// comma unless it is the first), in the backend's placeholder style.
+fn push_tuple(
+    sql: &mut String,
+    values: &mut Vec<sea_orm::Value>,
+    comma: bool,
+    row: impl IntoIterator<Item = sea_orm::Value>,
+    backend: DbBackend,
+) {
+    sql.push_str(if comma { ", (" } else { "(" });
+    for (i, v) in row.into_iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        values.push(v);
+        match backend {
+            DbBackend::Postgres => sql.push_str(&format!("${}", values.len())),
+            _ => sql.push('?'),
+        }
+    }
+    sql.push(')');
+}
+
 /// Writes rows changed in memory back with one statement per chunk, each
 /// row guarded by the values it was read with: `UPDATE t SET c = v.… FROM
 /// (VALUES …) AS v WHERE t.key = v.… AND t.guard = v.…` (SQLite ≥ 3.33 and
@@ -366,21 +389,10 @@ where
         sql.push_str(" FROM (VALUES ");
         let mut values = Vec::with_capacity(chunk.len() * width);
         for (r, (before, after)) in chunk.iter().enumerate() {
-            sql.push_str(if r == 0 { "(" } else { ", (" });
             let row = std::iter::once(after.get(key))
                 .chain(set.iter().map(|c| after.get(*c)))
                 .chain(guard.iter().map(|c| before.get(*c)));
-            for (i, v) in row.enumerate() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                values.push(v);
-                match backend {
-                    DbBackend::Postgres => sql.push_str(&format!("${}", values.len())),
-                    _ => sql.push('?'),
-                }
-            }
-            sql.push(')');
+            push_tuple(&mut sql, &mut values, r > 0, row, backend);
         }
         sql.push_str(&tail);
         let r = txn
@@ -476,7 +488,6 @@ pub async fn claim_new(
         );
         let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 6);
         for (r, d) in chunk.iter().enumerate() {
-            sql.push_str(if r == 0 { "(" } else { ", (" });
             let row: [sea_orm::Value; 6] = [
                 d.consumer.to_string().into(),
                 d.inbox_key().into(),
@@ -485,17 +496,7 @@ pub async fn claim_new(
                 d.subject.clone().into(),
                 now.into(),
             ];
-            for (i, v) in row.into_iter().enumerate() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                values.push(v);
-                match backend {
-                    DbBackend::Postgres => sql.push_str(&format!("${}", values.len())),
-                    _ => sql.push('?'),
-                }
-            }
-            sql.push(')');
+            push_tuple(&mut sql, &mut values, r > 0, row, backend);
         }
         sql.push_str(" ON CONFLICT DO NOTHING RETURNING \"consumer\", \"msg_id\"");
         let rows = txn

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use falcon_schemas::event::{FailureData, PaymentData};
-use falcon_schemas::{EventData, Reason};
+use falcon_schemas::{EventData, Money, Reason};
 use sea_orm::{ConnectionTrait, EntityTrait, IntoActiveModel};
 
 use super::entity::{hold, ledger_entry, wallet};
@@ -169,23 +169,8 @@ impl Book {
         } else {
             hold_state::RESERVED
         };
-        self.holds.insert(
-            p.payment_id.clone(),
-            Row {
-                read: None,
-                now: hold::Model {
-                    payment_id: p.payment_id.clone(),
-                    wallet_id: p.from_wallet.clone(),
-                    to_wallet: p.to_wallet.clone(),
-                    amount_minor: amount.minor(),
-                    currency: amount.currency().code().to_owned(),
-                    state: state.to_owned(),
-                    reason: refuse.as_ref().map(|(r, _)| r.as_str().to_owned()),
-                    created_at: out.now,
-                    updated_at: out.now,
-                },
-            },
-        );
+        let reason = refuse.as_ref().map(|(r, _)| *r);
+        self.new_hold(p, amount, state, reason, out.now);
         out.push(match refuse {
             Some((reason, message)) => EventData::ReservationDeclined(FailureData {
                 payment: p.clone(),
@@ -195,6 +180,35 @@ impl Book {
             None => EventData::FundsReserved(p.clone()),
         });
         Ok(())
+    }
+
+    /// Claims a payment's hold in `state`: inserted when the batch writes.
+    fn new_hold(
+        &mut self,
+        p: &PaymentData,
+        amount: Money,
+        state: &str,
+        reason: Option<Reason>,
+        now: DateTime<Utc>,
+    ) {
+        let hold = hold::Model {
+            payment_id: p.payment_id.clone(),
+            wallet_id: p.from_wallet.clone(),
+            to_wallet: p.to_wallet.clone(),
+            amount_minor: amount.minor(),
+            currency: amount.currency().code().to_owned(),
+            state: state.to_owned(),
+            reason: reason.map(|r| r.as_str().to_owned()),
+            created_at: now,
+            updated_at: now,
+        };
+        self.holds.insert(
+            p.payment_id.clone(),
+            Row {
+                read: None,
+                now: hold,
+            },
+        );
     }
 
     /// Moves a hold to `to`; the hold as it was.
@@ -291,23 +305,7 @@ impl Book {
         let Some(state) = self.holds.get(&p.payment_id).map(|h| h.now.state.clone()) else {
             // No hold yet: a released tombstone, so a late reservation
             // reserves nothing.
-            self.holds.insert(
-                p.payment_id.clone(),
-                Row {
-                    read: None,
-                    now: hold::Model {
-                        payment_id: p.payment_id.clone(),
-                        wallet_id: p.from_wallet.clone(),
-                        to_wallet: p.to_wallet.clone(),
-                        amount_minor: amount.minor(),
-                        currency: amount.currency().code().to_owned(),
-                        state: hold_state::RELEASED.to_owned(),
-                        reason: Some(f.reason.as_str().to_owned()),
-                        created_at: out.now,
-                        updated_at: out.now,
-                    },
-                },
-            );
+            self.new_hold(p, amount, hold_state::RELEASED, Some(f.reason), out.now);
             released(out);
             return Ok(());
         };

@@ -3,8 +3,10 @@
 //! refund saga.
 //!
 //! Correctness comes from the database, not from there being one consumer:
-//! every balance change is a guarded `UPDATE … WHERE available >= amount`
-//! whose affected-row count is checked, and every business key (wallet id,
+//! every balance change is a guarded update whose affected-row count is
+//! checked (`… WHERE available >= amount` one message at a time; in a batch
+//! ([`book`]), `… WHERE balance and held are as read`), and every business
+//! key (wallet id,
 //! deposit reference, payment id, refund id) is a primary key claimed by
 //! insert, so two processes sharing the consumers can neither overdraw a
 //! wallet nor apply a step twice.
