@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::error::StepError;
 use crate::settings::{ConsumerSettings, Retry};
-use crate::store::{begin_write, claim, write_events, Outbox};
+use crate::store::{begin_write, claim, write_events, Outbox, WriteTxn};
 use crate::telemetry::{self, names, Handling, SagaEnd};
 
 /// An actor's behaviour, as the consumer loop sees it.
@@ -204,14 +204,14 @@ async fn fast_path<H: Handler>(
         Ok(txn) => txn,
         Err(e) => return Fast::Failed(e.to_string()),
     };
-    let careful = |txn: DatabaseTransaction, why: String| async move {
+    let careful = |txn: WriteTxn, why: String| async move {
         tracing::debug!(actor = label, reason = %why, "batch falls back to a savepoint per message");
         if let Err(e) = txn.rollback().await {
             tracing::warn!(actor = label, error = %e, "rollback failed");
         }
         Fast::Careful
     };
-    let mut claimed = match crate::store::claim_new(&txn, batch, now).await {
+    let mut claimed = match crate::store::claim_new(&*txn, batch, now).await {
         Ok(claimed) => claimed,
         Err(e) => return careful(txn, e.to_string()).await,
     };
@@ -249,7 +249,7 @@ async fn fast_path<H: Handler>(
         events.append(&mut item.out.events);
         ended.extend(item.out.ended);
     }
-    if let Err(e) = write_events(&txn, events).await {
+    if let Err(e) = write_events(&*txn, events).await {
         return careful(txn, e.to_string()).await;
     }
     if let Err(e) = txn.commit().await {

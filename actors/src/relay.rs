@@ -137,6 +137,7 @@ pub async fn drain(s: &RelayArgs) -> Result<usize, sea_orm::DbErr> {
             total += published.len();
             metrics::counter!(crate::telemetry::names::RELAY_PUBLISHED, "actor" => s.actor)
                 .increment(published.len() as u64);
+            let _turn = crate::store::write_gate(&s.db).await;
             outbox::Entity::update_many()
                 .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
                 .filter(outbox::Column::Id.is_in(published))

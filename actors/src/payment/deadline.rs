@@ -68,7 +68,7 @@ pub async fn sweep(
             .col_expr(payment::Column::UpdatedAt, Expr::value(now))
             .filter(payment::Column::PaymentId.eq(&p.payment_id))
             .filter(payment::Column::State.eq(&p.state))
-            .exec(&txn)
+            .exec(&*txn)
             .await?;
         if r.rows_affected != 1 {
             continue;
@@ -87,7 +87,7 @@ pub async fn sweep(
             ),
         }));
     }
-    out.write(&txn).await?;
+    out.write(&*txn).await?;
     txn.commit().await?;
     Ok(moved)
 }
