@@ -384,7 +384,8 @@ pub struct SqliteSettings {
     /// `normal` (in WAL mode, may lose the last transactions on power loss,
     /// never corrupts).
     pub synchronous: String,
-    /// How long a writer waits for another's lock, in ms. Default 10000.
+    /// How long a writer waits for another process's lock, in ms (writers
+    /// in one process take turns at a gate first). Default 10000.
     pub busy_timeout_ms: u64,
     /// Pool size per database. Default 4.
     pub pool_max: u32,
