@@ -206,7 +206,8 @@ pub async fn claim(
     delivery: &Delivery,
     now: DateTime<Utc>,
 ) -> Result<bool, DbErr> {
-    let result = inbox::Entity::insert(inbox_row(delivery, now))
+    let row = sea_orm::IntoActiveModel::into_active_model(inbox_row(delivery, now));
+    let result = inbox::Entity::insert(row)
         .on_conflict_do_nothing_on([inbox::Column::Consumer, inbox::Column::MsgId])
         .exec(txn)
         .await?;
@@ -374,6 +375,11 @@ where
     Ok(())
 }
 
+/// An SQL identifier, double-quoted (both SQLite and PostgreSQL).
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// Appends one `(…)` row of bind parameters to a `VALUES` list (after a
 /// comma unless it is the first), in the backend's placeholder style.
 fn push_tuple(
@@ -424,21 +430,24 @@ where
     }
     let backend = txn.get_database_backend();
     let table = E::default().table_name().to_owned();
-    let q = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
     let width = 1 + set.len() + guard.len();
-    let mut head = format!("UPDATE {} SET ", q(&table));
+    let mut head = format!("UPDATE {} SET ", quote(&table));
     let assigns: Vec<String> = set
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("{} = v.column{}", q(c.as_str()), i + 2))
+        .map(|(i, c)| format!("{} = v.column{}", quote(c.as_str()), i + 2))
         .collect();
     head.push_str(&assigns.join(", "));
-    let mut tail = format!(") AS v WHERE {}.{} = v.column1", q(&table), q(key.as_str()));
+    let mut tail = format!(
+        ") AS v WHERE {}.{} = v.column1",
+        quote(&table),
+        quote(key.as_str())
+    );
     for (i, c) in guard.iter().enumerate() {
         tail.push_str(&format!(
             " AND {}.{} = v.column{}",
-            q(&table),
-            q(c.as_str()),
+            quote(&table),
+            quote(c.as_str()),
             set.len() + i + 2
         ));
     }
@@ -499,14 +508,14 @@ pub(crate) fn insert_chunks<T>(rows: impl IntoIterator<Item = T>) -> impl Iterat
 }
 
 /// The inbox row of a message processed now.
-pub fn inbox_row(delivery: &Delivery, now: DateTime<Utc>) -> inbox::ActiveModel {
-    inbox::ActiveModel {
-        msg_id: Set(delivery.inbox_key()),
-        consumer: Set(delivery.consumer.to_string()),
-        stream: Set(delivery.stream.clone()),
-        stream_seq: Set(i64::try_from(delivery.stream_seq).unwrap_or(i64::MAX)),
-        subject: Set(delivery.subject.clone()),
-        processed_at: Set(now),
+pub fn inbox_row(delivery: &Delivery, now: DateTime<Utc>) -> inbox::Model {
+    inbox::Model {
+        msg_id: delivery.inbox_key(),
+        consumer: delivery.consumer.to_string(),
+        stream: delivery.stream.clone(),
+        stream_seq: i64::try_from(delivery.stream_seq).unwrap_or(i64::MAX),
+        subject: delivery.subject.clone(),
+        processed_at: now,
     }
 }
 
@@ -543,26 +552,30 @@ pub async fn claim_new(
     batch: &[Delivery],
     now: DateTime<Utc>,
 ) -> Result<std::collections::HashSet<(String, String)>, DbErr> {
+    use sea_orm::{EntityName, IdenStatic, Iterable, ModelTrait};
     let backend = txn.get_database_backend();
+    let columns: Vec<inbox::Column> = inbox::Column::iter().collect();
+    let names: Vec<String> = columns.iter().map(|c| quote(c.as_str())).collect();
+    let head = format!(
+        "INSERT INTO {} ({}) VALUES ",
+        quote(inbox::Entity.table_name()),
+        names.join(", ")
+    );
+    let tail = format!(
+        " ON CONFLICT DO NOTHING RETURNING {}, {}",
+        quote(inbox::Column::Consumer.as_str()),
+        quote(inbox::Column::MsgId.as_str())
+    );
     let mut claimed = std::collections::HashSet::with_capacity(batch.len());
-    let batch: Vec<&Delivery> = batch.iter().collect();
-    for chunk in padded_chunks(&batch) {
-        let mut sql = String::from(
-            "INSERT INTO \"inbox\" (\"consumer\", \"msg_id\", \"stream\", \"stream_seq\", \"subject\", \"processed_at\") VALUES ",
-        );
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 6);
-        for (r, d) in chunk.iter().enumerate() {
-            let row: [sea_orm::Value; 6] = [
-                d.consumer.to_string().into(),
-                d.inbox_key().into(),
-                d.stream.clone().into(),
-                i64::try_from(d.stream_seq).unwrap_or(i64::MAX).into(),
-                d.subject.clone().into(),
-                now.into(),
-            ];
+    let rows: Vec<inbox::Model> = batch.iter().map(|d| inbox_row(d, now)).collect();
+    for chunk in padded_chunks(&rows) {
+        let mut sql = head.clone();
+        let mut values = Vec::with_capacity(chunk.len() * columns.len());
+        for (r, row) in chunk.iter().enumerate() {
+            let row = columns.iter().map(|c| row.get(*c));
             push_tuple(&mut sql, &mut values, r > 0, row, backend);
         }
-        sql.push_str(" ON CONFLICT DO NOTHING RETURNING \"consumer\", \"msg_id\"");
+        sql.push_str(&tail);
         let rows = txn
             .query_all_raw(sea_orm::Statement::from_sql_and_values(
                 backend, sql, values,
@@ -721,6 +734,18 @@ mod tests {
         );
         assert!(write_gate(&other).now_or_never().is_some(), "another file");
         drop(first);
-        assert!(second.now_or_never().is_some(), "its turn");
+        let second = second.now_or_never().expect("its turn");
+        drop(second);
+        // A write transaction holds its file's gate until it ends.
+        let txn = begin_write(&db).await.expect("a write transaction");
+        assert!(
+            write_gate(&db).now_or_never().is_none(),
+            "held by the transaction"
+        );
+        txn.commit().await.expect("commit");
+        assert!(
+            write_gate(&db).now_or_never().is_some(),
+            "released by the commit"
+        );
     }
 }
