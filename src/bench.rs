@@ -20,10 +20,10 @@ use anyhow::{bail, ensure, Context, Result};
 use async_nats::jetstream::{self, consumer, stream::Stream};
 use bytes::Bytes;
 use clap::Args;
-use falcon_actors::runtime::Stores;
-use falcon_actors::{invariants, Settings};
 use falcon_nats::publish::publish_all;
 use falcon_nats::OutMsg;
+use falcon_runtime::runtime::Stores;
+use falcon_runtime::{invariants, Settings};
 use falcon_sagas::Actor;
 use falcon_schemas::subject::{STREAM_CMD, STREAM_EVT};
 use falcon_schemas::{Event, EventData};
@@ -296,7 +296,7 @@ pub async fn run(
     .map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
     let client = falcon_nats::connect(&settings.nats.url, "falcon-bench").await?;
     let js = jetstream::new(client.clone());
-    falcon_actors::runtime::apply_topology(&js, settings).await?;
+    falcon_runtime::runtime::apply_topology(&js, settings).await?;
     let mut spawned = if args.spawn {
         Some(spawn_runtime(config).await?)
     } else {

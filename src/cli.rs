@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use falcon_actors::runtime::{apply_topology, Stores};
-use falcon_actors::{invariants, payment, wallet, Runtime, Settings};
+use falcon_runtime::runtime::{apply_topology, Stores};
+use falcon_runtime::{invariants, Runtime, Settings};
 use falcon_sagas::Actor;
 
 use crate::{config, dlq, inspect, output, send};
@@ -361,7 +361,7 @@ pub async fn dispatch(cli: Cli) -> Result<ExitCode> {
 async fn doctor_report(settings: &Settings) -> Result<falcon_nats::doctor::Report> {
     let client = falcon_nats::connect(&settings.nats.url, "falcon-doctor").await?;
     let js = async_nats::jetstream::new(client.clone());
-    let specs = falcon_actors::runtime::consumer_specs(settings, &Actor::ALL);
+    let specs = falcon_runtime::runtime::consumer_specs(settings, &Actor::ALL);
     let consumers: Vec<(&str, String)> = specs.iter().map(|s| (s.stream, s.name.clone())).collect();
     Ok(
         falcon_nats::doctor::examine(&client, &js, Some(&settings.nats.monitor_url), &consumers)
@@ -492,8 +492,8 @@ async fn streams_apply(settings: &Settings, json: bool) -> Result<ExitCode> {
 }
 
 async fn balance(settings: &Settings, wallet_id: &str, json: bool) -> Result<ExitCode> {
-    let db = falcon_actors::runtime::open_store(Actor::Wallet, settings).await?;
-    let Some(b) = wallet::balance(&db, wallet_id).await? else {
+    let db = falcon_runtime::runtime::open_store(Actor::Wallet, settings).await?;
+    let Some(b) = falcon_wallet::balance(&db, wallet_id).await? else {
         bail!("wallet {wallet_id} does not exist");
     };
     if json {
@@ -543,8 +543,8 @@ async fn saga_list(
         ),
         None => None,
     };
-    let db = falcon_actors::runtime::open_store(Actor::Payment, settings).await?;
-    let rows = payment::view::list(&db, state.as_deref(), since, limit).await?;
+    let db = falcon_runtime::runtime::open_store(Actor::Payment, settings).await?;
+    let rows = falcon_payment::view::list(&db, state.as_deref(), since, limit).await?;
     if json {
         output::json(&rows)?;
     } else {
@@ -583,10 +583,10 @@ async fn saga_list(
 async fn saga_stuck(settings: &Settings, older_than: Duration, json: bool) -> Result<ExitCode> {
     let before = chrono::Utc::now()
         - chrono::Duration::from_std(older_than).context("--older-than is too long")?;
-    let db = falcon_actors::runtime::open_store(Actor::Payment, settings).await?;
+    let db = falcon_runtime::runtime::open_store(Actor::Payment, settings).await?;
     // The saga view is folded from the events, so its state is the truth
     // as far as FALCON_EVT has got.
-    let rows = payment::view::stuck(&db, before).await?;
+    let rows = falcon_payment::view::stuck(&db, before).await?;
     let now = chrono::Utc::now();
     let with_wait: Vec<serde_json::Value> = rows
         .iter()
@@ -650,18 +650,18 @@ fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>> {
 }
 
 async fn replay(settings: &Settings, a: ReplayArgs, json: bool) -> Result<ExitCode> {
-    use falcon_actors::replay;
     use falcon_nats::read::Start;
+    use falcon_runtime::replay;
     let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
     let js = async_nats::jetstream::new(client);
     let (report, sagas) = if let Some(model) = &a.rebuild {
-        if !replay::READ_MODELS.contains(&model.as_str()) {
+        if !replay::read_models().contains(&model.as_str()) {
             bail!(
                 "unknown read model {model:?}; one of {}",
-                replay::READ_MODELS.join(", ")
+                replay::read_models().join(", ")
             );
         }
-        let (report, sagas) = replay::rebuild_saga_view(settings, &js, a.force).await?;
+        let (report, sagas) = replay::rebuild(settings, &js, model, a.force).await?;
         (report, Some(sagas))
     } else {
         let actor = parse_actors(std::slice::from_ref(&a.actor.clone().unwrap_or_default()))?[0];
@@ -721,7 +721,7 @@ async fn chaos_kill(
     }
     let node = node.unwrap_or_else(|| settings.node.clone());
     let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
-    let subject = falcon_actors::runtime::kill_subject(&node, actor);
+    let subject = falcon_runtime::runtime::kill_subject(&node, actor);
     let reply = tokio::time::timeout(Duration::from_secs(5), client.request(subject, "".into()))
         .await
         .with_context(|| format!("no answer from node {node} within 5s"))?

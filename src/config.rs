@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use config::{Config, Environment, File};
-use falcon_actors::Settings;
+use falcon_runtime::Settings;
 
 pub fn load(path: Option<&Path>) -> Result<Settings> {
     let defaults = Config::try_from(&Settings::default()).context("encoding default settings")?;

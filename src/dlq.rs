@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use falcon_actors::dlq::{replay, Replay};
-use falcon_actors::Settings;
 use falcon_nats::dlq::{self, DeadLetter};
+use falcon_runtime::dlq::{replay, Replay};
+use falcon_runtime::Settings;
 
 use crate::cli::DlqVerb;
 use crate::output;

@@ -14,7 +14,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use falcon_actors::observe::Probe;
+use falcon_runtime::probe::Probe;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Bucket bounds of the `_seconds` histograms, from 0.5 ms to 60 s.
@@ -56,7 +56,7 @@ pub async fn serve(listen: &str) -> Result<Endpoint> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
         .and_then(|b| {
             b.set_buckets_for_metric(
-                Matcher::Full(falcon_actors::telemetry::names::BATCH_SIZE.into()),
+                Matcher::Full(falcon_runtime::telemetry::names::BATCH_SIZE.into()),
                 BATCH_BUCKETS,
             )
         })

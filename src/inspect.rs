@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use chrono::{DateTime, Utc};
-use falcon_actors::Settings;
+use falcon_runtime::Settings;
 use falcon_sagas::{State, Transition, PAYMENT_SAGA, REFUND_SAGA};
 use falcon_schemas::subject::{saga_filter, STREAM_EVT};
 use falcon_schemas::{Event, EventData, EventType};

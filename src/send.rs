@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use falcon_actors::Settings;
 use falcon_nats::publish::publish;
 use falcon_nats::trace::TraceParent;
 use falcon_nats::OutMsg;
+use falcon_runtime::Settings;
 use falcon_schemas::subject::{saga_filter, CMD_PREFIX, STREAM_EVT};
 use falcon_schemas::{Event, EventData};
 use futures::StreamExt;
@@ -45,7 +45,7 @@ pub async fn command(
         saga_id = key,
     );
     let trace = span
-        .in_scope(falcon_actors::telemetry::current_traceparent)
+        .in_scope(falcon_runtime::telemetry::current_traceparent)
         .unwrap_or_else(TraceParent::new_root);
     let msg = OutMsg {
         subject: subject.clone(),

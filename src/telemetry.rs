@@ -82,7 +82,7 @@ pub fn init(format: LogFormat, default_level: &str) -> Result<Telemetry> {
             .with_tracer(p.tracer("falconpay"))
             .with_filter(
                 Targets::new()
-                    .with_target("falcon_actors", LevelFilter::INFO)
+                    .with_target("falcon_kernel", LevelFilter::INFO)
                     .with_target("falconpay", LevelFilter::INFO)
                     .with_target("falcon", LevelFilter::INFO),
             )

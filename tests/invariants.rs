@@ -5,7 +5,8 @@ mod common;
 
 use anyhow::{Context, Result};
 use common::{Backend, World};
-use falcon_actors::invariants;
+use falcon_runtime::invariants;
+use falcon_sagas::Actor;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 async fn exec(db: &DatabaseConnection, sql: &str) -> Result<()> {
@@ -33,8 +34,8 @@ async fn planted(b: Backend) -> Result<()> {
     assert!(codes(&w).await?.is_empty(), "a clean run has no violation");
 
     let stores = w.stores().await?;
-    let wallet = stores.wallet.as_ref().context("wallet db")?;
-    let payment = stores.payment.as_ref().context("payment db")?;
+    let wallet = stores.get(Actor::Wallet).context("wallet db")?;
+    let payment = stores.get(Actor::Payment).context("payment db")?;
     let now = "'2026-01-01 00:00:00+00:00'";
 
     // 1: a one-sided entry unbalances its movement, the ledger, and bob's balance.

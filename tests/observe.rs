@@ -309,7 +309,7 @@ async fn metrics_health_and_logs_are_served() -> Result<()> {
         ("FALCON__HTTP__LISTEN", format!("127.0.0.1:{port}")),
         ("FALCON__HTTP__SAMPLE_INTERVAL_MS", "100".to_owned()),
         ("FALCON__SAGA__STUCK_AFTER_S", "1".to_owned()),
-        ("RUST_LOG", "info,falcon_actors=debug".to_owned()),
+        ("RUST_LOG", "info,falcon_kernel=debug".to_owned()),
     ];
     // Without risk, a payment waits at `requested`: stuck after a second.
     let partial = Running::start(

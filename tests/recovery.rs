@@ -6,10 +6,10 @@ mod common;
 use anyhow::{Context, Result};
 use common::cli::{falcon, json, ok};
 use common::{eventually, Backend, World};
-use falcon_actors::dlq::{replay, Replay};
-use falcon_actors::runtime::FaultPoint;
-use falcon_actors::Runtime;
 use falcon_nats::dlq::{self, DeadLetter};
+use falcon_runtime::dlq::{replay, Replay};
+use falcon_runtime::runtime::FaultPoint;
+use falcon_runtime::Runtime;
 use falcon_sagas::Actor;
 use falcon_schemas::EventType;
 

@@ -6,10 +6,10 @@ mod common;
 use anyhow::Result;
 use common::cli::{falcon, json, ok};
 use common::{eventually, Backend, World};
-use falcon_actors::payment::view;
-use falcon_actors::replay::{rebuild_saga_view, redeliver};
-use falcon_actors::Runtime;
 use falcon_nats::read::Start;
+use falcon_payment::view;
+use falcon_runtime::replay::{rebuild_saga_view, redeliver};
+use falcon_runtime::Runtime;
 use falcon_sagas::Actor;
 use falcon_schemas::subject::STREAM_EVT;
 use falcon_schemas::EventType;
@@ -108,7 +108,7 @@ async fn rebuilt_saga_view_is_the_same(b: Backend) -> Result<()> {
         .await?;
     w.assert_invariants().await?;
     let stores = w.stores().await?;
-    let db = stores.payment.clone().expect("payment store");
+    let db = stores.get(Actor::Payment).cloned().expect("payment store");
     // The live view catches up with the four sagas.
     let before = eventually(|| async {
         let rows = view::list(&db, None, None, 100).await?;

@@ -5,7 +5,7 @@ mod common;
 
 use anyhow::{ensure, Context, Result};
 use common::{eventually, Backend, World};
-use falcon_actors::runtime::FaultPoint;
+use falcon_runtime::runtime::FaultPoint;
 use falcon_sagas::Actor;
 use falcon_schemas::subject::{dlq, saga_filter, STREAM_CMD, STREAM_DLQ, STREAM_EVT};
 use falcon_schemas::{Event, EventData, EventType, Reason};

@@ -30,7 +30,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn topology(op: &'static str, name: &str, e: impl std::fmt::Display) -> Error {
+    pub fn topology(op: &'static str, name: &str, e: impl std::fmt::Display) -> Error {
         Error::Topology {
             op,
             name: name.to_owned(),

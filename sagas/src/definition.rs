@@ -210,6 +210,27 @@ pub const REFUND_SAGA: SagaDef = SagaDef {
     ],
 };
 
+/// Every saga FalconPay runs.
+pub const SAGAS: [SagaDef; 2] = [PAYMENT_SAGA, REFUND_SAGA];
+
+/// The actor whose step an event triggers, in any saga: the one source of
+/// which events each actor consumes (its consumer filters are derived from
+/// it, and its steps refuse any other event).
+pub fn actor_of_trigger(ty: EventType) -> Option<Actor> {
+    SAGAS
+        .iter()
+        .find_map(|saga| saga.step_triggered_by(ty))
+        .map(|step| step.actor)
+}
+
+/// True when `ty` belongs to a saga: some step of some saga publishes it or
+/// is triggered by it (the events a read model of sagas folds).
+pub fn is_saga_event(ty: EventType) -> bool {
+    SAGAS
+        .iter()
+        .any(|saga| saga.step_publishing(ty).is_some() || saga.step_triggered_by(ty).is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +295,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn each_actor_is_given_the_triggers_of_its_own_steps() {
+        use EventType as E;
+        assert_eq!(actor_of_trigger(E::RiskApproved), Some(Actor::Wallet));
+        assert_eq!(actor_of_trigger(E::FundsReserved), Some(Actor::Payment));
+        assert_eq!(actor_of_trigger(E::PaymentRequested), Some(Actor::Risk));
+        assert_eq!(actor_of_trigger(E::RefundRequested), Some(Actor::Wallet));
+        // Terminal events and wallet-only events trigger nothing.
+        for ty in [
+            E::PaymentCompleted,
+            E::PaymentFailed,
+            E::WalletOpened,
+            E::WalletDeposited,
+        ] {
+            assert_eq!(actor_of_trigger(ty), None, "{ty:?}");
+        }
+        assert!(is_saga_event(E::PaymentCompleted) && is_saga_event(E::PaymentRejected));
+        assert!(!is_saga_event(E::WalletOpened) && !is_saga_event(E::WalletRejected));
     }
 }

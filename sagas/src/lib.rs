@@ -13,5 +13,5 @@
 pub mod definition;
 pub mod state;
 
-pub use definition::{Actor, Compensation, SagaDef, Step, PAYMENT_SAGA, REFUND_SAGA};
+pub use definition::{Actor, Compensation, SagaDef, Step, PAYMENT_SAGA, REFUND_SAGA, SAGAS};
 pub use state::{SagaKind, State, Transition, Wait};

@@ -18,11 +18,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use async_nats::jetstream;
 use bytes::Bytes;
-use falcon_actors::invariants::{self, Report};
-use falcon_actors::runtime::Stores;
-use falcon_actors::{Runtime, Settings};
 use falcon_nats::publish::{publish, publish_all, Published};
 use falcon_nats::OutMsg;
+use falcon_runtime::invariants::{self, Report};
+use falcon_runtime::runtime::Stores;
+use falcon_runtime::{Runtime, Settings};
 use falcon_sagas::Actor;
 use falcon_schemas::subject::STREAM_EVT;
 use falcon_schemas::{Event, EventData, EventType};
@@ -234,10 +234,10 @@ impl World {
         }
     }
 
-    pub async fn balance(&self, wallet_id: &str) -> Result<falcon_actors::wallet::Balance> {
+    pub async fn balance(&self, wallet_id: &str) -> Result<falcon_wallet::Balance> {
         let stores = self.stores().await?;
-        let db = stores.wallet.as_ref().context("wallet store")?;
-        falcon_actors::wallet::balance(db, wallet_id)
+        let db = stores.get(Actor::Wallet).context("wallet store")?;
+        falcon_wallet::balance(db, wallet_id)
             .await?
             .with_context(|| format!("wallet {wallet_id} missing"))
     }

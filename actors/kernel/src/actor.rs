@@ -1,0 +1,259 @@
+//! What an actor declares about itself, once ([`ActorDef`]), and its
+//! consumer loops as the runtime sees them ([`Loop`]).
+//!
+//! An actor crate implements [`ActorDef`] for one type; the runtime's
+//! registry lists those types, and every verb that must know the actors
+//! (`falcon run`, `streams apply`, `dlq replay`, `replay`, `verify`,
+//! `doctor`, the metrics) iterates the registry instead of naming them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use falcon_nats::{ConsumerSpec, Delivery, Disposition};
+use falcon_sagas::Actor;
+use sea_orm::{DatabaseConnection, DbErr};
+
+use crate::batch::run_batch;
+use crate::consumer::{Consumer, ConsumerArgs};
+use crate::error::Error;
+use crate::faults::Faults;
+use crate::handler::Handler;
+use crate::relay::{Poke, Relay, RelayArgs};
+use crate::settings::{ConsumerSettings, RelaySettings, Retry};
+use crate::stats::Stats;
+use crate::supervisor::ChildSpec;
+use crate::verify::Facts;
+
+/// A boxed future, for the object-safe traits here.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An actor, as its crate declares it.
+pub trait ActorDef: 'static {
+    /// What its handlers are built from: its sections of `falcon.toml`.
+    type Settings: Send + Sync + 'static;
+
+    /// Its name in the saga table.
+    const ACTOR: Actor;
+    /// The configuration key of its database URL (for messages), e.g.
+    /// `wallet.database_url`.
+    const DATABASE_KEY: &'static str;
+
+    fn database_url(settings: &Self::Settings) -> &str;
+
+    /// Checks what types alone cannot; the error names the key.
+    fn validate(_settings: &Self::Settings) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Applies its migrations (idempotent).
+    fn migrate(db: &DatabaseConnection) -> impl Future<Output = Result<(), DbErr>> + Send;
+
+    /// The durable consumers its loops read: what `streams apply`
+    /// provisions and `doctor` checks, without opening a database.
+    fn consumers(consumer: &ConsumerSettings) -> Vec<ConsumerSpec>;
+
+    /// Its running parts on its database: the consumer loops (whose
+    /// consumers are [`ActorDef::consumers`]), timers, extra gauges.
+    fn parts(
+        settings: &Self::Settings,
+        db: &DatabaseConnection,
+        consumer: &ConsumerSettings,
+    ) -> Result<Parts, Error>;
+
+    /// The read models its loops keep (each rebuildable from FALCON_EVT).
+    const READ_MODELS: &'static [&'static str] = &[];
+
+    /// True for the actor that keeps the sagas' states (the one
+    /// [`ActorDef::saga_state`] answers for).
+    const KEEPS_SAGAS: bool = false;
+
+    /// The state of saga `saga_id` as this actor records it, when it keeps
+    /// sagas and knows this one.
+    fn saga_state(
+        _db: &DatabaseConnection,
+        _saga_id: &str,
+    ) -> impl Future<Output = Result<Option<falcon_sagas::State>, DbErr>> + Send {
+        async { Ok(None) }
+    }
+
+    /// What `falcon verify` checks of it: its own invariants, its counts,
+    /// and the facts other actors' records are checked against.
+    fn verify(
+        db: &DatabaseConnection,
+        settled: bool,
+    ) -> impl Future<Output = Result<Facts, DbErr>> + Send;
+}
+
+/// A child that runs beside an actor's loops (a deadline sweeper), built
+/// for a runtime instance with the poke of the actor's relay.
+pub type Timer = Box<dyn Fn(&str, Poke) -> ChildSpec + Send + Sync>;
+
+/// Gauges an actor samples itself (breaker state, stuck sagas).
+pub trait Gauges: Send + Sync {
+    fn sample(&self) -> BoxFuture<'_, ()>;
+}
+
+/// What an actor runs.
+pub struct Parts {
+    pub loops: Vec<Arc<dyn Loop>>,
+    pub timers: Vec<Timer>,
+    pub gauges: Option<Arc<dyn Gauges>>,
+}
+
+impl Parts {
+    /// Loops only.
+    pub fn loops(loops: Vec<Arc<dyn Loop>>) -> Parts {
+        Parts {
+            loops,
+            timers: Vec::new(),
+            gauges: None,
+        }
+    }
+}
+
+/// One consumer loop: a handler with the durable consumers it reads.
+pub trait Loop: Send + Sync {
+    /// What its metrics, spans and readiness call it: `payment`,
+    /// `payment-view`, …
+    fn label(&self) -> &'static str;
+    fn actor(&self) -> Actor;
+    /// The CloudEvents `source` of its events.
+    fn source(&self) -> &'static str;
+    fn consumers(&self) -> &[ConsumerSpec];
+    /// The read model it keeps (`saga-view`), if it is one.
+    fn read_model(&self) -> Option<&'static str>;
+    fn db(&self) -> &DatabaseConnection;
+    /// One batch in one transaction: a disposition per message, in order.
+    fn run_batch<'a>(
+        &'a self,
+        batch: &'a [Delivery],
+        retry: Retry,
+    ) -> BoxFuture<'a, Vec<Disposition>>;
+    /// Empties its read model before a rebuild.
+    fn reset(&self) -> BoxFuture<'_, Result<(), DbErr>>;
+    /// Rows its read model holds.
+    fn rows(&self) -> BoxFuture<'_, Result<u64, DbErr>>;
+    /// Its consumer loop as a supervised child.
+    fn child(&self, wiring: &Wiring, poke: Poke) -> ChildSpec;
+}
+
+/// A handler as a [`Loop`].
+pub fn loop_of<H: Handler>(handler: H, consumer: &ConsumerSettings) -> Arc<dyn Loop> {
+    Arc::new(LoopOf {
+        specs: H::consumers(consumer),
+        handler: Arc::new(handler),
+    })
+}
+
+struct LoopOf<H> {
+    handler: Arc<H>,
+    specs: Vec<ConsumerSpec>,
+}
+
+impl<H: Handler> Loop for LoopOf<H> {
+    fn label(&self) -> &'static str {
+        H::LABEL
+    }
+
+    fn actor(&self) -> Actor {
+        H::ACTOR
+    }
+
+    fn source(&self) -> &'static str {
+        H::SOURCE
+    }
+
+    fn consumers(&self) -> &[ConsumerSpec] {
+        &self.specs
+    }
+
+    fn read_model(&self) -> Option<&'static str> {
+        H::READ_MODEL
+    }
+
+    fn db(&self) -> &DatabaseConnection {
+        self.handler.db()
+    }
+
+    fn run_batch<'a>(
+        &'a self,
+        batch: &'a [Delivery],
+        retry: Retry,
+    ) -> BoxFuture<'a, Vec<Disposition>> {
+        Box::pin(run_batch(&*self.handler, H::LABEL, batch, retry))
+    }
+
+    fn reset(&self) -> BoxFuture<'_, Result<(), DbErr>> {
+        Box::pin(self.handler.reset())
+    }
+
+    fn rows(&self) -> BoxFuture<'_, Result<u64, DbErr>> {
+        Box::pin(self.handler.rows())
+    }
+
+    fn child(&self, wiring: &Wiring, poke: Poke) -> ChildSpec {
+        let args = ConsumerArgs {
+            label: H::LABEL.to_owned(),
+            handler: self.handler.clone(),
+            js: wiring.js.clone(),
+            specs: self.specs.clone(),
+            batch_max: wiring.consumer.batch_max,
+            retry: wiring.consumer.retry(),
+            poke,
+            faults: wiring.faults.clone(),
+            stats: wiring.stats.clone(),
+        };
+        ChildSpec::new(
+            wiring.child_name(H::LABEL),
+            Consumer::<H>::default,
+            move || args.clone(),
+        )
+    }
+}
+
+/// What a runtime instance gives the children it builds.
+#[derive(Clone)]
+pub struct Wiring {
+    pub js: jetstream::Context,
+    /// `<node>-<random>`: the prefix of every child's registered name.
+    pub instance: String,
+    pub consumer: ConsumerSettings,
+    pub relay: RelaySettings,
+    pub stats: Arc<Stats>,
+    pub faults: Arc<Faults>,
+}
+
+impl Wiring {
+    /// A child's registered name: `<instance>/<name>`.
+    pub fn child_name(&self, name: &str) -> String {
+        format!("{}/{name}", self.instance)
+    }
+
+    /// The outbox relay of `actor`'s database, and the poke that wakes it.
+    pub fn relay(&self, actor: Actor, db: &DatabaseConnection) -> (ChildSpec, Poke) {
+        let name = self.child_name(&format!("{}-relay", actor.as_str()));
+        let poke = Poke::new(name.clone());
+        let (db, js, relay, relay_poke) = (
+            db.clone(),
+            self.js.clone(),
+            self.relay.clone(),
+            poke.clone(),
+        );
+        let spec = ChildSpec::new(
+            name,
+            || Relay,
+            move || RelayArgs {
+                actor: actor.as_str(),
+                db: db.clone(),
+                js: js.clone(),
+                batch_max: relay.batch_max,
+                interval: Duration::from_millis(relay.interval_ms),
+                poke: relay_poke.clone(),
+            },
+        );
+        (spec, poke)
+    }
+}

@@ -1,0 +1,156 @@
+//! The outbox relay: a ractor actor per business actor that publishes the
+//! outbox in order, many events with their acks in flight at once, and
+//! marks them published in bulk.
+//!
+//! It runs when poked after a batch commits and on a timer (to publish what
+//! a crashed process left behind). Publishing twice is harmless: the event
+//! id is the `Nats-Msg-Id` (JetStream drops the copy inside its duplicate
+//! window) and the consumer's inbox drops it after. On failure the
+//! supervisor restarts it; unpublished rows stay in the table.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use chrono::Utc;
+use falcon_nats::publish::publish_all;
+use falcon_nats::OutMsg;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::store::{outbox, write_gate};
+use crate::telemetry::names;
+
+pub struct Relay;
+
+/// Wakes a relay without flooding its mailbox: at most one poke is queued.
+#[derive(Clone)]
+pub struct Poke {
+    name: String,
+    pending: Arc<AtomicBool>,
+}
+
+impl Poke {
+    pub fn new(name: String) -> Poke {
+        Poke {
+            name,
+            pending: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Asks the relay to run now (it may be restarting: then its timer will).
+    pub fn poke(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            if let Some(cell) = ractor::registry::where_is(self.name.clone()) {
+                let relay: ActorRef<RelayMsg> = cell.into();
+                if relay.cast(RelayMsg::Flush).is_err() {
+                    self.pending.store(false, Ordering::Release);
+                }
+            } else {
+                self.pending.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+pub struct RelayArgs {
+    pub actor: &'static str,
+    pub db: DatabaseConnection,
+    pub js: jetstream::Context,
+    pub batch_max: u64,
+    pub interval: Duration,
+    pub poke: Poke,
+}
+
+pub enum RelayMsg {
+    Flush,
+}
+
+impl Actor for Relay {
+    type Msg = RelayMsg;
+    type State = RelayArgs;
+    type Arguments = RelayArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RelayMsg>,
+        args: RelayArgs,
+    ) -> Result<RelayArgs, ActorProcessingErr> {
+        myself.send_interval(args.interval, || RelayMsg::Flush);
+        myself.cast(RelayMsg::Flush)?;
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<RelayMsg>,
+        _msg: RelayMsg,
+        state: &mut RelayArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        state.poke.pending.store(false, Ordering::Release);
+        drain(state).await?;
+        Ok(())
+    }
+}
+
+/// Publishes unpublished rows, oldest first, until none are left or a
+/// publish fails (the next run retries).
+pub async fn drain(s: &RelayArgs) -> Result<usize, sea_orm::DbErr> {
+    let mut total = 0;
+    loop {
+        let rows = outbox::Entity::find()
+            .filter(outbox::Column::PublishedAt.is_null())
+            .order_by_asc(outbox::Column::Id)
+            .limit(s.batch_max)
+            .all(&s.db)
+            .await?;
+        if rows.is_empty() {
+            return Ok(total);
+        }
+        let msgs: Vec<OutMsg> = rows
+            .iter()
+            .map(|r| OutMsg {
+                subject: r.subject.clone(),
+                msg_id: r.event_id.clone(),
+                traceparent: r.traceparent.clone(),
+                payload: Bytes::from(r.payload.clone().into_bytes()),
+            })
+            .collect();
+        let results = publish_all(&s.js, &msgs).await;
+        let mut published = Vec::with_capacity(rows.len());
+        let mut failed = None;
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(_) => published.push(row.id),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if !published.is_empty() {
+            total += published.len();
+            metrics::counter!(names::RELAY_PUBLISHED, "actor" => s.actor)
+                .increment(published.len() as u64);
+            let _turn = write_gate(&s.db).await;
+            outbox::Entity::update_many()
+                .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
+                .filter(outbox::Column::Id.is_in(published))
+                .exec(&s.db)
+                .await?;
+        }
+        if let Some(e) = failed {
+            tracing::warn!(actor = s.actor, error = %e, "outbox publish failed; will retry");
+            return Ok(total);
+        }
+        if u64::try_from(rows.len()).unwrap_or(u64::MAX) < s.batch_max {
+            return Ok(total);
+        }
+    }
+}

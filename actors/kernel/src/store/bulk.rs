@@ -1,0 +1,279 @@
+//! Bulk SQL shared by the actors' fast paths: chunked and padded `IN`
+//! reads, multi-row inserts that must all be new, and guarded multi-row
+//! updates.
+
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, EntityTrait, TryInsertResult};
+
+use crate::error::StepError;
+
+/// Rows per multi-row INSERT: well under the bound on bind parameters.
+const INSERT_CHUNK: usize = 200;
+/// Values per `IN (…)` list (and rows per guarded multi-row update): well
+/// under SQLite's and PostgreSQL's bound on bind parameters.
+pub const IN_CHUNK: usize = 512;
+
+/// `items` in chunks of at most [`IN_CHUNK`], each padded to a power of two
+/// by repeating its last item, for statements where a repeat changes
+/// nothing (`IN` lists, guarded updates). Each size is a distinct prepared
+/// statement, which every connection keeps in its cache: ten sizes instead
+/// of five hundred keep that cache small and always warm.
+pub fn padded_chunks<T: Clone>(items: &[T]) -> impl Iterator<Item = Vec<T>> + '_ {
+    items.chunks(IN_CHUNK).map(|chunk| {
+        let mut padded = chunk.to_vec();
+        if let Some(last) = chunk.last() {
+            padded.resize(chunk.len().next_power_of_two(), last.clone());
+        }
+        padded
+    })
+}
+
+/// Inserts rows that must all be new (many per statement). A row whose
+/// `key` exists already is left alone and makes the whole call a transient
+/// error naming `what`: another writer got there first, and a retry of the
+/// batch sees its row.
+pub async fn insert_all_new<A>(
+    txn: &impl ConnectionTrait,
+    rows: Vec<A>,
+    key: <A::Entity as EntityTrait>::Column,
+    what: &str,
+) -> Result<(), StepError>
+where
+    A: sea_orm::ActiveModelTrait + Send,
+{
+    let expected = rows.len() as u64;
+    let mut inserted = 0;
+    for chunk in insert_chunks(rows) {
+        inserted += match <A::Entity as EntityTrait>::insert_many(chunk)
+            .on_conflict_do_nothing_on([key])
+            .exec_without_returning(txn)
+            .await?
+        {
+            TryInsertResult::Inserted(n) => n,
+            TryInsertResult::Empty | TryInsertResult::Conflicted => 0,
+        };
+    }
+    if inserted != expected {
+        return Err(StepError::Conflict(format!(
+            "{} of {expected} {what} written concurrently",
+            expected - inserted
+        )));
+    }
+    Ok(())
+}
+
+/// An SQL identifier, double-quoted (both SQLite and PostgreSQL).
+pub(crate) fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Appends one `(…)` row of bind parameters to a `VALUES` list (after a
+/// comma unless it is the first), in the backend's placeholder style.
+pub(crate) fn push_tuple(
+    sql: &mut String,
+    values: &mut Vec<sea_orm::Value>,
+    comma: bool,
+    row: impl IntoIterator<Item = sea_orm::Value>,
+    backend: DbBackend,
+) {
+    sql.push_str(if comma { ", (" } else { "(" });
+    for (i, v) in row.into_iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        values.push(v);
+        match backend {
+            DbBackend::Postgres => sql.push_str(&format!("${}", values.len())),
+            _ => sql.push('?'),
+        }
+    }
+    sql.push(')');
+}
+
+/// Writes rows changed in memory back with one statement per chunk, each
+/// row guarded by the values it was read with: `UPDATE t SET c = v.… FROM
+/// (VALUES …) AS v WHERE t.key = v.… AND t.guard = v.…` (SQLite ≥ 3.33 and
+/// PostgreSQL). `rows` are `(as read, as it is now)`; `set` are the columns
+/// written from the second, `guard` the columns compared with the first
+/// (never NULL ones: NULL equals nothing). A row another writer changed
+/// since it was read is not written and makes the whole call a transient
+/// error naming `what`, so the batch is retried and sees the change.
+pub async fn update_guarded<E>(
+    txn: &impl ConnectionTrait,
+    key: E::Column,
+    set: &[E::Column],
+    guard: &[E::Column],
+    rows: &[(&E::Model, &E::Model)],
+    what: &str,
+) -> Result<(), StepError>
+where
+    E: EntityTrait,
+    E::Model: sea_orm::ModelTrait<Entity = E>,
+{
+    use sea_orm::IdenStatic;
+    use sea_orm::ModelTrait;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let backend = txn.get_database_backend();
+    let table = E::default().table_name().to_owned();
+    let width = 1 + set.len() + guard.len();
+    let mut head = format!("UPDATE {} SET ", quote(&table));
+    let assigns: Vec<String> = set
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = v.column{}", quote(c.as_str()), i + 2))
+        .collect();
+    head.push_str(&assigns.join(", "));
+    let mut tail = format!(
+        ") AS v WHERE {}.{} = v.column1",
+        quote(&table),
+        quote(key.as_str())
+    );
+    for (i, c) in guard.iter().enumerate() {
+        tail.push_str(&format!(
+            " AND {}.{} = v.column{}",
+            quote(&table),
+            quote(c.as_str()),
+            set.len() + i + 2
+        ));
+    }
+    // A power of two, so that padding stays under the bound.
+    let per_statement = 1 << (30_000 / width).clamp(1, IN_CHUNK).ilog2();
+    let mut written = 0;
+    // Padded with repeats of a chunk's last row: a target row that joins
+    // several identical rows of `v` is updated (and counted) once.
+    for chunk in rows.chunks(per_statement) {
+        let chunk = padded_chunks(chunk).flatten().collect::<Vec<_>>();
+        let mut sql = head.clone();
+        sql.push_str(" FROM (VALUES ");
+        let mut values = Vec::with_capacity(chunk.len() * width);
+        for (r, (before, after)) in chunk.iter().enumerate() {
+            let row = std::iter::once(after.get(key))
+                .chain(set.iter().map(|c| after.get(*c)))
+                .chain(guard.iter().map(|c| before.get(*c)));
+            push_tuple(&mut sql, &mut values, r > 0, row, backend);
+        }
+        sql.push_str(&tail);
+        let r = txn
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                backend, sql, values,
+            ))
+            .await?;
+        written += r.rows_affected();
+    }
+    let expected = rows.len() as u64;
+    if written != expected {
+        return Err(StepError::Conflict(format!(
+            "{} of {expected} {what} changed concurrently",
+            expected.saturating_sub(written)
+        )));
+    }
+    Ok(())
+}
+
+/// Rows grouped for multi-row inserts of at most [`INSERT_CHUNK`] rows.
+pub fn insert_chunks<T>(rows: impl IntoIterator<Item = T>) -> impl Iterator<Item = Vec<T>> {
+    let mut rows = rows.into_iter();
+    std::iter::from_fn(move || {
+        let chunk: Vec<T> = rows.by_ref().take(INSERT_CHUNK).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    })
+}
+
+/// The rows of `E` whose `column` holds one of `keys` (repeats allowed),
+/// read with one query per [`IN_CHUNK`] keys, by that key (`key_of`).
+pub async fn rows_by_key<'k, E, C>(
+    txn: &impl ConnectionTrait,
+    column: C,
+    keys: impl Iterator<Item = &'k str>,
+    key_of: impl Fn(&E::Model) -> String,
+) -> Result<std::collections::HashMap<String, E::Model>, DbErr>
+where
+    E: EntityTrait,
+    C: sea_orm::ColumnTrait,
+{
+    use sea_orm::QueryFilter;
+    let mut keys: Vec<&str> = keys.collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut rows = std::collections::HashMap::with_capacity(keys.len());
+    for chunk in padded_chunks(&keys) {
+        let found = E::find().filter(column.is_in(chunk)).all(txn).await?;
+        rows.extend(found.into_iter().map(|r| (key_of(&r), r)));
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{inbox, memory_db};
+    use chrono::Utc;
+
+    #[test]
+    fn chunks_are_padded_to_a_power_of_two_with_their_last_item() {
+        let items: Vec<u32> = (0..1030).collect();
+        let sizes: Vec<usize> = padded_chunks(&items).map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![512, 512, 8]);
+        let last = padded_chunks(&items).last().expect("a chunk");
+        assert_eq!(last, vec![1024, 1025, 1026, 1027, 1028, 1029, 1029, 1029]);
+        assert_eq!(padded_chunks::<u32>(&[]).count(), 0);
+    }
+
+    /// Three rows go out as a padded chunk of four: each is written once
+    /// and counted once; a row whose guard no longer holds is a conflict.
+    #[tokio::test]
+    async fn guarded_updates_write_each_row_once_and_catch_stale_ones() {
+        let db = memory_db(inbox::Entity).await;
+        let now = Utc::now();
+        let row = |id: &str, seq: i64| inbox::Model {
+            consumer: "c".into(),
+            msg_id: id.into(),
+            stream: "S".into(),
+            stream_seq: seq,
+            subject: "s".into(),
+            processed_at: now,
+        };
+        let read: Vec<inbox::Model> = ["a", "b", "c"].iter().map(|id| row(id, 1)).collect();
+        for r in &read {
+            inbox::Entity::insert(sea_orm::IntoActiveModel::into_active_model(r.clone()))
+                .exec(&db)
+                .await
+                .expect("a row");
+        }
+        let next: Vec<inbox::Model> = ["a", "b", "c"].iter().map(|id| row(id, 2)).collect();
+        let pairs: Vec<_> = read.iter().zip(&next).collect();
+        update_guarded::<inbox::Entity>(
+            &db,
+            inbox::Column::MsgId,
+            &[inbox::Column::StreamSeq],
+            &[inbox::Column::StreamSeq],
+            &pairs,
+            "rows",
+        )
+        .await
+        .expect("written");
+        let seqs: Vec<i64> = inbox::Entity::find()
+            .all(&db)
+            .await
+            .expect("rows")
+            .iter()
+            .map(|r| r.stream_seq)
+            .collect();
+        assert_eq!(seqs, vec![2, 2, 2]);
+        // Read before the write above: stale now.
+        let again: Vec<inbox::Model> = ["a", "b", "c"].iter().map(|id| row(id, 3)).collect();
+        let stale: Vec<_> = read.iter().zip(&again).collect();
+        let err = update_guarded::<inbox::Entity>(
+            &db,
+            inbox::Column::MsgId,
+            &[inbox::Column::StreamSeq],
+            &[inbox::Column::StreamSeq],
+            &stale,
+            "rows",
+        )
+        .await
+        .expect_err("stale");
+        assert!(err.to_string().contains("3 of 3 rows"), "{err}");
+    }
+}

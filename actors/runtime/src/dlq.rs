@@ -1,0 +1,163 @@
+//! Re-driving dead letters: a dead letter is handed to the handler of the
+//! consumer it came from again, in a transaction of its own, with the original's inbox key, so a
+//! message that had partly succeeded before has no second effect. It leaves
+//! FALCON_DLQ only once the step succeeded.
+
+use async_nats::jetstream;
+use falcon_kernel::actor::Loop;
+use falcon_kernel::store::inbox;
+use falcon_kernel::Error;
+use falcon_nats::dlq::DeadLetter;
+use falcon_nats::{Delivery, Disposition};
+use falcon_schemas::subject::STREAM_EVT;
+use falcon_schemas::Event;
+use sea_orm::EntityTrait;
+use serde::Serialize;
+
+use crate::registry::{Registered, REGISTRY};
+use crate::settings::Settings;
+use crate::stores;
+
+/// What a replay did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Replay {
+    /// The step ran and committed; the dead letter is gone.
+    Replayed {
+        seq: u64,
+        actor: &'static str,
+        saga_id: Option<String>,
+    },
+    /// The message had been processed before (its inbox row exists): nothing
+    /// happened again; the dead letter is gone.
+    AlreadyProcessed {
+        seq: u64,
+        actor: &'static str,
+        saga_id: Option<String>,
+    },
+    /// Not attempted, and why (a terminal saga without `--force`).
+    Refused { seq: u64, reason: String },
+    /// The step failed again; the dead letter stays.
+    Failed { seq: u64, error: String },
+}
+
+/// The registered actor and its loop that read `consumer`: a dead letter
+/// goes back to the handler of the consumer it came from.
+pub async fn loop_of(
+    settings: &Settings,
+    consumer: &str,
+) -> Result<Option<(&'static dyn Registered, std::sync::Arc<dyn Loop>)>, Error> {
+    for entry in REGISTRY {
+        let reads = entry
+            .consumers(&settings.consumer)
+            .iter()
+            .any(|c| c.name == consumer);
+        if !reads {
+            continue;
+        }
+        let db = stores::open(entry, settings).await?;
+        let parts = entry.parts(settings, &db)?;
+        let found = parts
+            .loops
+            .into_iter()
+            .find(|l| l.consumers().iter().any(|c| c.name == consumer));
+        return Ok(found.map(|l| (entry, l)));
+    }
+    Ok(None)
+}
+
+/// The saga a dead letter belongs to: the event's saga id, or a payment
+/// command's payment (or refund) id.
+pub fn saga_of(letter: &DeadLetter) -> Option<String> {
+    if letter.origin.stream == STREAM_EVT {
+        return Event::decode(&letter.payload).ok().map(|e| e.sagaid);
+    }
+    if !letter.origin.subject.starts_with("falcon.cmd.payment.") {
+        return None;
+    }
+    let body: serde_json::Value = serde_json::from_slice(&letter.payload).ok()?;
+    ["refund_id", "payment_id"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(|v| v.as_str()).map(str::to_owned))
+}
+
+/// The saga's state when it is terminal, as the actor that keeps sagas
+/// records it.
+async fn terminal_state(settings: &Settings, saga_id: &str) -> Result<Option<String>, Error> {
+    for entry in REGISTRY.iter().filter(|r| r.keeps_sagas()) {
+        let db = stores::open(*entry, settings).await?;
+        let state = entry
+            .saga_state(&db, saga_id)
+            .await
+            .map_err(Error::database(entry.actor().as_str()))?;
+        if let Some(s) = state.filter(|s| s.is_terminal()) {
+            return Ok(Some(s.as_str().to_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// Re-drives one dead letter through its actor.
+pub async fn replay(
+    settings: &Settings,
+    js: &jetstream::Context,
+    letter: &DeadLetter,
+    force: bool,
+) -> Result<Replay, Error> {
+    let seq = letter.seq;
+    let Some((entry, handler)) = loop_of(settings, &letter.origin.consumer).await? else {
+        return Ok(Replay::Refused {
+            seq,
+            reason: format!("consumer {} belongs to no actor", letter.origin.consumer),
+        });
+    };
+    let saga_id = saga_of(letter);
+    if let (Some(id), false) = (&saga_id, force) {
+        if let Some(state) = terminal_state(settings, id).await? {
+            return Ok(Replay::Refused {
+                seq,
+                reason: format!("saga {id} is already {state}; redriving it could only repeat a finished step (use --force to redrive anyway)"),
+            });
+        }
+    }
+    let actor = entry.actor().as_str();
+    let db = handler.db().clone();
+    let delivery = Delivery::detached(&letter.origin, letter.payload.clone());
+    let seen = inbox::Entity::find_by_id((delivery.consumer.to_string(), delivery.inbox_key()))
+        .one(&db)
+        .await
+        .map_err(Error::database(actor))?
+        .is_some();
+    let retry = settings.consumer.retry();
+    let disposition = handler
+        .run_batch(std::slice::from_ref(&delivery), retry)
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or(Disposition::Nak {
+            delay: retry.delay_min,
+            error: "no disposition".into(),
+        });
+    match disposition {
+        Disposition::Ack => {
+            crate::replay::publish_outbox(settings, js, entry.actor(), db).await?;
+            falcon_nats::dlq::delete(js, seq).await?;
+            Ok(if seen {
+                Replay::AlreadyProcessed {
+                    seq,
+                    actor,
+                    saga_id,
+                }
+            } else {
+                Replay::Replayed {
+                    seq,
+                    actor,
+                    saga_id,
+                }
+            })
+        }
+        Disposition::Nak { error, .. } | Disposition::Term(error) => {
+            Ok(Replay::Failed { seq, error })
+        }
+    }
+}

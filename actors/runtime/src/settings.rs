@@ -1,0 +1,281 @@
+//! Settings of a FalconPay runtime. Every field has a default; the binary
+//! layers `falcon.toml` and `FALCON__…` environment variables over them.
+
+use std::time::Duration;
+
+pub use falcon_kernel::settings::{ConsumerSettings, RelaySettings, Retry, SqliteSettings};
+use falcon_nats::StreamSettings;
+pub use falcon_payment::settings::{PaymentSettings, ProviderSettings, SagaSettings};
+pub use falcon_risk::settings::RiskSettings;
+pub use falcon_wallet::settings::WalletSettings;
+use serde::{Deserialize, Serialize};
+
+/// Everything `falcon run` needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// This process's node name: names its NATS connection and, later, its
+    /// control subjects. Default `local`.
+    pub node: String,
+    pub nats: NatsSettings,
+    pub streams: StreamsSettings,
+    pub consumer: ConsumerSettings,
+    pub relay: RelaySettings,
+    pub payment: PaymentSettings,
+    pub risk: RiskSettings,
+    pub wallet: WalletSettings,
+    pub provider: ProviderSettings,
+    pub saga: SagaSettings,
+    pub sqlite: SqliteSettings,
+    pub http: HttpSettings,
+    pub shutdown: ShutdownSettings,
+    pub chaos: ChaosSettings,
+}
+
+/// The HTTP endpoint of `falcon run`: `/metrics`, `/health/live`,
+/// `/health/ready`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address to listen on; empty turns the endpoint off. Default
+    /// `127.0.0.1:9464` (`0.0.0.0:9464` in a container).
+    pub listen: String,
+    /// How often the gauges that need a query (DLQ depth, consumer
+    /// pending, outbox backlog, stuck sagas) are refreshed, in ms. Default 5000.
+    pub sample_interval_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: "127.0.0.1:9464".into(),
+            sample_interval_ms: 5000,
+        }
+    }
+}
+
+/// What `falcon run` does on SIGTERM or SIGINT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Time to stop pulling, finish and ack the batches in flight, publish
+    /// the outbox and close connections, in ms; past it the process exits
+    /// non-zero (what was not acked is redelivered). Default 10000.
+    pub grace_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        ShutdownSettings { grace_ms: 10_000 }
+    }
+}
+
+/// Fault injection for chaos testing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChaosSettings {
+    /// Listen on `falcon.ctl.<node>.kill.<actor>` and kill the named actor
+    /// when asked (its supervisor restarts it). Never enable in production.
+    /// Default false.
+    pub enabled: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            node: "local".into(),
+            nats: NatsSettings::default(),
+            streams: StreamsSettings::default(),
+            consumer: ConsumerSettings::default(),
+            relay: RelaySettings::default(),
+            payment: PaymentSettings::default(),
+            risk: RiskSettings::default(),
+            wallet: WalletSettings::default(),
+            provider: ProviderSettings::default(),
+            saga: SagaSettings::default(),
+            sqlite: SqliteSettings::default(),
+            http: HttpSettings::default(),
+            shutdown: ShutdownSettings::default(),
+            chaos: ChaosSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSettings {
+    /// Server URL(s), comma-separated for a cluster. Default
+    /// `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The server's HTTP monitoring URL (its `http_port`), which `falcon
+    /// doctor` reads the JetStream sync setting from, e.g.
+    /// `http://127.0.0.1:8222`. Default empty (not read).
+    pub monitor_url: String,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        NatsSettings {
+            url: "nats://127.0.0.1:4222".into(),
+            monitor_url: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamsSettings {
+    /// Retention of every stream, in seconds. Default 604800 (7 days).
+    pub max_age_s: u64,
+    /// JetStream de-duplication window on `Nats-Msg-Id`, in seconds.
+    /// Default 120; the contract requires at least 120.
+    pub duplicate_window_s: u64,
+    /// Replicas per stream (3 on a cluster). Default 1.
+    pub replicas: usize,
+}
+
+impl Default for StreamsSettings {
+    fn default() -> Self {
+        StreamsSettings {
+            max_age_s: 7 * 24 * 3600,
+            duplicate_window_s: 120,
+            replicas: 1,
+        }
+    }
+}
+
+impl StreamsSettings {
+    pub fn to_stream_settings(&self) -> StreamSettings {
+        StreamSettings {
+            max_age: Duration::from_secs(self.max_age_s),
+            duplicate_window: Duration::from_secs(self.duplicate_window_s),
+            replicas: self.replicas,
+        }
+    }
+}
+
+impl Settings {
+    /// Checks values that types alone cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.streams.duplicate_window_s < 120 {
+            return Err(
+                "streams.duplicate_window_s: must be at least 120 (the contract's dedup window)"
+                    .into(),
+            );
+        }
+        if self.consumer.batch_max == 0 {
+            return Err("consumer.batch_max: must be at least 1".into());
+        }
+        if self.consumer.max_deliver < 1 {
+            return Err("consumer.max_deliver: must be at least 1".into());
+        }
+        if !matches!(
+            self.sqlite.synchronous.as_str(),
+            "full" | "normal" | "extra"
+        ) {
+            return Err(format!(
+                "sqlite.synchronous: {:?} is not full, normal or extra",
+                self.sqlite.synchronous
+            ));
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(format!(
+                "http.listen: {:?} is not an address like 0.0.0.0:9464 (empty turns it off)",
+                self.http.listen
+            ));
+        }
+        if self.http.sample_interval_ms == 0 {
+            return Err("http.sample_interval_ms: must be at least 1".into());
+        }
+        if self.shutdown.grace_ms == 0 {
+            return Err("shutdown.grace_ms: must be at least 1".into());
+        }
+        for actor in crate::registry::REGISTRY {
+            let url = actor.database_url(self);
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return Err(format!(
+                    "{}: {:?} is neither sqlite:… nor postgres://…",
+                    actor.database_key(),
+                    mask_url(&url)
+                ));
+            }
+            actor.validate(self)?;
+        }
+        Ok(())
+    }
+
+    /// The settings with secrets masked: the password of every URL (every
+    /// key ending in `url`, the actors' databases included).
+    pub fn masked(&self) -> Settings {
+        fn mask(v: &mut serde_json::Value) {
+            if let serde_json::Value::Object(map) = v {
+                for (key, value) in map.iter_mut() {
+                    match value {
+                        serde_json::Value::String(s) if key.ends_with("url") => {
+                            *s = mask_url(s);
+                        }
+                        other => mask(other),
+                    }
+                }
+            }
+        }
+        let Ok(mut v) = serde_json::to_value(self) else {
+            return self.clone();
+        };
+        mask(&mut v);
+        serde_json::from_value(v).unwrap_or_else(|_| self.clone())
+    }
+}
+
+pub use falcon_nats::mask_url;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked() {
+        assert_eq!(
+            mask_url("postgres://falcon:s3cret@db:5432/payment"),
+            "postgres://falcon:****@db:5432/payment"
+        );
+        assert_eq!(mask_url("nats://tok@n1:4222"), "nats://****@n1:4222");
+        assert_eq!(
+            mask_url("postgres://db/p?user=a&password=x&sslmode=require"),
+            "postgres://db/p?user=a&password=****&sslmode=require"
+        );
+        assert_eq!(
+            mask_url("sqlite://./data/payment.db?mode=rwc"),
+            "sqlite://./data/payment.db?mode=rwc"
+        );
+        let mut s = Settings::default();
+        s.nats.url = "nats://u:p@a:4222,nats://u:q@b:4222".into();
+        s.wallet.database_url = "postgres://w:pw@db/wallet".into();
+        let m = s.masked();
+        assert_eq!(m.nats.url, "nats://u:****@a:4222,nats://u:****@b:4222");
+        assert_eq!(m.wallet.database_url, "postgres://w:****@db/wallet");
+        assert!(!format!("{m:?}").contains("pw@"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut s = Settings::default();
+        s.http.listen = "nine".into();
+        assert!(matches!(s.validate(), Err(e) if e.starts_with("http.listen:")));
+        let mut s = Settings::default();
+        s.payment.database_url = "mysql://x".into();
+        assert!(matches!(s.validate(), Err(e) if e.starts_with("payment.database_url:")));
+        let mut s = Settings::default();
+        s.shutdown.grace_ms = 0;
+        assert!(matches!(s.validate(), Err(e) if e.starts_with("shutdown.grace_ms:")));
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Settings::default().validate(), Ok(()));
+    }
+}
