@@ -19,6 +19,7 @@ backend_tests!(
     deadline_compensates_held_funds_after_the_owner_died,
     deadline_before_reservation_blocks_a_late_hold,
     chaos_kill_through_the_control_subject,
+    saga_view_dead_letters_go_back_to_the_saga_view,
 );
 
 async fn first_letter(w: &World, consumer: &str) -> Result<DeadLetter> {
@@ -287,5 +288,88 @@ async fn chaos_kill_through_the_control_subject(b: Backend) -> Result<()> {
     assert!(!refused.status.success());
     assert!(String::from_utf8(refused.stderr)?.contains("chaos.enabled"));
     rt.shutdown().await;
+    Ok(())
+}
+
+/// A dead letter of the saga view's consumer is re-driven through the saga
+/// view, not through the payment actor's steps (which share its database
+/// and its consumer name's prefix): the view loses a saga's row and its
+/// inbox records, every one of the saga's events is dead-lettered from
+/// `payment-view`, and re-driving them rebuilds the row.
+async fn saga_view_dead_letters_go_back_to_the_saga_view(b: Backend) -> Result<()> {
+    use falcon_nats::read::{RangeReader, Start};
+    use falcon_payment::view;
+    use falcon_runtime::stores::open_store;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+    let w = World::new(b).await?;
+    let rt = w.start().await?;
+    funded(&w).await?;
+    assert_eq!(
+        w.pay("p1", "alice", "bob", "10.00", "USD")
+            .await?
+            .event_type(),
+        EventType::PaymentCompleted
+    );
+    let db = open_store(Actor::Payment, &w.settings).await?;
+    let completed = || async {
+        let rows = view::list(&db, Some("completed"), None, 10).await?;
+        Ok(rows.into_iter().find(|r| r.saga_id == "p1"))
+    };
+    eventually(completed).await?;
+    rt.shutdown().await;
+
+    // The view forgets the saga, and every one of its events is a dead letter
+    // of `payment-view`.
+    view::saga_view::Entity::delete_by_id("p1".to_owned())
+        .exec(&db)
+        .await?;
+    let mut reader = RangeReader::open(
+        &w.js,
+        falcon_schemas::subject::STREAM_EVT,
+        vec!["falcon.evt.*.*.p1".to_owned()],
+        Start::All,
+        None,
+    )
+    .await?;
+    let stored = reader.next_page(100).await?;
+    reader.close().await;
+    assert!(stored.len() >= 6, "the saga's events: {}", stored.len());
+    for m in &stored {
+        let msg_id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(falcon_schemas::subject::HEADER_MSG_ID))
+            .map(|v| v.as_str().to_owned());
+        falcon_kernel::store::inbox::Entity::delete_many()
+            .filter(falcon_kernel::store::inbox::Column::Consumer.eq(view::CONSUMER))
+            .filter(falcon_kernel::store::inbox::Column::StreamSeq.eq(i64::try_from(m.stream_seq)?))
+            .exec(&db)
+            .await?;
+        let origin = dlq::Origin {
+            subject: m.subject.clone(),
+            stream: falcon_schemas::subject::STREAM_EVT.to_owned(),
+            stream_seq: m.stream_seq,
+            consumer: view::CONSUMER.to_owned(),
+            delivered: 10,
+            msg_id,
+            traceparent: None,
+        };
+        dlq::dead_letter(&w.js, &origin, m.payload.clone(), "the view's step failed").await?;
+    }
+    let letters = dlq::list(&w.js, None).await?;
+    assert_eq!(letters.len(), stored.len());
+    // The saga is over: forced, each letter is applied by the view once.
+    for letter in &letters {
+        let outcome = replay(&w.settings, &w.js, letter, true).await?;
+        assert!(
+            matches!(outcome, Replay::Replayed { actor: "payment", .. }),
+            "{outcome:?}"
+        );
+    }
+    let row = completed().await?.context("the view's row is rebuilt")?;
+    assert!(row.terminal && row.anomalies == 0, "{row:?}");
+    assert!(dlq::list(&w.js, None).await?.is_empty());
+    w.assert_invariants().await?;
     Ok(())
 }

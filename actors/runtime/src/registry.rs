@@ -33,6 +33,27 @@ pub static REGISTRY: [&dyn Registered; 3] = [
     &Entry::<WalletActor>::new(|s| s.wallet.clone()),
 ];
 
+/// Checks every setting: the runtime's own sections, then each registered
+/// actor's database URL and sections; the error names the key.
+pub fn validate(settings: &Settings) -> Result<(), String> {
+    settings.validate()?;
+    for actor in REGISTRY {
+        let url = actor.database_url(settings);
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(format!(
+                "{}: {:?} is neither sqlite:… nor postgres://…",
+                actor.database_key(),
+                crate::settings::mask_url(&url)
+            ));
+        }
+        actor.validate(settings)?;
+    }
+    Ok(())
+}
+
 /// The registered actor named `actor`.
 pub fn find(actor: Actor) -> Option<&'static dyn Registered> {
     REGISTRY.iter().copied().find(|r| r.actor() == actor)

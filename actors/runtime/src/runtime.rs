@@ -68,7 +68,7 @@ pub struct Runtime {
 impl Runtime {
     /// Starts the given actors (all of the registry for `falcon run`).
     pub async fn start(settings: &Settings, actors: &[Actor]) -> Result<Runtime, Error> {
-        settings.validate().map_err(Error::Config)?;
+        registry::validate(settings).map_err(Error::Config)?;
         for actor in actors {
             registry::find(*actor)
                 .ok_or_else(|| Error::Config(format!("{actor} is not a registered actor")))?;
