@@ -363,7 +363,13 @@ async fn saga_view_dead_letters_go_back_to_the_saga_view(b: Backend) -> Result<(
     for letter in &letters {
         let outcome = replay(&w.settings, &w.js, letter, true).await?;
         assert!(
-            matches!(outcome, Replay::Replayed { actor: "payment", .. }),
+            matches!(
+                outcome,
+                Replay::Replayed {
+                    actor: "payment",
+                    ..
+                }
+            ),
             "{outcome:?}"
         );
     }

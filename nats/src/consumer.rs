@@ -18,6 +18,7 @@ use falcon_schemas::subject::{HEADER_MSG_ID, HEADER_TRACEPARENT};
 use futures::stream::{BoxStream, SelectAll};
 use futures::StreamExt;
 
+use crate::error::Cause;
 use crate::topology::ConsumerSpec;
 use crate::Error;
 
@@ -155,17 +156,17 @@ impl Source {
         let batch_max = batch_max.max(1);
         let mut messages = SelectAll::new();
         for spec in specs {
-            let consume_err = |e: &dyn std::fmt::Display| Error::Consume {
+            let consume_err = |e: Cause| Error::Consume {
                 consumer: spec.name.clone(),
-                detail: e.to_string(),
+                source: e,
             };
             let consumer: jetstream::consumer::PullConsumer = js
                 .get_stream(spec.stream)
                 .await
-                .map_err(|e| consume_err(&e))?
+                .map_err(|e| consume_err(e.into()))?
                 .get_consumer(&spec.name)
                 .await
-                .map_err(|e| consume_err(&e))?;
+                .map_err(|e| consume_err(e.into()))?;
             let stream: pull::Stream = consumer
                 .stream()
                 .max_messages_per_batch(batch_max)
@@ -173,7 +174,7 @@ impl Source {
                 .expires(PULL_EXPIRES)
                 .messages()
                 .await
-                .map_err(|e| consume_err(&e))?;
+                .map_err(|e| consume_err(e.into()))?;
             let name: Arc<str> = Arc::from(spec.name.as_str());
             let tagged = stream.map(move |m| (name.clone(), m.map_err(|e| e.to_string())));
             messages.push(tagged.boxed());
@@ -219,7 +220,7 @@ impl Source {
             let Some((consumer, item)) = next else {
                 return Err(Error::Consume {
                     consumer: self.names.join(","),
-                    detail: "message stream ended".to_owned(),
+                    source: "message stream ended".into(),
                 });
             };
             match item {
@@ -230,7 +231,7 @@ impl Source {
                 Err(e) => {
                     return Err(Error::Consume {
                         consumer: consumer.to_string(),
-                        detail: e,
+                        source: e.into(),
                     })
                 }
             }
@@ -303,7 +304,7 @@ impl Settler {
             .map_err(|e| Error::Settle {
                 consumer: delivery.consumer.to_string(),
                 stream_seq: delivery.stream_seq,
-                detail: e.to_string(),
+                source: e,
             })
             .map(|()| settled)
     }
@@ -313,7 +314,7 @@ fn to_delivery(consumer: Arc<str>, message: jetstream::Message) -> Result<Delive
     let (stream, stream_seq, delivered) = {
         let info = message.info().map_err(|e| Error::Consume {
             consumer: consumer.to_string(),
-            detail: format!("message without JetStream metadata: {e}"),
+            source: format!("message without JetStream metadata: {e}").into(),
         })?;
         (info.stream.to_owned(), info.stream_sequence, info.delivered)
     };

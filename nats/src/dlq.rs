@@ -50,17 +50,17 @@ pub struct DeadLetter {
     pub payload: Bytes,
 }
 
-fn publish_err(subject: &str, e: impl std::fmt::Display) -> Error {
+fn publish_err(subject: &str, e: impl Into<crate::error::Cause>) -> Error {
     Error::Publish {
         subject: subject.to_owned(),
-        detail: e.to_string(),
+        source: e.into(),
     }
 }
 
-fn consume_err(e: impl std::fmt::Display) -> Error {
+fn consume_err(e: impl Into<crate::error::Cause>) -> Error {
     Error::Consume {
         consumer: STREAM_DLQ.to_owned(),
-        detail: e.to_string(),
+        source: e.into(),
     }
 }
 

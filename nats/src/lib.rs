@@ -36,9 +36,9 @@ pub use topology::{ConsumerSpec, StreamSettings};
 /// Fails at once when no server answers (one clear error, not a hang);
 /// once connected, the client reconnects by itself.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error> {
-    let connect_err = |detail: String| Error::Connect {
+    let connect_err = |source: error::Cause| Error::Connect {
         url: mask_url(url),
-        detail,
+        source,
     };
     // Several servers (a cluster) as a comma-separated list.
     let servers = url
@@ -47,7 +47,7 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error>
         .filter(|u| !u.is_empty())
         .map(|u| u.parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| connect_err(e.to_string()))?;
+        .map_err(|e| connect_err(e.into()))?;
     // Credentials in the URL (`nats://user:password@host`, or a token as
     // `nats://token@host`): the client does not take them from the URL itself.
     let options = match servers.iter().find(|s| s.has_user_pass()) {
@@ -65,7 +65,7 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error>
         .connection_timeout(std::time::Duration::from_secs(5))
         .connect(servers)
         .await
-        .map_err(|e| connect_err(e.to_string()))
+        .map_err(|e| connect_err(e.into()))
 }
 
 /// A URL, or a comma-separated list of them, with its secrets masked:

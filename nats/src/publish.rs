@@ -42,7 +42,7 @@ async fn send(js: &jetstream::Context, msg: &OutMsg) -> Result<PublishAckFuture,
         .await
         .map_err(|e| Error::Publish {
             subject: msg.subject.clone(),
-            detail: e.to_string(),
+            source: e.into(),
         })
 }
 
@@ -54,7 +54,7 @@ async fn confirm(subject: &str, ack: PublishAckFuture) -> Result<Published, Erro
         })
         .map_err(|e| Error::Publish {
             subject: subject.to_owned(),
-            detail: e.to_string(),
+            source: e.into(),
         })
 }
 

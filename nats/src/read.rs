@@ -25,10 +25,10 @@ fn published(m: &jetstream::Message) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond())
 }
 
-fn read_err(name: &str, e: impl std::fmt::Display) -> Error {
+fn read_err(name: &str, e: impl Into<crate::error::Cause>) -> Error {
     Error::Consume {
         consumer: name.to_owned(),
-        detail: e.to_string(),
+        source: e.into(),
     }
 }
 
