@@ -1,6 +1,9 @@
 //! Seeing into a running `falcon run`: one trace per saga exported over
 //! OTLP to a real receiver, `/metrics` and `/health/*` scraped, JSON logs
 //! read, and a SIGTERM under load that loses and doubles nothing.
+//!
+//! Over 500 lines because each of its three scenarios drives a whole
+//! process (a receiver, an HTTP scrape, a signal) and checks it in place.
 
 mod common;
 

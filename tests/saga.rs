@@ -1,5 +1,9 @@
 //! The payment saga end to end: real nats-server, real databases, the
 //! actors in-process. Every test ends by checking the money invariants.
+//!
+//! One file of about 700 lines: each test is one scenario of the saga, and
+//! they share the world and helpers of `common`; splitting it would only
+//! scatter the scenarios.
 
 mod common;
 

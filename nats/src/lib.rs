@@ -12,6 +12,10 @@
 //!   dead-letter), applied only after the caller's transaction committed;
 //! - [`dlq`]: copying a message that can never succeed to `FALCON_DLQ` with
 //!   its origin and error in headers;
+//! - [`read`]: reading a stream range through an ephemeral consumer
+//!   (replay, rebuilds, `verify`'s stream check) and watching a subject;
+//! - [`doctor`]: whether acknowledged messages are durable on the server
+//!   (`falcon doctor`);
 //! - [`trace`]: W3C `traceparent` values;
 //! - [`error`]: this crate's [`Error`].
 //!

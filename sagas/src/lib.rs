@@ -3,8 +3,11 @@
 //! FalconPay runs its sagas by choreography: no orchestrator, each actor
 //! reacts to the previous step's event. This crate writes the choreography
 //! down as data ([`definition`]) so that it can be checked (every forward
-//! step names its compensation), shown (`falcon saga show`) and enforced (the
-//! payment actor refuses transitions the table does not allow), and holds the
+//! step names its compensation), shown (`falcon saga show`) and enforced: the
+//! table is the one source of which events each actor consumes
+//! ([`definition::actor_of_trigger`]: every actor's consumer filter is derived
+//! from it, and its steps refuse any other event), and the payment actor
+//! refuses transitions it does not allow. It also holds the
 //! pure state machine ([`state`]): `(state, event) → transition`, with time
 //! passed in.
 //!
