@@ -1,39 +1,58 @@
-//! `falcon`: the FalconPay operator CLI. It parses the command line, loads
-//! the configuration, starts logging and calls the library crates; the
-//! work lives in `falcon-actors`, `falcon-nats` and `falcon-sagas`.
+//! `falcon`: the FalconPay operator CLI, a thin binary over the library
+//! crates. It parses the command line, starts logging, loads the
+//! configuration and dispatches to the verb; the work lives in
+//! `falcon-runtime` (the registry of actors and what runs them), the actor
+//! crates, `falcon-nats` and `falcon-sagas`.
+//!
+//! The modules, as a map:
+//!
+//! - [`cli`]: the command line ([`cli::Cli`], [`cli::Verb`], `dispatch`),
+//!   and under it one module per verb, each owning its clap arguments and
+//!   its `run`: `run`, `streams`, `wallet`, `pay`, `refund`, `saga`
+//!   (`saga::show`, and `list` and `stuck` in `saga::find`), `dlq`,
+//!   `replay`, `chaos`, `doctor`, `verify`, `config`, `bench` (the driver,
+//!   with `bench::load`, `bench::process` and `bench::report`);
+//! - helpers the verbs call, which call no verb back:
+//!   - [`send`]: publishing a command and, with `--wait`, following it to
+//!     its outcome (it owns [`send::WaitArgs`]);
+//!   - [`summary`]: one line about an event, for `--wait` and `saga show`;
+//!   - [`actors`]: the actors as the registry names them: the default and
+//!     the validation of `--actors` and `--actor`;
+//!   - [`output`]: aligned tables and `--json`;
+//!   - [`http`]: the `/metrics` and health endpoint of `falcon run`;
+//! - and the process's own setup: [`config`] (loading the settings:
+//!   defaults < file < environment) and [`telemetry`] (logs and traces).
 
-mod bench;
+mod actors;
 mod cli;
 mod config;
-mod dlq;
 mod http;
-mod inspect;
 mod output;
 mod send;
+mod summary;
 mod telemetry;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Verb};
+use cli::Cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.verb, Verb::Run(_)) {
-        "info"
-    } else {
-        "warn"
-    };
-    let telemetry = match telemetry::init(cli.log_format, default_level) {
+    let telemetry = match telemetry::init(cli.log_format, cli.verb.default_log_level()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("falcon: {e:#}");
             return ExitCode::FAILURE;
         }
     };
-    let result = cli::dispatch(cli).await;
+    let result = async {
+        let settings = config::load(cli.config.as_deref())?;
+        cli::dispatch(cli, &settings).await
+    }
+    .await;
     telemetry.shutdown().await;
     match result {
         Ok(code) => code,

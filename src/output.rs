@@ -1,4 +1,4 @@
-//! Human tables and `--json` output.
+//! Human tables and `--json` output, shared by the verbs.
 
 use serde::Serialize;
 

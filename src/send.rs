@@ -1,19 +1,46 @@
-//! Publishing commands from the CLI, and waiting for their outcome.
+//! Publishing a command from the CLI (`wallet open`, `wallet deposit`,
+//! `pay`, `refund`) and, with `--wait`, following its events until its
+//! outcome. It owns the `--wait` / `--timeout` flags ([`WaitArgs`]) that
+//! each of those verbs flattens into its own arguments.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use clap::Args;
 use falcon_nats::publish::publish;
 use falcon_nats::trace::TraceParent;
 use falcon_nats::OutMsg;
 use falcon_runtime::Settings;
-use falcon_schemas::subject::{saga_filter, CMD_PREFIX, STREAM_EVT};
-use falcon_schemas::{Event, EventData};
+use falcon_schemas::subject::{saga_filter, STREAM_EVT};
+use falcon_schemas::{CommandKind, Event, EventData};
 use futures::StreamExt;
 
-use crate::cli::WaitArgs;
-use crate::output;
+use crate::{output, summary};
+
+/// `--wait` and `--timeout`, flattened into each verb that publishes a
+/// command.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Wait for the outcome and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// The events that may end `command`: a wallet command's are the wallet's
+/// (`key` is the wallet id), a payment's or refund's are its saga's.
+fn outcome_filter(command: CommandKind, key: &str) -> String {
+    match command {
+        CommandKind::WalletOpen | CommandKind::WalletDeposit => {
+            format!("falcon.evt.wallet.*.{key}")
+        }
+        CommandKind::PaymentCreate | CommandKind::PaymentRefund => saga_filter(key),
+    }
+}
 
 /// A readable unique id: `<prefix>-<uuidv7>`.
 pub fn generated_id(prefix: &str) -> String {
@@ -22,19 +49,20 @@ pub fn generated_id(prefix: &str) -> String {
 
 /// Publishes a command body on `falcon.cmd.<name>` with a fresh
 /// `Nats-Msg-Id` and trace; with `--wait`, follows `key`'s events until the
-/// outcome.
+/// outcome. Exit code 2 when the outcome is a rejection.
 pub async fn command(
     settings: &Settings,
-    name: &str,
+    command: CommandKind,
     body: serde_json::Value,
     key: &str,
     wait: &WaitArgs,
     json: bool,
 ) -> Result<ExitCode> {
+    let name = command.as_str();
     let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
     let js = async_nats::jetstream::new(client);
     let msg_id = uuid::Uuid::now_v7().to_string();
-    let subject = format!("{CMD_PREFIX}{name}");
+    let subject = command.subject();
     // The client's span is the root of the saga's trace (when traces are
     // exported; otherwise a new trace id is carried all the same).
     let span = tracing::info_span!(
@@ -76,7 +104,7 @@ pub async fn command(
         .map(str::to_owned);
     let outcome = tokio::time::timeout(
         wait.timeout,
-        outcome(&js, name, key, &msg_id, reference.as_deref()),
+        outcome(&js, command, key, &msg_id, reference.as_deref()),
     )
     .await
     .with_context(|| {
@@ -96,7 +124,7 @@ pub async fn command(
             "{} {}: {}",
             outcome.event_type().short(),
             key,
-            summary(&outcome.data)
+            summary::line(&outcome.data)
         );
     }
     Ok(if rejected {
@@ -111,110 +139,131 @@ pub async fn command(
 /// event the command caused.
 async fn outcome(
     js: &async_nats::jetstream::Context,
-    name: &str,
+    command: CommandKind,
     key: &str,
     msg_id: &str,
     reference: Option<&str>,
 ) -> Result<Event> {
-    let filter = match name {
-        "wallet.open" | "wallet.deposit" => format!("falcon.evt.wallet.*.{key}"),
-        _ => saga_filter(key),
-    };
-    let mut events = js_watch(js, &filter).await?;
+    let mut events =
+        Box::pin(falcon_nats::read::watch(js, STREAM_EVT, &outcome_filter(command, key)).await?);
     while let Some(stored) = events.next().await {
         let stored = stored?;
         let Ok(event) = Event::decode(&stored.payload) else {
             continue;
         };
-        let caused_by_us = event.causationid == msg_id;
-        let ends = match (&event.data, name) {
-            (EventData::PaymentRejected(_) | EventData::WalletRejected(_), _) => caused_by_us,
-            (EventData::PaymentCompleted(_) | EventData::PaymentFailed(_), "payment.create") => {
-                true
-            }
-            (EventData::PaymentRefunded(_) | EventData::RefundFailed(_), "payment.refund") => true,
-            (EventData::WalletOpened(_), "wallet.open") => true,
-            // A resent open of an existing wallet causes no new event.
-            // A resent deposit has no new event: its reference finds the first.
-            (EventData::WalletDeposited(d), "wallet.deposit") => {
-                caused_by_us || reference == Some(d.reference.as_str())
-            }
-            _ => false,
-        };
-        if ends {
+        if ends(command, &event, msg_id, reference) {
             return Ok(event);
         }
     }
     bail!("event stream ended before an outcome for {key}")
 }
 
-async fn js_watch(
-    js: &async_nats::jetstream::Context,
-    filter: &str,
-) -> Result<impl futures::Stream<Item = Result<falcon_nats::read::Stored, falcon_nats::Error>>> {
-    Ok(Box::pin(
-        falcon_nats::read::watch(js, STREAM_EVT, filter).await?,
-    ))
+/// Whether `event` ends `command`, published with `msg_id` (and, for a
+/// deposit, `reference`).
+fn ends(command: CommandKind, event: &Event, msg_id: &str, reference: Option<&str>) -> bool {
+    let caused_by_us = event.causationid == msg_id;
+    match (&event.data, command) {
+        (EventData::PaymentRejected(_) | EventData::WalletRejected(_), _) => caused_by_us,
+        (
+            EventData::PaymentCompleted(_) | EventData::PaymentFailed(_),
+            CommandKind::PaymentCreate,
+        ) => true,
+        (
+            EventData::PaymentRefunded(_) | EventData::RefundFailed(_),
+            CommandKind::PaymentRefund,
+        ) => true,
+        (EventData::WalletOpened(_), CommandKind::WalletOpen) => true,
+        // A resent open of an existing wallet causes no new event.
+        // A resent deposit has no new event: its reference finds the first.
+        (EventData::WalletDeposited(d), CommandKind::WalletDeposit) => {
+            caused_by_us || reference == Some(d.reference.as_str())
+        }
+        _ => false,
+    }
 }
 
-/// One line about an event's data.
-pub fn summary(data: &EventData) -> String {
-    match data {
-        EventData::PaymentRejected(r) | EventData::WalletRejected(r) => {
-            format!("rejected {} ({}): {}", r.command, r.reason, r.message)
-        }
-        EventData::PaymentFailed(f) => format!(
-            "failed ({}){}: {}",
-            f.reason,
-            if f.compensated { ", compensated" } else { "" },
-            f.message
-        ),
-        EventData::PaymentCompleted(p) => format!(
-            "completed {} {} from {} to {}",
-            p.amount, p.currency, p.from_wallet, p.to_wallet
-        ),
-        EventData::PaymentRefunded(r) => format!(
-            "refunded {} {} of payment {}",
-            r.amount, r.currency, r.payment_id
-        ),
-        EventData::RefundFailed(f) => format!("refund failed ({}): {}", f.reason, f.message),
-        EventData::WalletOpened(w) => format!("opened for {} in {}", w.owner, w.currency),
-        EventData::WalletDeposited(d) => format!(
-            "deposited {} {} (reference {})",
-            d.amount, d.currency, d.reference
-        ),
-        EventData::PaymentRequested(p) => format!(
-            "requested {} {} from {} to {}",
-            p.amount, p.currency, p.from_wallet, p.to_wallet
-        ),
-        EventData::RiskApproved(r) => format!("approved (score {})", r.score),
-        EventData::RiskRejected(r) => {
-            let reasons: Vec<&str> = r.risk_reasons.iter().map(|x| x.as_str()).collect();
-            format!("rejected (score {}): {}", r.score, reasons.join(", "))
-        }
-        EventData::FundsReserved(p) => {
-            format!("held {} {} on {}", p.amount, p.currency, p.from_wallet)
-        }
-        EventData::ReservationDeclined(f) | EventData::PaymentCaptureFailed(f) => {
-            format!("{} ({}): {}", data.event_type().name(), f.reason, f.message)
-        }
-        EventData::FundsReleased(f) => format!(
-            "released {} {} on {} ({})",
-            f.payment.amount, f.payment.currency, f.payment.from_wallet, f.reason
-        ),
-        EventData::PaymentCaptured(c) => format!("captured, settlement {}", c.settlement_id),
-        EventData::TransferCommitted(p) => format!(
-            "moved {} {} {} -> {}",
-            p.amount, p.currency, p.from_wallet, p.to_wallet
-        ),
-        EventData::RefundRequested(r) => format!(
-            "refund of {} {} requested for payment {}",
-            r.amount, r.currency, r.payment_id
-        ),
-        EventData::RefundCommitted(r) => format!(
-            "moved {} {} {} -> {}",
-            r.amount, r.currency, r.to_wallet, r.from_wallet
-        ),
-        EventData::RefundDeclined(f) => format!("refund declined ({}): {}", f.reason, f.message),
+#[cfg(test)]
+mod tests {
+    use falcon_schemas::event::{DepositedData, RejectedData, WalletOpenedData};
+    use falcon_schemas::{Currency, Reason};
+
+    use super::*;
+
+    fn usd() -> Currency {
+        Currency::from_code("USD").expect("USD is a currency")
+    }
+
+    fn event(data: EventData, causation_id: &str) -> Event {
+        Event::new(
+            data,
+            "evt-1".into(),
+            chrono::Utc::now(),
+            "falcon/wallet",
+            causation_id,
+            None,
+        )
+    }
+
+    #[test]
+    fn wallet_commands_end_on_wallet_events_payments_on_saga_events() {
+        assert_eq!(
+            outcome_filter(CommandKind::WalletDeposit, "w1"),
+            "falcon.evt.wallet.*.w1"
+        );
+        assert_eq!(
+            outcome_filter(CommandKind::PaymentRefund, "r1"),
+            saga_filter("r1")
+        );
+    }
+
+    #[test]
+    fn a_rejection_ends_only_the_command_that_caused_it() {
+        let rejected = event(
+            EventData::WalletRejected(RejectedData {
+                command: "wallet.open".into(),
+                key: "w1".into(),
+                reason: Reason::InvalidId,
+                message: "bad".into(),
+                field: None,
+            }),
+            "msg-1",
+        );
+        assert!(ends(CommandKind::WalletOpen, &rejected, "msg-1", None));
+        assert!(!ends(CommandKind::WalletOpen, &rejected, "msg-2", None));
+    }
+
+    #[test]
+    fn a_resent_deposit_ends_at_the_first_deposit_of_its_reference() {
+        let deposited = event(
+            EventData::WalletDeposited(DepositedData {
+                wallet_id: "w1".into(),
+                reference: "d1".into(),
+                amount: rust_decimal::Decimal::ONE,
+                currency: usd(),
+            }),
+            "msg-first",
+        );
+        assert!(ends(
+            CommandKind::WalletDeposit,
+            &deposited,
+            "msg-resent",
+            Some("d1")
+        ));
+        assert!(!ends(
+            CommandKind::WalletDeposit,
+            &deposited,
+            "msg-other",
+            Some("d2")
+        ));
+        let opened = event(
+            EventData::WalletOpened(WalletOpenedData {
+                wallet_id: "w1".into(),
+                owner: "o".into(),
+                currency: usd(),
+            }),
+            "msg-x",
+        );
+        assert!(ends(CommandKind::WalletOpen, &opened, "msg-y", None));
+        assert!(!ends(CommandKind::WalletDeposit, &opened, "msg-x", None));
     }
 }

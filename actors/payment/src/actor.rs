@@ -20,7 +20,7 @@ use crate::entity::{payment, refund};
 use crate::provider::{Resilient, Simulator};
 use crate::settings::PaymentConfig;
 use crate::view::SagaView;
-use crate::{deadline, view, Payment};
+use crate::{deadline, view, Payment, RefundState};
 
 /// The payment actor.
 pub struct PaymentActor;
@@ -86,17 +86,17 @@ impl ActorDef for PaymentActor {
     const READ_MODELS: &'static [&'static str] = &[view::READ_MODEL];
 
     async fn saga_state(db: &DatabaseConnection, saga_id: &str) -> Result<Option<State>, DbErr> {
-        let state = match payment::Entity::find_by_id(saga_id.to_owned())
+        match payment::Entity::find_by_id(saga_id.to_owned())
             .one(db)
             .await?
         {
-            Some(p) => Some(p.state),
-            None => refund::Entity::find_by_id(saga_id.to_owned())
+            Some(p) => Ok(p.saga_state()),
+            None => Ok(refund::Entity::find_by_id(saga_id.to_owned())
                 .one(db)
                 .await?
-                .map(|r| r.state),
-        };
-        Ok(state.as_deref().and_then(State::parse))
+                .and_then(|r| r.refund_state())
+                .map(RefundState::saga_state)),
+        }
     }
 
     async fn verify(db: &DatabaseConnection, settled: bool) -> Result<Facts, DbErr> {

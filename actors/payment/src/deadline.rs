@@ -25,8 +25,7 @@ use sea_orm::{
     ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::entity::payment;
-use super::payment_data;
+use crate::entity::payment;
 use falcon_kernel::relay::Poke;
 use falcon_kernel::store::{begin_write, Outbox};
 
@@ -52,10 +51,10 @@ pub async fn sweep(
         return Ok(0);
     }
     let txn = begin_write(db).await?;
-    let mut out = Outbox::standalone(super::SOURCE, "deadline".into(), now);
+    let mut out = Outbox::standalone(crate::SOURCE, "deadline".into(), now);
     let mut moved = 0;
     for p in due {
-        let Ok(data) = payment_data(&p) else { continue };
+        let Ok(data) = p.data() else { continue };
         let r = payment::Entity::update_many()
             .col_expr(
                 payment::Column::State,

@@ -23,14 +23,65 @@ pub struct Settlement {
     pub settlement_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// What made a provider call fail underneath (a transport's or an SDK's
+/// error), kept as the error's `source`; shared, so that a batch's results
+/// can be cloned.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
-    /// The provider refused: final, the saga compensates.
+    /// The provider refused: final, the saga compensates. The message is
+    /// published (in `payment.capture_failed`).
     #[error("declined: {0}")]
     Declined(String),
     /// The provider could not be reached or failed: retry later.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
+    #[error("unavailable: {message}")]
+    Unavailable {
+        message: String,
+        /// The failure underneath, when there is one.
+        #[source]
+        cause: Option<Cause>,
+    },
+}
+
+impl ProviderError {
+    /// Unavailable, with nothing underneath (an open breaker, a simulated
+    /// outage).
+    pub fn unavailable(message: impl Into<String>) -> ProviderError {
+        ProviderError::Unavailable {
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// Unavailable because of `cause`, which is kept as the source.
+    pub fn unavailable_because(
+        message: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> ProviderError {
+        ProviderError::Unavailable {
+            message: message.into(),
+            cause: Some(Arc::new(cause)),
+        }
+    }
+
+    /// True when a retry may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ProviderError::Unavailable { .. })
+    }
+
+    /// The error and every source under it, `: `-separated: the reason a
+    /// nak or a log line gives, where only a string fits.
+    pub fn report(&self) -> String {
+        let mut report = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            report.push_str(": ");
+            report.push_str(&e.to_string());
+            source = e.source();
+        }
+        report
+    }
 }
 
 /// The port: anything that can settle a capture.
@@ -80,7 +131,7 @@ impl SettlementProvider for Simulator {
             )));
         }
         if rand::random_range(0..10_000) < self.transient_error_bps {
-            return Err(ProviderError::Unavailable("simulated outage".into()));
+            return Err(ProviderError::unavailable("simulated outage"));
         }
         Ok(Settlement {
             settlement_id: format!("sim-{h:016x}"),
@@ -189,17 +240,17 @@ impl Resilient {
 
     pub async fn capture(&self, request: &CaptureRequest) -> Result<Settlement, ProviderError> {
         if self.breaker.state() == BreakerState::Open {
-            return Err(ProviderError::Unavailable("circuit breaker open".into()));
+            return Err(ProviderError::unavailable("circuit breaker open"));
         }
         let result = (|| async { self.inner.capture(request).await })
             .retry(self.retry)
-            .when(|e| matches!(e, ProviderError::Unavailable(_)))
+            .when(ProviderError::is_transient)
             .notify(|e, delay| {
-                tracing::warn!(payment_id = %request.payment_id, error = %e, retry_in_ms = delay.as_millis() as u64, "capture failed; retrying");
+                tracing::warn!(payment_id = %request.payment_id, error = %e.report(), retry_in_ms = delay.as_millis() as u64, "capture failed; retrying");
             })
             .await;
         self.breaker
-            .record(!matches!(result, Err(ProviderError::Unavailable(_))));
+            .record(!result.as_ref().is_err_and(ProviderError::is_transient));
         metrics::gauge!(falcon_kernel::telemetry::names::BREAKER_STATE)
             .set(self.breaker.state().gauge_value());
         result
@@ -257,7 +308,7 @@ mod tests {
         for _ in 0..2 {
             assert!(matches!(
                 r.capture(&request("p")).await,
-                Err(ProviderError::Unavailable(_))
+                Err(ProviderError::Unavailable { .. })
             ));
         }
         assert_eq!(r.breaker.state(), BreakerState::Open);
@@ -265,6 +316,25 @@ mod tests {
             .capture(&request("p"))
             .await
             .expect_err("open breaker refuses");
-        assert_eq!(e, ProviderError::Unavailable("circuit breaker open".into()));
+        assert!(
+            matches!(&e, ProviderError::Unavailable { message, cause: None } if message == "circuit breaker open"),
+            "{e}"
+        );
+    }
+
+    /// A failure underneath stays the error's source, and the report names
+    /// it; the error's own message does not repeat it.
+    #[test]
+    fn an_unavailable_provider_keeps_its_cause() {
+        let cause = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 2 s");
+        let e = ProviderError::unavailable_because("capture of p1", cause);
+        assert!(e.is_transient());
+        assert_eq!(e.to_string(), "unavailable: capture of p1");
+        let source = std::error::Error::source(&e).expect("the cause");
+        assert_eq!(source.to_string(), "no answer in 2 s");
+        assert_eq!(e.report(), "unavailable: capture of p1: no answer in 2 s");
+        let declined = ProviderError::Declined("card".into());
+        assert!(!declined.is_transient());
+        assert_eq!(declined.report(), "declined: card");
     }
 }

@@ -8,7 +8,7 @@ use falcon_sagas::State;
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
 
 use crate::entity::{payment, refund};
-use crate::refund_state;
+use crate::RefundState;
 
 /// Checks the payment database; with `settled`, sagas still in flight are
 /// violations.
@@ -22,7 +22,7 @@ pub async fn check(db: &DatabaseConnection, settled: bool) -> Result<Facts, DbEr
             .payments_by_state
             .entry(p.state.clone())
             .or_default() += 1;
-        let state = State::parse(&p.state);
+        let state = p.saga_state();
         let terminal = state.is_some_and(|s| s.is_terminal());
         if state.is_none() {
             facts.violate(
@@ -61,19 +61,63 @@ pub async fn check(db: &DatabaseConnection, settled: bool) -> Result<Facts, DbEr
             .refunds_by_state
             .entry(r.state.clone())
             .or_default() += 1;
-        if settled && r.state == refund_state::REQUESTED {
+        let state = r.refund_state();
+        if settled && state == Some(RefundState::Requested) {
             facts.violate(
                 3,
                 "refund_not_terminal",
                 format!("refund {} is still requested", r.refund_id),
             );
         }
-        let outcome = match r.state.as_str() {
-            refund_state::REFUNDED => Outcome::Succeeded,
-            refund_state::FAILED => Outcome::Failed,
-            _ => Outcome::InFlight,
+        let outcome = match state {
+            Some(RefundState::Refunded) => Outcome::Succeeded,
+            Some(RefundState::Failed) => Outcome::Failed,
+            Some(RefundState::Requested) | None => Outcome::InFlight,
         };
         facts.refunds.insert(r.refund_id, (outcome, r.state));
     }
     Ok(facts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{db_with, outbox};
+    use falcon_schemas::command::RefundPayment;
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, QueryFilter, TransactionTrait};
+
+    /// A completed payment with a refund in flight: the refund is in
+    /// flight (a violation once settled); refunded, it has succeeded.
+    #[tokio::test]
+    async fn refunds_are_judged_by_their_state() {
+        let db = db_with(State::Completed).await;
+        let txn = db.begin().await.expect("txn");
+        let refund = RefundPayment {
+            payment_id: "p1".into(),
+            refund_id: "r1".into(),
+            amount: None,
+        };
+        crate::refund::request(&txn, &refund, &mut outbox())
+            .await
+            .expect("requested");
+        txn.commit().await.expect("commit");
+        let facts = check(&db, true).await.expect("checked");
+        assert_eq!(facts.payments["p1"].0, Outcome::Succeeded);
+        assert_eq!(facts.refunds["r1"].0, Outcome::InFlight);
+        let codes: Vec<&str> = facts.violations.iter().map(|v| v.code).collect();
+        assert_eq!(codes, ["refund_not_terminal"]);
+        refund::Entity::update_many()
+            .col_expr(
+                refund::Column::State,
+                Expr::value(RefundState::Refunded.as_str()),
+            )
+            .filter(refund::Column::RefundId.eq("r1"))
+            .exec(&db)
+            .await
+            .expect("refunded");
+        let facts = check(&db, true).await.expect("checked");
+        assert_eq!(facts.refunds["r1"].0, Outcome::Succeeded);
+        assert!(facts.violations.is_empty(), "{:?}", facts.violations);
+    }
 }

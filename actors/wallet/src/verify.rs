@@ -10,8 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use falcon_kernel::verify::{Effect, Facts};
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
 
-use crate::entity::{hold, ledger_entry, refund, wallet};
-use crate::hold_state;
+use crate::entity::{hold, ledger_entry, refund, wallet, HoldState, RefundState};
 
 /// Checks the wallet's database.
 pub async fn check(db: &DatabaseConnection) -> Result<Facts, DbErr> {
@@ -54,7 +53,7 @@ pub async fn check(db: &DatabaseConnection) -> Result<Facts, DbErr> {
         );
     }
     let mut reserved_per_wallet: HashMap<&str, i128> = HashMap::new();
-    for h in holds.iter().filter(|h| h.state == hold_state::RESERVED) {
+    for h in holds.iter().filter(|h| h.state == HoldState::Reserved) {
         *reserved_per_wallet.entry(&h.wallet_id).or_default() += i128::from(h.amount_minor);
     }
     for w in &wallets {
@@ -108,17 +107,17 @@ pub async fn check(db: &DatabaseConnection) -> Result<Facts, DbErr> {
     }
     facts.counts.holds_open = holds
         .iter()
-        .filter(|h| h.state == hold_state::RESERVED)
+        .filter(|h| h.state == HoldState::Reserved)
         .count() as u64;
     let moved = |movement: String| movements.get(&movement).copied().unwrap_or(0) > 0;
     facts.payment_effects = holds
         .into_iter()
         .map(|h| {
             let effect = Effect {
-                held: h.state == hold_state::RESERVED,
-                committed: h.state == hold_state::COMMITTED,
+                held: h.state == HoldState::Reserved,
+                committed: h.state == HoldState::Committed,
                 moved: moved(format!("transfer:{}", h.payment_id)),
-                state: Some(h.state),
+                state: Some(h.state.as_str().to_owned()),
             };
             (h.payment_id, effect)
         })
@@ -128,9 +127,9 @@ pub async fn check(db: &DatabaseConnection) -> Result<Facts, DbErr> {
         .map(|r| {
             let effect = Effect {
                 held: false,
-                committed: r.state == "committed",
+                committed: r.state == RefundState::Committed,
                 moved: moved(format!("refund:{}", r.refund_id)),
-                state: Some(r.state),
+                state: Some(r.state.as_str().to_owned()),
             };
             (r.refund_id, effect)
         })

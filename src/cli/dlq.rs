@@ -1,14 +1,50 @@
-//! `falcon dlq`: list, show, replay and purge dead letters.
+//! `falcon dlq list | show | replay | purge`: inspects FALCON_DLQ, re-drives
+//! dead letters through the handler of the consumer that dead-lettered
+//! them (each leaves the DLQ only once it succeeded), and deletes them.
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
+use clap::Subcommand;
 use falcon_nats::dlq::{self, DeadLetter};
 use falcon_runtime::dlq::{replay, Replay};
 use falcon_runtime::Settings;
 
-use crate::cli::DlqVerb;
 use crate::output;
+
+#[derive(Debug, Subcommand)]
+pub enum DlqVerb {
+    /// List dead letters, oldest first.
+    List {
+        /// Only those whose original subject matches, e.g. 'falcon.evt.wallet.>'.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// One dead letter with its headers and body.
+    Show { seq: u64 },
+    /// Re-drive dead letters through their actor; each leaves the DLQ only once it succeeded.
+    Replay {
+        /// The dead letter's sequence in FALCON_DLQ.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        seq: Option<u64>,
+        /// Every dead letter (or every one matching --subject).
+        #[arg(long)]
+        all: bool,
+        #[arg(long, requires = "all")]
+        subject: Option<String>,
+        /// Re-drive even when the saga is already terminal.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        #[arg(long)]
+        subject: Option<String>,
+        /// Confirms the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+}
 
 fn letter_json(l: &DeadLetter) -> serde_json::Value {
     let mut v = serde_json::to_value(l).unwrap_or_default();

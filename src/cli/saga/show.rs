@@ -1,5 +1,7 @@
 //! `falcon saga show`: a saga's timeline from FALCON_EVT, the source of
-//! truth, folded through the saga state machine.
+//! truth, folded through the saga state machine: each event with its
+//! actor, step, latency since the previous one and kind (forward, failure,
+//! compensation), then the state and what the saga waits on.
 
 use std::process::ExitCode;
 
@@ -11,8 +13,7 @@ use falcon_schemas::subject::{saga_filter, STREAM_EVT};
 use falcon_schemas::{Event, EventData, EventType};
 use serde::Serialize;
 
-use crate::output;
-use crate::send::summary;
+use crate::{output, summary};
 
 /// Events read per saga, at most.
 const SAGA_EVENTS_MAX: usize = 10_000;
@@ -131,7 +132,7 @@ pub async fn show(settings: &Settings, id: &str, json: bool) -> Result<ExitCode>
             transition,
             event_id: e.id.clone(),
             causation_id: e.causationid.clone(),
-            detail: summary(&e.data),
+            detail: summary::line(&e.data),
         });
         prev = e.time;
     }

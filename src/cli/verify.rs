@@ -1,0 +1,60 @@
+//! `falcon verify`: checks the money invariants (DESIGN.md) across every
+//! registered actor's database and the streams; a non-zero exit when one
+//! fails.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use falcon_runtime::runtime::Stores;
+use falcon_runtime::{invariants, Settings};
+
+use crate::{actors, output};
+
+/// `falcon verify` takes no arguments of its own.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {}
+
+pub async fn run(settings: &Settings, _args: VerifyArgs, json: bool) -> Result<ExitCode> {
+    let stores = Stores::open(settings, &actors::all()).await?;
+    let mut report = invariants::check(&stores, false).await?;
+    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
+    let js = async_nats::jetstream::new(client);
+    invariants::check_streams(&stores, settings, &js, &mut report).await?;
+    if json {
+        output::json(&report)?;
+    } else {
+        let c = &report.counts;
+        println!(
+            "wallets: {}  ledger entries: {}  holds open: {}",
+            c.wallets, c.ledger_entries, c.holds_open
+        );
+        println!("payments: {:?}", c.payments_by_state);
+        println!("refunds: {:?}", c.refunds_by_state);
+        println!("outbox backlog: {:?}", c.outbox_backlog);
+        println!("dead letters: {}", c.dlq_depth.unwrap_or(0));
+        for v in &report.violations {
+            println!(
+                "VIOLATION invariant {} {}: {}",
+                v.invariant, v.code, v.detail
+            );
+        }
+        println!(
+            "{}",
+            if report.ok() {
+                "verify: ok"
+            } else {
+                "verify: FAILED"
+            }
+        );
+    }
+    if report.ok() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "falcon: {} money invariant violation(s)",
+            report.violations.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
