@@ -28,8 +28,7 @@ pub fn load(path: Option<&Path>) -> Result<Settings> {
         .context("reading configuration")?
         .try_deserialize()
         .context("invalid configuration")?;
-    settings
-        .validate()
+    falcon_runtime::registry::validate(&settings)
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     Ok(settings)
 }

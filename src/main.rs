@@ -60,8 +60,13 @@ async fn main() -> ExitCode {
             // One clear line: the error and its causes.
             let mut line = e.to_string();
             for cause in e.chain().skip(1) {
-                line.push_str(": ");
-                line.push_str(&cause.to_string());
+                // An error that shows its source in its own message (those
+                // of falcon-nats do, for logs) is not repeated.
+                let cause = cause.to_string();
+                if !line.ends_with(&cause) {
+                    line.push_str(": ");
+                    line.push_str(&cause);
+                }
             }
             eprintln!("falcon: {line}");
             ExitCode::FAILURE
