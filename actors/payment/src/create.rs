@@ -16,7 +16,7 @@ use falcon_schemas::{CommandKind, EventData, Reason};
 use sea_orm::{DatabaseTransaction, EntityTrait, IntoActiveModel, TryInsertResult};
 
 use crate::entity::payment;
-use crate::handler::reject;
+use crate::rejection::reject;
 use crate::rows::Rows;
 
 /// The row of a new payment, whose saga must reach capture within

@@ -6,7 +6,6 @@
 //! steps themselves live in [`crate::create`], [`crate::steps`] and
 //! [`crate::refund`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use falcon_kernel::handler::{consumer_spec, decode_event, events_for, Handler, Item};
@@ -16,14 +15,14 @@ use falcon_kernel::StepError;
 use falcon_nats::{ConsumerSpec, Delivery};
 use falcon_sagas::Actor;
 use falcon_schemas::command::CreatePayment;
-use falcon_schemas::event::RejectedData;
 use falcon_schemas::subject::{EVT_PREFIX, STREAM_CMD, STREAM_EVT};
-use falcon_schemas::{Command, CommandKind, EventData, EventType, ParseError, Reason};
+use falcon_schemas::{Command, EventData, EventType, ParseError, Reason};
 use futures::future::join_all;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use tracing::Instrument;
 
-use crate::provider::{CaptureRequest, ProviderError, Resilient, Settlement};
+use crate::provider::Captures;
+use crate::provider::{CaptureRequest, Resilient};
 use crate::rows::Rows;
 use crate::steps::Failing;
 use crate::{create, refund, steps, SOURCE};
@@ -55,9 +54,6 @@ impl Payment {
         &self.provider
     }
 }
-
-/// Provider results for the batch's `funds_reserved` events, by payment id.
-pub type Captures = HashMap<String, Result<Settlement, ProviderError>>;
 
 impl Handler for Payment {
     type Prepared = Captures;
@@ -268,23 +264,6 @@ pub(crate) async fn on_event(
             other.event_type().type_str()
         ))),
     }
-}
-
-/// Publishes the refusal of `command` (a [`CommandKind`]) under `key`.
-pub(crate) fn reject(
-    out: &mut Outbox,
-    command: CommandKind,
-    key: &str,
-    reason: Reason,
-    message: String,
-) {
-    out.push(EventData::PaymentRejected(RejectedData {
-        command: command.as_str().to_owned(),
-        key: key.to_owned(),
-        reason,
-        message,
-        field: None,
-    }));
 }
 
 #[cfg(test)]

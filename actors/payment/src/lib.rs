@@ -27,6 +27,7 @@
 //! - `create`: the `request` step (`payment.create`).
 //! - `steps`: the payment saga's steps: capture, complete, fail, and
 //!   `advance`, through which they all move a payment.
+//! - `rejection`: the `payment.rejected` event of a refused command.
 //! - `refund`: the refund saga's steps (`payment.refund`, the wallet's
 //!   answer).
 //! - [`deadline`]: the sweeper that compensates sagas past their deadline.
@@ -50,6 +51,7 @@ mod handler;
 pub mod migration;
 pub mod provider;
 mod refund;
+mod rejection;
 mod rows;
 pub mod settings;
 mod steps;
@@ -61,7 +63,8 @@ mod testing;
 
 pub use actor::PaymentActor;
 pub use entity::RefundState;
-pub use handler::{Captures, Payment};
+pub use handler::Payment;
+pub use provider::Captures;
 
 /// The CloudEvents `source` of the payment actor's events.
 pub const SOURCE: &str = "falcon/payment";

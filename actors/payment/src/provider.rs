@@ -1,6 +1,7 @@
 //! The settlement provider port, its simulator, and the resilience around
 //! it (retry with backoff for transient failures, a circuit breaker).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -256,6 +257,9 @@ impl Resilient {
         result
     }
 }
+
+/// Provider results for a batch's `funds_reserved` events, by payment id.
+pub type Captures = HashMap<String, Result<Settlement, ProviderError>>;
 
 #[cfg(test)]
 mod tests {

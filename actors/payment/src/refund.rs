@@ -18,7 +18,7 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, Set, TryInsertResult};
 
 use crate::entity::{payment, refund, RefundState};
-use crate::handler::reject;
+use crate::rejection::reject;
 
 /// The `request_refund` step.
 pub(crate) async fn request(

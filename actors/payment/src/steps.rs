@@ -21,7 +21,7 @@ use falcon_schemas::event::{CapturedData, FailureData, PaymentData, PaymentFaile
 use falcon_schemas::{EventData, EventType, Reason};
 use sea_orm::DatabaseTransaction;
 
-use crate::handler::Captures;
+use crate::provider::Captures;
 use crate::provider::ProviderError;
 use crate::rows::Rows;
 
