@@ -28,8 +28,8 @@ pub fn padded_chunks<T: Clone>(items: &[T]) -> impl Iterator<Item = Vec<T>> + '_
 }
 
 /// Inserts rows that must all be new (many per statement). A row whose
-/// `key` exists already is left alone and makes the whole call a transient
-/// error naming `what`: another writer got there first, and a retry of the
+/// `key` exists already is left alone and makes the whole call a conflict
+/// ([`StepError::Conflict`]) naming `what`: another writer got there first, and a retry of the
 /// batch sees its row.
 pub async fn insert_all_new<A>(
     txn: &impl ConnectionTrait,
@@ -95,8 +95,8 @@ pub(crate) fn push_tuple(
 /// PostgreSQL). `rows` are `(as read, as it is now)`; `set` are the columns
 /// written from the second, `guard` the columns compared with the first
 /// (never NULL ones: NULL equals nothing). A row another writer changed
-/// since it was read is not written and makes the whole call a transient
-/// error naming `what`, so the batch is retried and sees the change.
+/// since it was read is not written and makes the whole call a conflict
+/// ([`StepError::Conflict`]) naming `what`, so the batch is retried and sees the change.
 pub async fn update_guarded<E>(
     txn: &impl ConnectionTrait,
     key: E::Column,
