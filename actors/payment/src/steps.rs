@@ -262,7 +262,7 @@ pub(crate) async fn capture(
         }
         Some(Err(e @ ProviderError::Unavailable { .. })) => {
             return Err(StepError::Transient(format!(
-                "provider for {}: {}",
+                "provider unavailable for {}: {}",
                 p.payment_id,
                 e.report()
             )));
