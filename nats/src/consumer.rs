@@ -166,7 +166,7 @@ impl Source {
                 .map_err(|e| consume_err(e.into()))?
                 .get_consumer(&spec.name)
                 .await
-                .map_err(|e| consume_err(e.into()))?;
+                .map_err(consume_err)?;
             let stream: pull::Stream = consumer
                 .stream()
                 .max_messages_per_batch(batch_max)
