@@ -29,7 +29,7 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
 
 /// One delivered message, with what the handler needs to know of it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Delivery {
     /// The durable consumer it came through.
     pub consumer: Arc<str>,

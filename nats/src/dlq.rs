@@ -12,7 +12,8 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use falcon_schemas::subject::{
-    dlq, dlq_subject, DLQ_PREFIX, HEADER_MSG_ID, HEADER_TRACEPARENT, STREAM_DLQ,
+    dlq, dlq_subject, DLQ_PREFIX, HEADER_MSG_ID, HEADER_TRACEPARENT, STREAM_CMD, STREAM_DLQ,
+    STREAM_EVT,
 };
 use futures::StreamExt;
 use serde::Serialize;
@@ -166,6 +167,38 @@ pub async fn get(js: &jetstream::Context, seq: u64) -> Result<Option<DeadLetter>
 }
 
 /// Removes one dead letter (after a successful replay).
+/// The message a dead letter stands for, re-read from its own stream by
+/// sequence: its subject, headers and body as stored, never as the letter
+/// says. A letter is only a pointer; anyone who could write one could
+/// otherwise make a replay run any body. `None` when the stream no longer
+/// holds that sequence. The origin's stream must be FALCON_CMD or
+/// FALCON_EVT.
+pub async fn original(
+    js: &jetstream::Context,
+    origin: &Origin,
+) -> Result<Option<(Origin, bytes::Bytes)>, Error> {
+    if ![STREAM_CMD, STREAM_EVT].contains(&origin.stream.as_str()) {
+        return Ok(None);
+    }
+    let stream = js.get_stream(&origin.stream).await.map_err(consume_err)?;
+    let stored = match stream.direct_get(origin.stream_seq).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(consume_err(e)),
+    };
+    let header = |n: &str| stored.headers.get(n).map(|v| v.as_str().to_owned());
+    let verified = Origin {
+        subject: stored.subject.to_string(),
+        stream: origin.stream.clone(),
+        stream_seq: origin.stream_seq,
+        consumer: origin.consumer.clone(),
+        delivered: origin.delivered,
+        msg_id: header(HEADER_MSG_ID),
+        traceparent: header(HEADER_TRACEPARENT),
+    };
+    Ok(Some((verified, stored.payload)))
+}
+
 pub async fn delete(js: &jetstream::Context, seq: u64) -> Result<bool, Error> {
     let stream = js.get_stream(STREAM_DLQ).await.map_err(consume_err)?;
     stream.delete_message(seq).await.map_err(consume_err)
@@ -199,12 +232,23 @@ struct MaxDeliveries {
 pub async fn watch_max_deliveries(
     client: async_nats::Client,
     js: jetstream::Context,
-    consumers: Vec<String>,
+    consumers: Vec<(String, String)>,
 ) -> Result<(), Error> {
-    let mut sub = client
-        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>")
-        .await
-        .map_err(consume_err)?;
+    // One subscription per consumer: an identity may read only the
+    // advisories of its own consumers.
+    let mut subs = Vec::with_capacity(consumers.len());
+    for (stream, name) in &consumers {
+        subs.push(
+            client
+                .subscribe(format!(
+                    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{name}"
+                ))
+                .await
+                .map_err(consume_err)?,
+        );
+    }
+    let consumers: Vec<String> = consumers.into_iter().map(|(_, name)| name).collect();
+    let mut sub = futures::stream::select_all(subs);
     while let Some(msg) = sub.next().await {
         let Ok(advisory) = serde_json::from_slice::<MaxDeliveries>(&msg.payload) else {
             continue;

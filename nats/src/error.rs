@@ -9,9 +9,11 @@ pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// transient (retry or nak) except where noted.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to NATS at {url}: {source}")]
+    #[error("cannot connect to NATS at {url} as {identity}: {source}")]
     Connect {
         url: String,
+        /// The identity it connected as (`anonymous` without one).
+        identity: String,
         #[source]
         source: Cause,
     },

@@ -17,6 +17,8 @@
 //! - [`doctor`]: whether acknowledged messages are durable on the server
 //!   (`falcon doctor`);
 //! - [`trace`]: W3C `traceparent` values;
+//! - [`identity`]: who a connection is (nkey, creds file, user and
+//!   password) and its TLS;
 //! - [`error`]: this crate's [`Error`].
 //!
 //! Depends on `falcon-schemas` (names of streams and headers) and
@@ -26,6 +28,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod doctor;
 pub mod error;
+pub mod identity;
 pub mod publish;
 pub mod read;
 pub mod topology;
@@ -33,15 +36,30 @@ pub mod trace;
 
 pub use consumer::{Delivery, Disposition, Settled, Settler, Source};
 pub use error::Error;
+pub use identity::{Credentials, Identity, Tls};
 pub use publish::OutMsg;
 pub use topology::{ConsumerSpec, StreamSettings};
 
-/// Connects to NATS with a name that shows in the server's monitoring.
-/// Fails at once when no server answers (one clear error, not a hang);
-/// once connected, the client reconnects by itself.
+/// Connects to NATS anonymously (or with credentials in the URL) with a
+/// name that shows in the server's monitoring. See [`connect_as`].
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error> {
+    connect_as(url, name, &Identity::anonymous(), &Tls::default()).await
+}
+
+/// Connects to NATS as `identity`, over TLS as `tls` says, with a name that
+/// shows in the server's monitoring. Fails at once when no server answers
+/// (one clear error, not a hang); once connected, the client reconnects by
+/// itself. An identity's replies come on its own inbox prefix
+/// (`_INBOX_<name>.`), so the broker can give each identity its own.
+pub async fn connect_as(
+    url: &str,
+    name: &str,
+    identity: &Identity,
+    tls: &Tls,
+) -> Result<async_nats::Client, Error> {
     let connect_err = |source: error::Cause| Error::Connect {
         url: mask_url(url),
+        identity: identity.name.clone(),
         source,
     };
     // Several servers (a cluster) as a comma-separated list.
@@ -52,19 +70,11 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error>
         .map(|u| u.parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| connect_err(e.into()))?;
-    // Credentials in the URL (`nats://user:password@host`, or a token as
-    // `nats://token@host`): the client does not take them from the URL itself.
-    let options = match servers.iter().find(|s| s.has_user_pass()) {
-        Some(s) => match (s.username(), s.password()) {
-            (Some(user), Some(pass)) => {
-                async_nats::ConnectOptions::with_user_and_password(user.into(), pass.into())
-            }
-            (Some(token), None) => async_nats::ConnectOptions::with_token(token.into()),
-            _ => async_nats::ConnectOptions::new(),
-        },
-        None => async_nats::ConnectOptions::new(),
-    };
-    options
+    let options = identity
+        .options(&servers)
+        .await
+        .map_err(|e| connect_err(e.into()))?;
+    tls.apply(options)
         .name(name)
         .connection_timeout(std::time::Duration::from_secs(5))
         .connect(servers)

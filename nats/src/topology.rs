@@ -20,6 +20,11 @@ pub struct StreamSettings {
     pub duplicate_window: Duration,
     /// Replicas per stream: 1 on one server, 3 on a cluster.
     pub replicas: usize,
+    /// Most bytes each stream keeps: FALCON_CMD, FALCON_EVT, FALCON_DLQ.
+    /// A full stream refuses new messages (discard `new`) rather than drop
+    /// history an actor has not read: publishers see the refusal and retry,
+    /// and `falcon doctor` and the metrics show the stream near full.
+    pub max_bytes: [i64; 3],
 }
 
 impl Default for StreamSettings {
@@ -28,6 +33,7 @@ impl Default for StreamSettings {
             max_age: Duration::from_secs(7 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
+            max_bytes: [1 << 30, 4 << 30, 256 << 20],
         }
     }
 }
@@ -91,7 +97,8 @@ pub fn stream_configs(settings: &StreamSettings) -> Vec<stream::Config> {
         ),
     ]
     .into_iter()
-    .map(|(name, subject, description)| stream::Config {
+    .zip(settings.max_bytes)
+    .map(|((name, subject, description), max_bytes)| stream::Config {
         name: name.to_owned(),
         subjects: vec![subject.to_owned()],
         description: Some(description.to_owned()),
@@ -101,6 +108,13 @@ pub fn stream_configs(settings: &StreamSettings) -> Vec<stream::Config> {
         duplicate_window: settings.duplicate_window,
         num_replicas: settings.replicas,
         allow_direct: true,
+        max_bytes,
+        discard: stream::DiscardPolicy::New,
+        // Commands and events are the record: no identity may delete or
+        // purge them through the API (dead letters may be purged once
+        // handled).
+        deny_delete: name != STREAM_DLQ,
+        deny_purge: name != STREAM_DLQ,
         ..Default::default()
     })
     .collect()
@@ -134,6 +148,10 @@ fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {
         && have.num_replicas == want.num_replicas
         && have.allow_direct == want.allow_direct
         && have.description == want.description
+        && have.max_bytes == want.max_bytes
+        && have.discard == want.discard
+        && have.deny_delete == want.deny_delete
+        && have.deny_purge == want.deny_purge
 }
 
 fn filters(filter_subject: &str, filter_subjects: &[String]) -> Vec<String> {

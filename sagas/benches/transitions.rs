@@ -31,6 +31,7 @@ fn payment() -> PaymentData {
         to_wallet: "w_bob".into(),
         amount: amount.wire_amount(),
         currency: amount.currency(),
+        principal: Some("alice".into()),
     }
 }
 

@@ -40,6 +40,7 @@ fn payment() -> PaymentData {
         to_wallet: "w_bob".into(),
         amount: amount.wire_amount(),
         currency: amount.currency(),
+        principal: Some("alice".into()),
     }
 }
 
@@ -87,7 +88,7 @@ fn events() -> Vec<(&'static str, Event)> {
 }
 
 fn command(c: &mut Criterion) {
-    let subject = CommandKind::PaymentCreate.subject();
+    let subject = CommandKind::PaymentCreate.subject("alice");
     let body = PAYMENT_CREATE.as_bytes();
     assert!(matches!(
         Command::parse(&subject, body),

@@ -13,7 +13,7 @@ use crate::currency::Currency;
 use crate::ids::is_valid_id;
 use crate::money::{parse_decimal, Money};
 use crate::reason::{Invalid, Reason};
-use crate::subject::CMD_PREFIX;
+use crate::subject::{command_principal, CMD_PREFIX};
 
 /// Longest `owner` accepted, in bytes.
 pub const OWNER_LEN_MAX: usize = 200;
@@ -45,13 +45,20 @@ impl CommandKind {
         }
     }
 
-    /// The subject clients publish it on, e.g. `falcon.cmd.payment.create`.
-    pub fn subject(&self) -> String {
-        format!("{CMD_PREFIX}{}", self.as_str())
+    /// The subject `principal` publishes it on, e.g.
+    /// `falcon.cmd.payment.create.alice`.
+    pub fn subject(&self, principal: &str) -> String {
+        format!("{CMD_PREFIX}{}.{principal}", self.as_str())
     }
 
+    /// The command a subject names: `falcon.cmd.<aggregate>.<verb>`, with
+    /// or without the principal token after it.
     pub fn from_subject(subject: &str) -> Option<CommandKind> {
-        let name = subject.strip_prefix(CMD_PREFIX)?;
+        let rest = subject.strip_prefix(CMD_PREFIX)?;
+        let name = match rest.match_indices('.').nth(1) {
+            Some((i, _)) => &rest[..i],
+            None => rest,
+        };
         CommandKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
@@ -82,6 +89,8 @@ pub struct OpenWallet {
     pub wallet_id: String,
     pub owner: String,
     pub currency: Currency,
+    /// The sender: the principal token of the subject it came on.
+    pub principal: String,
 }
 
 /// `falcon.cmd.wallet.deposit`: fund a wallet from the system funding account.
@@ -91,6 +100,8 @@ pub struct Deposit {
     pub wallet_id: String,
     pub amount: Money,
     pub reference: String,
+    /// The sender: the principal token of the subject it came on.
+    pub principal: String,
 }
 
 /// `falcon.cmd.payment.create`: move `amount` from one wallet to another.
@@ -100,6 +111,8 @@ pub struct CreatePayment {
     pub from_wallet: String,
     pub to_wallet: String,
     pub amount: Money,
+    /// The sender: the principal token of the subject it came on.
+    pub principal: String,
 }
 
 /// `falcon.cmd.payment.refund`: give back all (no `amount`) or part of a
@@ -110,6 +123,8 @@ pub struct RefundPayment {
     pub payment_id: String,
     pub refund_id: String,
     pub amount: Option<Decimal>,
+    /// The sender: the principal token of the subject it came on.
+    pub principal: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,7 +206,7 @@ impl Command {
                 ),
             }));
         };
-        Command::from_map(kind, &map).map_err(|error| {
+        let rejected = |error| {
             let key = map
                 .get(kind.rejection_key_field())
                 .and_then(Value::as_str)
@@ -203,10 +218,34 @@ impl Command {
                 key,
                 error,
             })
-        })
+        };
+        let Some(principal) = command_principal(subject) else {
+            return Err(rejected(Invalid::new(
+                Reason::Unauthenticated,
+                format!(
+                    "{subject} names no principal: commands are published on {}",
+                    kind.subject("<principal>")
+                ),
+            )));
+        };
+        Command::from_map(kind, &map, principal.to_owned()).map_err(rejected)
     }
 
-    fn from_map(kind: CommandKind, map: &Map<String, Value>) -> Result<Command, Invalid> {
+    /// The principal that sent it.
+    pub fn principal(&self) -> &str {
+        match self {
+            Command::OpenWallet(c) => &c.principal,
+            Command::Deposit(c) => &c.principal,
+            Command::CreatePayment(c) => &c.principal,
+            Command::RefundPayment(c) => &c.principal,
+        }
+    }
+
+    fn from_map(
+        kind: CommandKind,
+        map: &Map<String, Value>,
+        principal: String,
+    ) -> Result<Command, Invalid> {
         Ok(match kind {
             CommandKind::WalletOpen => {
                 let wallet_id = id(map, "wallet_id")?;
@@ -222,6 +261,7 @@ impl Command {
                     wallet_id,
                     owner,
                     currency: currency(map)?,
+                    principal,
                 })
             }
             CommandKind::WalletDeposit => {
@@ -232,6 +272,7 @@ impl Command {
                     wallet_id,
                     amount: Money::positive(amount(map)?, currency)?,
                     reference,
+                    principal,
                 })
             }
             CommandKind::PaymentCreate => {
@@ -252,6 +293,7 @@ impl Command {
                     from_wallet,
                     to_wallet,
                     amount,
+                    principal,
                 })
             }
             CommandKind::PaymentRefund => {
@@ -275,6 +317,7 @@ impl Command {
                     payment_id,
                     refund_id,
                     amount,
+                    principal,
                 })
             }
         })
@@ -282,7 +325,7 @@ impl Command {
 
     /// The subject this command is published on.
     pub fn subject(&self) -> String {
-        self.kind().subject()
+        self.kind().subject(self.principal())
     }
 
     /// The wire body (a JSON object; amounts as decimal strings).
@@ -391,23 +434,23 @@ mod tests {
     fn parses_and_round_trips_every_command() {
         let bodies = [
             (
-                "falcon.cmd.wallet.open",
+                "falcon.cmd.wallet.open.alice",
                 r#"{"wallet_id":"w1","owner":"Ada","currency":"USD"}"#,
             ),
             (
-                "falcon.cmd.wallet.deposit",
+                "falcon.cmd.wallet.deposit.alice",
                 r#"{"wallet_id":"w1","amount":"10.00","currency":"USD","reference":"dep-1"}"#,
             ),
             (
-                "falcon.cmd.payment.create",
+                "falcon.cmd.payment.create.alice",
                 r#"{"payment_id":"p1","from_wallet":"w1","to_wallet":"w2","amount":"12.50","currency":"USD"}"#,
             ),
             (
-                "falcon.cmd.payment.refund",
+                "falcon.cmd.payment.refund.alice",
                 r#"{"payment_id":"p1","refund_id":"r1","amount":"2.5"}"#,
             ),
             (
-                "falcon.cmd.payment.refund",
+                "falcon.cmd.payment.refund.alice",
                 r#"{"payment_id":"p1","refund_id":"r2"}"#,
             ),
         ];
@@ -421,7 +464,7 @@ mod tests {
 
     #[test]
     fn every_rule_has_its_reason() {
-        let pay = "falcon.cmd.payment.create";
+        let pay = "falcon.cmd.payment.create.alice";
         let cases = [
             (
                 r#"{"from_wallet":"w1","to_wallet":"w2","amount":"1","currency":"USD"}"#,
@@ -485,16 +528,42 @@ mod tests {
             assert_eq!(r.key.as_deref(), key, "{body}");
         }
         assert_eq!(
-            reject("falcon.cmd.payment.explode", "{}").error.reason,
+            reject("falcon.cmd.payment.explode.alice", "{}")
+                .error
+                .reason,
             Reason::UnknownCommand
         );
+    }
+
+    #[test]
+    fn the_principal_comes_from_the_subject_and_must_be_there() {
+        let body = r#"{"payment_id":"p1","from_wallet":"w1","to_wallet":"w2","amount":"1","currency":"USD"}"#;
+        let cmd = Command::parse("falcon.cmd.payment.create.bob", body.as_bytes())
+            .expect("a valid command");
+        assert_eq!(cmd.principal(), "bob");
+        assert_eq!(cmd.subject(), "falcon.cmd.payment.create.bob");
+        for subject in [
+            "falcon.cmd.payment.create",
+            "falcon.cmd.payment.create.a.b",
+            "falcon.cmd.payment.create.",
+            &format!("falcon.cmd.payment.create.{}", "x".repeat(65)),
+        ] {
+            let r = reject(subject, body);
+            assert_eq!(r.error.reason, Reason::Unauthenticated, "{subject}");
+            assert_eq!(r.key.as_deref(), Some("p1"), "{subject}");
+        }
+        // A principal in the body is not a principal: the subject is.
+        let forged = r#"{"payment_id":"p1","from_wallet":"w1","to_wallet":"w2","amount":"1","currency":"USD","principal":"treasury"}"#;
+        let cmd = Command::parse("falcon.cmd.payment.create.bob", forged.as_bytes())
+            .expect("unknown fields are ignored");
+        assert_eq!(cmd.principal(), "bob");
     }
 
     #[test]
     fn non_objects_are_unparseable() {
         for body in ["", "not json", "[1,2]", "\"s\"", "{\"a\":"] {
             assert!(matches!(
-                Command::parse("falcon.cmd.payment.create", body.as_bytes()),
+                Command::parse("falcon.cmd.payment.create.alice", body.as_bytes()),
                 Err(ParseError::Unparseable(_))
             ));
         }

@@ -31,6 +31,11 @@ pub struct PaymentData {
     /// Decimal string, scale at most the currency's minor units.
     pub amount: Decimal,
     pub currency: Currency,
+    /// The authenticated principal whose command started the payment (the
+    /// last token of its command subject); the wallet reserves only when
+    /// it owns `from_wallet`. Absent on events from before identities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 impl PaymentData {
@@ -90,6 +95,11 @@ pub struct RefundData {
     pub to_wallet: String,
     pub amount: Decimal,
     pub currency: Currency,
+    /// The authenticated principal whose command asked for the refund; the
+    /// wallet refunds only when it owns `to_wallet` (the one that pays the
+    /// refund). Absent on events from before identities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 impl RefundData {
@@ -415,6 +425,7 @@ mod tests {
                 to_wallet: "b".into(),
                 amount: Decimal::new(1250, 2),
                 currency: usd(),
+                principal: Some("alice".into()),
             },
             settlement_id: "s-1".into(),
         });

@@ -55,6 +55,16 @@ pub enum Reason {
     CaptureDeclined,
     /// The saga did not finish before its deadline.
     DeadlineExceeded,
+    /// A command's subject names no valid principal
+    /// (`falcon.cmd.<aggregate>.<verb>.<principal>`).
+    Unauthenticated,
+    /// The command's principal does not own the wallet it would pay from.
+    NotWalletOwner,
+    /// A deposit from a principal other than the treasury.
+    NotTreasury,
+    /// An event disagrees with the actor's own records of its payment,
+    /// hold or transfer (amount, wallets, currency, or there is none).
+    RecordMismatch,
 }
 
 impl Reason {
@@ -84,6 +94,10 @@ impl Reason {
             Reason::WalletBlocked => "wallet_blocked",
             Reason::CaptureDeclined => "capture_declined",
             Reason::DeadlineExceeded => "deadline_exceeded",
+            Reason::Unauthenticated => "unauthenticated",
+            Reason::NotWalletOwner => "not_wallet_owner",
+            Reason::NotTreasury => "not_treasury",
+            Reason::RecordMismatch => "record_mismatch",
         }
     }
 }
@@ -133,6 +147,8 @@ mod tests {
             Reason::AmountScaleExceedsCurrency,
             Reason::IdempotencyKeyReused,
             Reason::DeadlineExceeded,
+            Reason::NotWalletOwner,
+            Reason::RecordMismatch,
         ] {
             let json = serde_json::to_string(&r).expect("a unit enum serializes");
             assert_eq!(json, format!("\"{}\"", r.as_str()));

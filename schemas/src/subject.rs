@@ -11,6 +11,18 @@ pub const CMD_PREFIX: &str = "falcon.cmd.";
 pub const EVT_PREFIX: &str = "falcon.evt.";
 pub const DLQ_PREFIX: &str = "falcon.dlq.";
 
+/// The principal a command subject names: its last token, after
+/// `falcon.cmd.<aggregate>.<verb>.`. The broker's permissions pin that
+/// token to the connected identity (see docs/DESIGN.md, "Who may pay"), so
+/// it is the command's authenticated sender. `None` when the subject has no
+/// fifth token or it is not a valid id.
+pub fn command_principal(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix(CMD_PREFIX)?;
+    let mut tokens = rest.split('.');
+    let (_aggregate, _verb, principal) = (tokens.next()?, tokens.next()?, tokens.next()?);
+    (tokens.next().is_none() && crate::ids::is_valid_id(principal)).then_some(principal)
+}
+
 /// JetStream's de-duplication header; FalconPay sets it to the event id.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 /// W3C trace context, also carried in the envelope's `traceparent`.
@@ -34,6 +46,10 @@ pub mod dlq {
     /// replay must reuse).
     pub const ORIGINAL_MSG_ID: &str = "Falcon-Original-Msg-Id";
 }
+
+/// The envelope member that carries an event's signature; always the last
+/// member of the JSON object (see `falcon_kernel::signing`).
+pub const SIGNATURE_MEMBER: &str = "falconsig";
 
 /// The dead-letter subject for a message that `consumer` gave up on:
 /// `falcon.dlq.<consumer>.<original subject>`.

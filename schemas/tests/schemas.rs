@@ -111,6 +111,10 @@ fn every_reason() -> Vec<Reason> {
         WalletBlocked,
         CaptureDeclined,
         DeadlineExceeded,
+        Unauthenticated,
+        NotWalletOwner,
+        NotTreasury,
+        RecordMismatch,
     ];
     for r in all {
         match r {
@@ -136,7 +140,11 @@ fn every_reason() -> Vec<Reason> {
             | VelocityExceeded
             | WalletBlocked
             | CaptureDeclined
-            | DeadlineExceeded => {}
+            | DeadlineExceeded
+            | Unauthenticated
+            | NotWalletOwner
+            | NotTreasury
+            | RecordMismatch => {}
         }
     }
     all.to_vec()
@@ -245,7 +253,7 @@ fn command_examples_round_trip_through_the_parser() {
         let name = command_file(kind);
         let doc = doc(&name);
         for ex in examples(&name, &doc) {
-            let cmd = Command::parse(&kind.subject(), &bytes(ex))
+            let cmd = Command::parse(&kind.subject("alice"), &bytes(ex))
                 .unwrap_or_else(|e| panic!("{name}: {ex} does not parse: {e}"));
             assert_eq!(cmd.kind(), kind, "{name}");
             assert_eq!(
@@ -257,7 +265,7 @@ fn command_examples_round_trip_through_the_parser() {
             if let Err(errors) = validate_command(kind, &out) {
                 panic!("{name}: Rust's own output {out} is invalid: {errors:#?}");
             }
-            let again = Command::parse(&kind.subject(), &bytes(&out))
+            let again = Command::parse(&kind.subject("alice"), &bytes(&out))
                 .unwrap_or_else(|e| panic!("{name}: {out} does not parse again: {e}"));
             assert_eq!(cmd, again, "{name}");
         }
@@ -324,7 +332,7 @@ fn schema_and_rust_agree_on_required_fields() {
             for (field, v) in cases {
                 let (rust_ok, schema_ok) = match kind_of(name) {
                     Kind::Command(k) => (
-                        Command::parse(&k.subject(), &bytes(&v)).is_ok(),
+                        Command::parse(&k.subject("alice"), &bytes(&v)).is_ok(),
                         validate_command(k, &v).is_ok(),
                     ),
                     Kind::Event(_) | Kind::Envelope => (
@@ -418,7 +426,7 @@ fn invalid_command_examples_are_refused_with_their_reason() {
                 .as_str()
                 .unwrap_or_else(|| panic!("{name}: {case} has no reason"));
             assert!(known.contains(reason), "{name}: {reason} is not a Reason");
-            match Command::parse(&kind.subject(), &bytes(body)) {
+            match Command::parse(&kind.subject("alice"), &bytes(body)) {
                 Err(ParseError::Rejected(r)) => {
                     assert_eq!(r.error.reason.as_str(), reason, "{name}: {body}");
                     assert_eq!(r.kind, Some(kind), "{name}: {body}");
@@ -464,6 +472,7 @@ fn payment(amount: &str, currency: &str) -> PaymentData {
         to_wallet: "w_b".into(),
         amount: money.amount(),
         currency: money.currency(),
+        principal: Some("alice".into()),
     }
 }
 
@@ -631,7 +640,7 @@ fn unknown_fields_are_allowed() {
         "amount": "1", "currency": "USD", "future": true
     });
     assert!(validate_command(CommandKind::PaymentCreate, &body).is_ok());
-    assert!(Command::parse(&CommandKind::PaymentCreate.subject(), &bytes(&body)).is_ok());
+    assert!(Command::parse(&CommandKind::PaymentCreate.subject("alice"), &bytes(&body)).is_ok());
 }
 
 #[test]

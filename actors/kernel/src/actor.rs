@@ -23,6 +23,7 @@ use crate::faults::Faults;
 use crate::handler::Handler;
 use crate::relay::{Poke, Relay, RelayArgs};
 use crate::settings::{ConsumerSettings, RelaySettings, Retry};
+use crate::signing::KeyRing;
 use crate::stats::Stats;
 use crate::supervisor::ChildSpec;
 use crate::verify::Facts;
@@ -131,6 +132,7 @@ pub trait Loop: Send + Sync {
         &'a self,
         batch: &'a [Delivery],
         retry: Retry,
+        ring: &'a KeyRing,
     ) -> BoxFuture<'a, Vec<Disposition>>;
     /// Empties its read model before a rebuild.
     fn reset(&self) -> BoxFuture<'_, Result<(), DbErr>>;
@@ -182,8 +184,9 @@ impl<H: Handler> Loop for LoopOf<H> {
         &'a self,
         batch: &'a [Delivery],
         retry: Retry,
+        ring: &'a KeyRing,
     ) -> BoxFuture<'a, Vec<Disposition>> {
-        Box::pin(run_batch(&*self.handler, H::LABEL, batch, retry))
+        Box::pin(run_batch(&*self.handler, H::LABEL, batch, retry, ring))
     }
 
     fn reset(&self) -> BoxFuture<'_, Result<(), DbErr>> {
@@ -205,6 +208,7 @@ impl<H: Handler> Loop for LoopOf<H> {
             poke,
             faults: wiring.faults.clone(),
             stats: wiring.stats.clone(),
+            ring: wiring.ring.clone(),
         };
         ChildSpec::new(
             wiring.child_name(H::LABEL),
@@ -224,6 +228,8 @@ pub struct Wiring {
     pub relay: RelaySettings,
     pub stats: Arc<Stats>,
     pub faults: Arc<Faults>,
+    /// The keys events are signed and checked with.
+    pub ring: Arc<KeyRing>,
 }
 
 impl Wiring {
@@ -236,17 +242,19 @@ impl Wiring {
     pub fn relay(&self, actor: Actor, db: &DatabaseConnection) -> (ChildSpec, Poke) {
         let name = self.child_name(&format!("{}-relay", actor.as_str()));
         let poke = Poke::new(name.clone());
-        let (db, js, relay, relay_poke) = (
+        let (db, js, relay, relay_poke, ring) = (
             db.clone(),
             self.js.clone(),
             self.relay.clone(),
             poke.clone(),
+            self.ring.clone(),
         );
         let spec = ChildSpec::new(
             name,
             || Relay,
             move || RelayArgs {
-                actor: actor.as_str(),
+                actor,
+                ring: ring.clone(),
                 db: db.clone(),
                 js: js.clone(),
                 batch_max: relay.batch_max,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use falcon_nats::trace::TraceParent;
 use falcon_nats::{Delivery, Disposition};
+use falcon_schemas::subject::STREAM_EVT;
 use metrics::Histogram;
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use tracing::Instrument;
@@ -19,6 +20,7 @@ use tracing::Instrument;
 use crate::error::StepError;
 use crate::handler::{Handler, Item};
 use crate::settings::Retry;
+use crate::signing::KeyRing;
 use crate::store::{begin_write, claim, claim_new, write_events, Outbox, WriteTxn};
 use crate::telemetry::{self, names, Handling, SagaEnd};
 
@@ -32,7 +34,61 @@ use crate::telemetry::{self, names, Handling, SagaEnd};
 /// multi-row inserts. If any step fails, that
 /// transaction is rolled back and the batch runs again on the careful path:
 /// a savepoint per message, so the failing message fails alone.
+///
+/// Before any of that, every event's signature is checked
+/// ([`KeyRing::check`]): one that fails is dead-lettered with reason
+/// `unauthenticated_event` and never reaches `prepare` or a step.
 pub async fn run_batch<H: Handler>(
+    handler: &H,
+    label: &str,
+    batch: &[Delivery],
+    retry: Retry,
+    ring: &KeyRing,
+) -> Vec<Disposition> {
+    let refused: Vec<Option<Disposition>> = batch
+        .iter()
+        .map(|d| authenticate(ring, label, d).err())
+        .collect();
+    if refused.iter().all(Option::is_none) {
+        return handle(handler, label, batch, retry).await;
+    }
+    let accepted: Vec<Delivery> = batch
+        .iter()
+        .zip(&refused)
+        .filter(|(_, r)| r.is_none())
+        .map(|(d, _)| d.clone())
+        .collect();
+    let mut handled = if accepted.is_empty() {
+        Vec::new()
+    } else {
+        handle(handler, label, &accepted, retry).await
+    }
+    .into_iter();
+    refused
+        .into_iter()
+        .map(|r| {
+            r.or_else(|| handled.next()).unwrap_or(Disposition::Nak {
+                delay: retry.delay_min,
+                error: "no disposition".into(),
+            })
+        })
+        .collect()
+}
+
+/// An event must carry its emitter's signature; a command comes from a
+/// client and is checked by its step (its principal, its fields).
+fn authenticate(ring: &KeyRing, label: &str, d: &Delivery) -> Result<(), Disposition> {
+    if d.stream != STREAM_EVT {
+        return Ok(());
+    }
+    ring.check(&d.subject, &d.payload).map_err(|e| {
+        metrics::counter!(names::UNAUTHENTICATED, "actor" => label.to_owned()).increment(1);
+        tracing::error!(actor = label, subject = %d.subject.escape_debug(), stream_seq = d.stream_seq, error = %e, "event refused; dead-lettering");
+        Disposition::Term(e.to_string())
+    })
+}
+
+async fn handle<H: Handler>(
     handler: &H,
     label: &str,
     batch: &[Delivery],

@@ -23,6 +23,7 @@ use crate::batch::run_batch;
 use crate::faults::{FaultPoint, Faults};
 use crate::handler::Handler;
 use crate::relay::Poke;
+use crate::signing::KeyRing;
 use crate::stats::Stats;
 use crate::telemetry::names;
 
@@ -48,6 +49,8 @@ pub struct ConsumerArgs<H> {
     pub poke: Poke,
     pub faults: Arc<Faults>,
     pub stats: Arc<Stats>,
+    /// The signing keys events are checked with.
+    pub ring: Arc<KeyRing>,
 }
 
 impl<H> Clone for ConsumerArgs<H> {
@@ -62,6 +65,7 @@ impl<H> Clone for ConsumerArgs<H> {
             poke: self.poke.clone(),
             faults: self.faults.clone(),
             stats: self.stats.clone(),
+            ring: self.ring.clone(),
         }
     }
 }
@@ -157,7 +161,7 @@ impl<H: Handler> Actor for Consumer<H> {
             state.meters.batch_size.record(batch.len() as f64);
             let redelivered = batch.iter().filter(|d| d.delivered > 1).count();
             state.meters.redelivered.increment(redelivered as u64);
-            let dispositions = run_batch(&*a.handler, &a.label, &batch, a.retry).await;
+            let dispositions = run_batch(&*a.handler, &a.label, &batch, a.retry, &a.ring).await;
             a.faults.trip(H::ACTOR, FaultPoint::AfterCommit, &batch);
             a.poke.poke();
             let settler = state.source.settler();

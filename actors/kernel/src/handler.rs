@@ -135,6 +135,7 @@ pub fn events_for(actor: Actor) -> Vec<EventType> {
 pub fn decode_event(actor: Actor, delivery: &Delivery) -> Result<Event, StepError> {
     let event = Event::decode(&delivery.payload)
         .map_err(|e| StepError::Poison(format!("undecodable event: {e}")))?;
+    on_its_subject(&event, delivery)?;
     let ty = event.event_type();
     if falcon_sagas::definition::actor_of_trigger(ty) != Some(actor) {
         return Err(StepError::Poison(format!(
@@ -148,6 +149,24 @@ pub fn decode_event(actor: Actor, delivery: &Delivery) -> Result<Event, StepErro
 /// Decodes an event for a read model, which folds every saga event; a body
 /// that is not a valid event is poison.
 pub fn decode_any_event(delivery: &Delivery) -> Result<Event, StepError> {
-    Event::decode(&delivery.payload)
-        .map_err(|e| StepError::Poison(format!("undecodable event: {e}")))
+    let event = Event::decode(&delivery.payload)
+        .map_err(|e| StepError::Poison(format!("undecodable event: {e}")))?;
+    on_its_subject(&event, delivery)?;
+    Ok(event)
+}
+
+/// An event is on the subject its type and key give: the signature binds
+/// the subject, and the subject names the emitter whose key checked it, so
+/// a body of another type or key on it is refused.
+fn on_its_subject(event: &Event, delivery: &Delivery) -> Result<(), StepError> {
+    let expected = event.nats_subject();
+    if delivery.subject != expected {
+        return Err(StepError::Poison(format!(
+            "unauthenticated_event: a {} event for {} was published on {}",
+            event.ty,
+            event.subject.escape_debug(),
+            delivery.subject.escape_debug()
+        )));
+    }
+    Ok(())
 }

@@ -25,6 +25,7 @@
 //! - [`stats`]: counters a test or an operator can watch;
 //! - [`telemetry`]: the span per message and the metric names;
 //! - [`settings`]: the kernel's settings (consumer, relay, SQLite);
+//! - [`signing`]: signed events ([`signing::KeyRing`]);
 //! - [`verify`]: the vocabulary of `falcon verify`;
 //! - [`error`]: [`Error`] and [`StepError`].
 //!
@@ -39,6 +40,7 @@ pub mod faults;
 pub mod handler;
 pub mod relay;
 pub mod settings;
+pub mod signing;
 pub mod stats;
 pub mod store;
 pub mod supervisor;

@@ -21,6 +21,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
+use crate::signing::KeyRing;
 use crate::store::{outbox, write_gate};
 use crate::telemetry::names;
 
@@ -61,7 +62,9 @@ impl Poke {
 }
 
 pub struct RelayArgs {
-    pub actor: &'static str,
+    pub actor: falcon_sagas::Actor,
+    /// Signs every event with `actor`'s key as it is published.
+    pub ring: Arc<KeyRing>,
     pub db: DatabaseConnection,
     pub js: jetstream::Context,
     pub batch_max: u64,
@@ -116,13 +119,21 @@ pub async fn drain(s: &RelayArgs) -> Result<usize, sea_orm::DbErr> {
         }
         let msgs: Vec<OutMsg> = rows
             .iter()
-            .map(|r| OutMsg {
-                subject: r.subject.clone(),
-                msg_id: r.event_id.clone(),
-                traceparent: r.traceparent.clone(),
-                payload: Bytes::from(r.payload.clone().into_bytes()),
+            .map(|r| {
+                let payload = s
+                    .ring
+                    .sign(s.actor, &r.subject, r.payload.as_bytes())
+                    .map_err(|e| {
+                        sea_orm::DbErr::Custom(format!("signing outbox row {}: {e}", r.id))
+                    })?;
+                Ok(OutMsg {
+                    subject: r.subject.clone(),
+                    msg_id: r.event_id.clone(),
+                    traceparent: r.traceparent.clone(),
+                    payload: Bytes::from(payload),
+                })
             })
-            .collect();
+            .collect::<Result<_, sea_orm::DbErr>>()?;
         let results = publish_all(&s.js, &msgs).await;
         let mut published = Vec::with_capacity(rows.len());
         let mut failed = None;
@@ -136,7 +147,7 @@ pub async fn drain(s: &RelayArgs) -> Result<usize, sea_orm::DbErr> {
         }
         if !published.is_empty() {
             total += published.len();
-            metrics::counter!(names::RELAY_PUBLISHED, "actor" => s.actor)
+            metrics::counter!(names::RELAY_PUBLISHED, "actor" => s.actor.as_str())
                 .increment(published.len() as u64);
             let _turn = write_gate(&s.db).await;
             outbox::Entity::update_many()
@@ -146,7 +157,7 @@ pub async fn drain(s: &RelayArgs) -> Result<usize, sea_orm::DbErr> {
                 .await?;
         }
         if let Some(e) = failed {
-            tracing::warn!(actor = s.actor, error = %e, "outbox publish failed; will retry");
+            tracing::warn!(actor = s.actor.as_str(), error = %e, "outbox publish failed; will retry");
             return Ok(total);
         }
         if u64::try_from(rows.len()).unwrap_or(u64::MAX) < s.batch_max {

@@ -32,6 +32,9 @@ pub mod names {
     pub const REDELIVERED: &str = "falcon_messages_redelivered_total";
     /// Counter `{actor}`: messages copied to FALCON_DLQ.
     pub const DEAD_LETTERED: &str = "falcon_messages_dead_lettered_total";
+    /// Counter `{actor}`: events refused because their signature did not
+    /// check (dead-lettered with reason `unauthenticated_event`).
+    pub const UNAUTHENTICATED: &str = "falcon_events_unauthenticated_total";
     /// Histogram `{actor}`: one message's step, in seconds (on the batch
     /// fast path, its share of the batch's step).
     pub const HANDLER_DURATION: &str = "falcon_handler_duration_seconds";
