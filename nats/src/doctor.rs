@@ -107,6 +107,30 @@ async fn sync_always(monitor_url: &str) -> Result<bool, String> {
     .map_err(|e| e.to_string())?
 }
 
+/// A stream at or past this share of its `max_bytes` is flagged.
+pub const FILL_WARN_PERCENT: u64 = 80;
+
+/// How full a stream is: past [`FILL_WARN_PERCENT`] of its `max_bytes` it
+/// is flagged (a full stream refuses new messages).
+fn fill(name: &str, bytes: u64, max_bytes: i64) -> Check {
+    let Ok(max @ 1..) = u64::try_from(max_bytes) else {
+        return check(
+            format!("{name} size"),
+            format!("{bytes} bytes, no limit"),
+            false,
+            Some("no max_bytes: the stream can fill the disk; run `falcon streams apply`".into()),
+        );
+    };
+    let percent = bytes.saturating_mul(100) / max;
+    let ok = percent < FILL_WARN_PERCENT;
+    check(
+        format!("{name} size"),
+        format!("{bytes} of {max} bytes ({percent}%)"),
+        ok,
+        (!ok).then(|| format!("past {FILL_WARN_PERCENT}%: when full it refuses new messages; raise streams.*_max_bytes or shorten retention")),
+    )
+}
+
 /// Examines the server and the named consumers.
 pub async fn examine(
     client: &async_nats::Client,
@@ -158,6 +182,7 @@ pub async fn examine(
                         true,
                         (replicas < 3).then(|| "one copy per server: a lost disk loses the stream; use 3 replicas on a cluster".to_owned()),
                     ));
+                    checks.push(fill(name, info.state.bytes, info.config.max_bytes));
                     let window = info.config.duplicate_window;
                     let ok = window >= DEDUP_WINDOW_MIN;
                     checks.push(check(
@@ -220,6 +245,10 @@ mod tests {
         assert!(parse_version("2.10.22").is_some_and(|v| v < super::VERSION_MIN));
         assert_eq!(parse_version("x"), None);
         assert!(super::require_version("2.9.10").is_err_and(|e| e.contains("too old")));
+        assert!(super::fill("S", 10, 100).ok);
+        assert!(!super::fill("S", 80, 100).ok);
+        assert!(!super::fill("S", 1, -1).ok);
+        assert!(!super::fill("S", u64::MAX, 100).ok);
         assert!(super::require_version("garbage").is_err());
         assert_eq!(super::require_version("2.12.0"), Ok(()));
     }

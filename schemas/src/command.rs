@@ -392,7 +392,10 @@ fn id(map: &Map<String, Value>, field: &'static str) -> Result<String, Invalid> 
         Err(Invalid::field(
             Reason::InvalidId,
             field,
-            format!("{field} must be 1-64 characters of [A-Za-z0-9_-], got {s:?}"),
+            format!(
+                "{field} must be 1-64 characters of [A-Za-z0-9_-], got {}",
+                crate::shown(&s)
+            ),
         ))
     }
 }
@@ -403,7 +406,10 @@ fn currency(map: &Map<String, Value>) -> Result<Currency, Invalid> {
         Invalid::field(
             Reason::UnknownCurrency,
             "currency",
-            format!("{code:?} is not an ISO 4217 currency FalconPay accepts"),
+            format!(
+                "{} is not an ISO 4217 currency FalconPay accepts",
+                crate::shown(&code)
+            ),
         )
     })
 }
@@ -557,6 +563,31 @@ mod tests {
         let cmd = Command::parse("falcon.cmd.payment.create.bob", forged.as_bytes())
             .expect("unknown fields are ignored");
         assert_eq!(cmd.principal(), "bob");
+    }
+
+    #[test]
+    fn refusals_never_echo_more_than_a_bounded_prefix() {
+        let huge = "x".repeat(100_000);
+        let body = format!(
+            r#"{{"payment_id":"{huge}","from_wallet":"w1","to_wallet":"w2","amount":"1","currency":"{huge}"}}"#
+        );
+        let r = reject("falcon.cmd.payment.create.alice", &body);
+        assert_eq!(r.error.reason, Reason::InvalidId);
+        assert!(
+            r.error.message.len() < 200,
+            "{} bytes",
+            r.error.message.len()
+        );
+        let body = format!(
+            r#"{{"payment_id":"p1","from_wallet":"w1","to_wallet":"w2","amount":"1","currency":"{huge}"}}"#
+        );
+        let r = reject("falcon.cmd.payment.create.alice", &body);
+        assert_eq!(r.error.reason, Reason::UnknownCurrency);
+        assert!(
+            r.error.message.len() < 200,
+            "{} bytes",
+            r.error.message.len()
+        );
     }
 
     #[test]

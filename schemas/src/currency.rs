@@ -94,8 +94,9 @@ impl Serialize for Currency {
 impl<'de> Deserialize<'de> for Currency {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let code = String::deserialize(d)?;
-        Currency::from_code(&code)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown currency {code:?}")))
+        Currency::from_code(&code).ok_or_else(|| {
+            serde::de::Error::custom(format!("unknown currency {}", crate::shown(&code)))
+        })
     }
 }
 

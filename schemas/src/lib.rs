@@ -30,3 +30,16 @@ pub use currency::Currency;
 pub use event::{Envelope, Event, EventData, EventType};
 pub use money::Money;
 pub use reason::{Invalid, Reason};
+
+/// A value from the network as shown in a refusal: quoted, control
+/// characters escaped, and at most 64 characters of it (with the length
+/// when cut), so a refusal never echoes an unbounded input.
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    let mut out: String = s.chars().take(MAX).flat_map(char::escape_debug).collect();
+    let n = s.chars().count();
+    if n > MAX {
+        out.push_str(&format!("… ({n} characters)"));
+    }
+    format!("\"{out}\"")
+}

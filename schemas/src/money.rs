@@ -163,7 +163,10 @@ pub fn parse_decimal(s: &str) -> Result<Decimal, Invalid> {
         Invalid::field(
             Reason::InvalidAmount,
             "amount",
-            format!("amount must be a decimal string such as \"12.50\", got {s:?}"),
+            format!(
+                "amount must be a decimal string such as \"12.50\", got {}",
+                crate::shown(s)
+            ),
         )
     })
 }
