@@ -95,6 +95,7 @@ fn requested(c: &CreatePayment) -> EventData {
         to_wallet: c.to_wallet.clone(),
         amount: c.amount.wire_amount(),
         currency: c.amount.currency(),
+        principal: Some(c.principal.clone()),
     })
 }
 
@@ -132,6 +133,7 @@ mod tests {
             from_wallet: "a".into(),
             to_wallet: "b".into(),
             amount: Money::from_minor(minor, usd()),
+            principal: "client".into(),
         }
     }
 

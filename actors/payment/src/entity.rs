@@ -67,6 +67,7 @@ pub mod payment {
                 to_wallet: self.to_wallet.clone(),
                 amount: Money::from_minor(self.amount_minor, currency).wire_amount(),
                 currency,
+                principal: None,
             })
         }
     }

@@ -145,6 +145,7 @@ pub(crate) async fn request(
         to_wallet: p.to_wallet.clone(),
         amount: amount.wire_amount(),
         currency: amount.currency(),
+        principal: Some(c.principal.clone()),
     }));
     Ok(())
 }
@@ -237,6 +238,7 @@ mod tests {
             payment_id: "p1".into(),
             refund_id: id.into(),
             amount: None,
+            principal: "client".into(),
         }
     }
 

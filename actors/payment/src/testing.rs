@@ -60,6 +60,7 @@ pub(crate) fn p1() -> PaymentData {
         to_wallet: "b".into(),
         amount: Money::from_minor(1250, usd()).wire_amount(),
         currency: usd(),
+        principal: None,
     }
 }
 

@@ -97,6 +97,7 @@ mod tests {
             payment_id: "p1".into(),
             refund_id: "r1".into(),
             amount: None,
+            principal: "client".into(),
         };
         crate::refund::request(&txn, &refund, &mut outbox())
             .await

@@ -282,6 +282,7 @@ mod tests {
             to_wallet: "payee".into(),
             amount: money.wire_amount(),
             currency,
+            principal: Some("client".into()),
         };
         let origin = Origin {
             subject: format!("falcon.evt.payment.requested.{payment_id}"),

@@ -115,6 +115,7 @@ pub(super) mod tests {
             to_wallet: "payee".into(),
             amount: rust_decimal::Decimal::new(1250, 2),
             currency: falcon_schemas::Currency::from_code("USD").expect("USD"),
+            principal: None,
         };
         let data = match ty {
             E::PaymentRequested => EventData::PaymentRequested(payment),
