@@ -12,6 +12,7 @@ use falcon_schemas::subject::{STREAM_CMD, STREAM_EVT};
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
 
 use crate::book::Book;
+use crate::decide::Policy;
 use crate::message::Message;
 use crate::{migration, settings, steps, verify};
 use falcon_kernel::handler::{consumer_spec, events_for, Handler, Item};
@@ -19,14 +20,18 @@ use falcon_kernel::settings::ConsumerSettings;
 use falcon_kernel::store::Outbox;
 use falcon_kernel::StepError;
 
-/// The wallet actor's behaviour, over its database.
+/// The wallet actor's behaviour, over its database, as its settings allow.
 pub struct Wallet {
     db: DatabaseConnection,
+    policy: Policy,
 }
 
 impl Wallet {
-    pub fn new(db: DatabaseConnection) -> Wallet {
-        Wallet { db }
+    pub fn new(db: DatabaseConnection, settings: &settings::WalletSettings) -> Wallet {
+        Wallet {
+            db,
+            policy: Policy::of(settings),
+        }
     }
 }
 
@@ -42,6 +47,10 @@ impl falcon_kernel::ActorDef for WalletActor {
         &settings.database_url
     }
 
+    fn validate(settings: &settings::WalletSettings) -> Result<(), String> {
+        settings.validate()
+    }
+
     async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
         use sea_orm_migration::MigratorTrait;
         migration::Migrator::up(db, None).await
@@ -52,12 +61,12 @@ impl falcon_kernel::ActorDef for WalletActor {
     }
 
     fn parts(
-        _settings: &settings::WalletSettings,
+        settings: &settings::WalletSettings,
         db: &DatabaseConnection,
         consumer: &ConsumerSettings,
     ) -> Result<falcon_kernel::actor::Parts, falcon_kernel::Error> {
         Ok(falcon_kernel::actor::Parts::loops(vec![
-            falcon_kernel::actor::loop_of(Wallet::new(db.clone()), consumer),
+            falcon_kernel::actor::loop_of(Wallet::new(db.clone(), settings), consumer),
         ]))
     }
 
@@ -106,7 +115,7 @@ impl Handler for Wallet {
         _prepared: &(),
         out: &mut Outbox,
     ) -> Result<(), StepError> {
-        steps::apply(txn, &Message::decode(delivery)?, out).await
+        steps::apply(txn, &Message::decode(delivery)?, &self.policy, out).await
     }
 
     /// Every batch runs set-based over the rows it touches ([`Book`]); a
@@ -125,7 +134,7 @@ impl Handler for Wallet {
         let mut book = Book::read(txn, &messages).await?;
         for (item, message) in items.iter_mut().zip(&messages) {
             let span = item.span.clone();
-            span.in_scope(|| book.apply(message, &mut item.out))?;
+            span.in_scope(|| book.apply(message, &self.policy, &mut item.out))?;
         }
         book.write(txn).await
     }

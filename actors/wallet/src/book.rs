@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use sea_orm::{ConnectionTrait, EntityTrait, IntoActiveModel};
 
-use crate::decide::{self, Decision, Rows};
+use crate::decide::{self, Decision, Policy, Rows};
 use crate::entity::{circulation, deposit, hold, ledger_entry, refund, wallet};
 use crate::message::Message;
 use falcon_kernel::store::{insert_all_new, insert_chunks, rows_by_key, update_guarded, Outbox};
@@ -174,8 +174,13 @@ impl Book {
     }
 
     /// One message's step, in memory.
-    pub(crate) fn apply(&mut self, message: &Message, out: &mut Outbox) -> Result<(), StepError> {
-        let decision = decide::decide(message, &*self, out.now)?;
+    pub(crate) fn apply(
+        &mut self,
+        message: &Message,
+        policy: &Policy,
+        out: &mut Outbox,
+    ) -> Result<(), StepError> {
+        let decision = decide::decide(message, &*self, policy, out.now)?;
         self.take(decision, out);
         Ok(())
     }
@@ -224,9 +229,10 @@ impl Book {
             &[
                 hold::Column::State,
                 hold::Column::Reason,
+                hold::Column::RefundedMinor,
                 hold::Column::UpdatedAt,
             ],
-            &[hold::Column::State],
+            &[hold::Column::State, hold::Column::RefundedMinor],
             &moved,
             "holds",
         )

@@ -18,9 +18,18 @@
 //! the step panics (a bug, not a variant) instead of wrapping. Reserve also
 //! declines a payee credit that could not fit, belt and braces.
 //!
+//! Who may move money is decided here too ([`Policy`]): a wallet pays, and
+//! refunds, only for the principal that opened it; deposits come only from
+//! the treasury principal. And nothing an event says is trusted where the
+//! wallet's own records can check it: an amount must be a positive amount
+//! of its currency, a commit or a release must match its hold, a refund
+//! must match a committed transfer and fit in what is left of it.
+//!
 //! An error (a malformed or impossible message: `StepError::Poison`) is
 //! returned before anything is decided, so a failed message changes
 //! nothing on either path.
+
+use std::fmt;
 
 use chrono::{DateTime, Utc};
 use falcon_schemas::command::{Deposit, OpenWallet};
@@ -29,6 +38,7 @@ use falcon_schemas::event::{
     WalletOpenedData,
 };
 use falcon_schemas::{Currency, EventData, Money, Reason};
+use rust_decimal::Decimal;
 
 use crate::entity::{
     circulation, deposit, hold, ledger_entry, refund, wallet, HoldState, RefundState,
@@ -118,15 +128,38 @@ impl Movement {
     }
 }
 
+/// Who may do what, as the wallet is configured: the same on both paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Policy {
+    /// The only principal whose deposits are accepted
+    /// (`wallet.treasury_principal`).
+    pub treasury: String,
+}
+
+impl Policy {
+    pub(crate) fn of(settings: &crate::settings::WalletSettings) -> Policy {
+        Policy {
+            treasury: settings.treasury_principal.clone(),
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::of(&crate::settings::WalletSettings::default())
+    }
+}
+
 /// Decides one message's step.
 pub(crate) fn decide(
     message: &Message,
     rows: &impl Rows,
+    policy: &Policy,
     now: DateTime<Utc>,
 ) -> Result<Decision, StepError> {
     match message {
         Message::Open(c) => Ok(open(c, rows, now)),
-        Message::Deposit(c) => Ok(deposit(c, rows, now)),
+        Message::Deposit(c) => Ok(deposit(c, rows, policy, now)),
         Message::Invalid(r) => Ok(Decision::emit(EventData::WalletRejected(r.clone()))),
         Message::Reserve(p) => reserve(p, rows, now),
         Message::Commit(p) => commit(p, rows, now),
@@ -153,8 +186,9 @@ fn rejected(command: &str, key: &str, reason: Reason, message: String) -> Decisi
     }))
 }
 
-/// Opens a wallet; a repeat of the same command does nothing, one with
-/// another owner or currency is refused.
+/// Opens a wallet, owned by the principal that sent the command; a repeat
+/// of the same command does nothing, one with another owner, currency or
+/// principal is refused.
 fn open(c: &OpenWallet, rows: &impl Rows, now: DateTime<Utc>) -> Decision {
     match rows.wallet(&c.wallet_id) {
         None => Decision {
@@ -166,6 +200,7 @@ fn open(c: &OpenWallet, rows: &impl Rows, now: DateTime<Utc>) -> Decision {
             wallets: vec![wallet::Model {
                 wallet_id: c.wallet_id.clone(),
                 owner: c.owner.clone(),
+                principal: c.principal.clone(),
                 currency: c.currency.code().to_owned(),
                 balance_minor: 0,
                 held_minor: 0,
@@ -174,23 +209,47 @@ fn open(c: &OpenWallet, rows: &impl Rows, now: DateTime<Utc>) -> Decision {
             }],
             ..Decision::default()
         },
-        Some(w) if w.owner != c.owner || w.currency != c.currency.code() => rejected(
-            "wallet.open",
-            &c.wallet_id,
-            Reason::IdempotencyKeyReused,
-            format!(
-                "wallet {} exists with owner {:?} in {}",
-                w.wallet_id, w.owner, w.currency
-            ),
-        ),
+        Some(w)
+            if w.owner != c.owner
+                || w.currency != c.currency.code()
+                || w.principal != c.principal =>
+        {
+            rejected(
+                "wallet.open",
+                &c.wallet_id,
+                Reason::IdempotencyKeyReused,
+                format!(
+                    "wallet {} exists{} with owner {:?} in {}",
+                    w.wallet_id,
+                    if w.principal == c.principal {
+                        ""
+                    } else {
+                        ", opened by another principal,"
+                    },
+                    w.owner,
+                    w.currency
+                ),
+            )
+        }
         Some(_) => Decision::nothing(),
     }
 }
 
 /// Moves a deposit from the funding account into its wallet, and counts it
-/// in its currency's circulation, unless that would pass the bound.
-fn deposit(c: &Deposit, rows: &impl Rows, now: DateTime<Utc>) -> Decision {
+/// in its currency's circulation, unless that would pass the bound. Only
+/// the treasury mints: a deposit from any other principal is refused
+/// before anything about the wallet is looked at.
+fn deposit(c: &Deposit, rows: &impl Rows, policy: &Policy, now: DateTime<Utc>) -> Decision {
     let refuse = |reason, message| rejected("wallet.deposit", &c.wallet_id, reason, message);
+    if c.principal != policy.treasury {
+        return refuse(
+            Reason::NotTreasury,
+            format!(
+                "deposits come from the treasury principal; {:?} is not it",
+                c.principal
+            ),
+        );
+    }
     let Some(w) = rows.wallet(&c.wallet_id) else {
         return refuse(
             Reason::WalletNotFound,
@@ -272,26 +331,84 @@ fn deposit(c: &Deposit, rows: &impl Rows, now: DateTime<Utc>) -> Decision {
     }
 }
 
-/// A saga event's amount; malformed or not positive, the event is poison.
-fn positive(
+/// A saga event's amount, validated as a command's is: positive, and no
+/// more fraction digits than its currency has. Anything else is an event
+/// the saga cannot have produced: poison, before anything is decided.
+fn event_amount(
     what: &str,
     id: &str,
-    money: Result<Money, falcon_schemas::Invalid>,
+    amount: Decimal,
+    currency: Currency,
 ) -> Result<Money, StepError> {
-    match money {
-        Ok(m) if m.minor() > 0 => Ok(m),
-        Ok(m) => Err(StepError::Poison(format!(
-            "{what} {id} has a non-positive amount {}",
-            m.amount_string()
-        ))),
-        Err(e) => Err(StepError::Poison(format!(
-            "{what} {id} has a malformed amount: {e}"
-        ))),
-    }
+    Money::positive(amount, currency).map_err(|e| {
+        StepError::Poison(format!(
+            "invalid amount in event: {what} {id}: {}",
+            e.message
+        ))
+    })
 }
 
 fn payment_money(p: &PaymentData) -> Result<Money, StepError> {
-    positive("payment", &p.payment_id, p.money())
+    event_amount("payment", &p.payment_id, p.amount, p.currency)
+}
+
+/// True when `principal` opened wallet `w` (an event without a principal
+/// names no one, so it owns nothing).
+fn owned_by(w: &wallet::Model, principal: Option<&str>) -> bool {
+    principal == Some(w.principal.as_str())
+}
+
+/// How a principal is named in a refusal's message.
+fn named(principal: Option<&str>) -> String {
+    match principal {
+        Some(p) => format!("principal {p:?}"),
+        None => "an event without a principal".to_owned(),
+    }
+}
+
+/// Notes `field` in `differs` when the event's value is not the record's.
+fn note<T: PartialEq + fmt::Debug + ?Sized>(
+    differs: &mut Vec<String>,
+    field: &str,
+    event: &T,
+    record: &T,
+) {
+    if event != record {
+        differs.push(format!(
+            "{field} is {event:?} in the event, {record:?} on record"
+        ));
+    }
+}
+
+/// What of a transfer between `from` and `to` in `currency` differs from
+/// hold `h` (empty: the same transfer).
+fn transfer_mismatch(h: &hold::Model, from: &str, to: &str, currency: Currency) -> Vec<String> {
+    let mut differs = Vec::new();
+    note(&mut differs, "from_wallet", from, &h.wallet_id);
+    note(&mut differs, "to_wallet", to, &h.to_wallet);
+    note(&mut differs, "currency", currency.code(), &h.currency);
+    differs
+}
+
+/// A commit or a release applies only to the hold of exactly its payment:
+/// an event that disagrees with the hold (amount, currency or wallets) is
+/// poison, and moves nothing.
+fn same_as_hold(h: &hold::Model, p: &PaymentData, amount: Money) -> Result<(), StepError> {
+    let mut differs = transfer_mismatch(h, &p.from_wallet, &p.to_wallet, amount.currency());
+    note(
+        &mut differs,
+        "amount_minor",
+        &amount.minor(),
+        &h.amount_minor,
+    );
+    if differs.is_empty() {
+        return Ok(());
+    }
+    Err(StepError::Poison(format!(
+        "record_mismatch: payment {} disagrees with its hold: {}",
+        p.payment_id,
+        differs.join("; ")
+    )))
 }
 
 /// What a step may spend of a wallet now: its balance less its holds
@@ -336,8 +453,22 @@ impl Touched {
 }
 
 /// Why a reservation is refused, if it is; checks in the order the saga
-/// has always made them.
+/// has always made them, with the payer's owner checked as soon as the
+/// payer is found (so that a principal learns nothing more of a wallet not
+/// its own).
 fn refusal(p: &PaymentData, amount: Money, rows: &impl Rows) -> Option<(Reason, String)> {
+    if let Some(from) = rows.wallet(&p.from_wallet) {
+        if !owned_by(from, p.principal.as_deref()) {
+            return Some((
+                Reason::NotWalletOwner,
+                format!(
+                    "{} may not pay from wallet {}",
+                    named(p.principal.as_deref()),
+                    p.from_wallet
+                ),
+            ));
+        }
+    }
     for wallet_id in [&p.from_wallet, &p.to_wallet] {
         match rows.wallet(wallet_id) {
             None => {
@@ -399,6 +530,7 @@ fn reserve(p: &PaymentData, rows: &impl Rows, now: DateTime<Utc>) -> Result<Deci
         wallet_id: p.from_wallet.clone(),
         to_wallet: p.to_wallet.clone(),
         amount_minor: amount.minor(),
+        refunded_minor: 0,
         currency: amount.currency().code().to_owned(),
         state: if refused.is_some() {
             HoldState::Declined
@@ -438,11 +570,16 @@ fn reserve(p: &PaymentData, rows: &impl Rows, now: DateTime<Utc>) -> Result<Deci
 }
 
 /// Moves a reserved hold's money to the payee; a committed one was
-/// committed before (a repeat).
+/// committed before (a repeat). The event must be the hold's payment.
 fn commit(p: &PaymentData, rows: &impl Rows, now: DateTime<Utc>) -> Result<Decision, StepError> {
-    let h = rows
-        .hold(&p.payment_id)
-        .ok_or_else(|| StepError::Poison(format!("payment {} has no hold", p.payment_id)))?;
+    let amount = payment_money(p)?;
+    let h = rows.hold(&p.payment_id).ok_or_else(|| {
+        StepError::Poison(format!(
+            "record_mismatch: payment {} has no hold to commit",
+            p.payment_id
+        ))
+    })?;
+    same_as_hold(h, p, amount)?;
     match h.state {
         HoldState::Reserved => {}
         HoldState::Committed => return Ok(Decision::nothing()),
@@ -503,10 +640,11 @@ fn unhold(w: &mut wallet::Model, h: &hold::Model) {
         .expect("held covers the hold, checked just above");
 }
 
-/// Releases a reserved hold. A payment with no hold yet (its deadline
-/// passed before the reservation) gets a released tombstone, so that a
-/// reservation still on its way reserves nothing; a declined one held
-/// nothing, and the saga may end.
+/// Releases a reserved hold, when the event is its payment's. A payment
+/// with no hold yet (its deadline passed before the reservation) gets a
+/// released tombstone, which moves nothing, so that a reservation still on
+/// its way reserves nothing; a declined one held nothing, and the saga may
+/// end.
 fn release(f: &FailureData, rows: &impl Rows, now: DateTime<Utc>) -> Result<Decision, StepError> {
     let p = &f.payment;
     let amount = payment_money(p)?;
@@ -523,6 +661,7 @@ fn release(f: &FailureData, rows: &impl Rows, now: DateTime<Utc>) -> Result<Deci
                 wallet_id: p.from_wallet.clone(),
                 to_wallet: p.to_wallet.clone(),
                 amount_minor: amount.minor(),
+                refunded_minor: 0,
                 currency: amount.currency().code().to_owned(),
                 state: HoldState::Released,
                 reason: Some(f.reason.as_str().to_owned()),
@@ -532,6 +671,7 @@ fn release(f: &FailureData, rows: &impl Rows, now: DateTime<Utc>) -> Result<Deci
             ..Decision::default()
         });
     };
+    same_as_hold(h, p, amount)?;
     match h.state {
         HoldState::Reserved => {}
         HoldState::Released => return Ok(Decision::nothing()),
@@ -560,10 +700,88 @@ fn release(f: &FailureData, rows: &impl Rows, now: DateTime<Utc>) -> Result<Deci
     })
 }
 
-/// Moves a refund from the payee back to the payer, if the payee has it
-/// available; a refund id seen before does nothing.
+/// Why a refund is refused, if it is. It must be the refund of a
+/// committed transfer of its payment, between the same wallets in the same
+/// currency (`record_mismatch`); asked by the principal that owns the payee
+/// wallet, which pays it (`not_wallet_owner`); no more than what is left of
+/// the transfer (`refund_exceeds_payment`); and the payee must have it
+/// available (`insufficient_funds`).
+fn refund_refusal(r: &RefundData, amount: Money, rows: &impl Rows) -> Option<(Reason, String)> {
+    let Some(h) = rows
+        .hold(&r.payment_id)
+        .filter(|h| h.state == HoldState::Committed)
+    else {
+        return Some((
+            Reason::RecordMismatch,
+            format!(
+                "payment {} has no committed transfer to refund",
+                r.payment_id
+            ),
+        ));
+    };
+    let differs = transfer_mismatch(h, &r.from_wallet, &r.to_wallet, amount.currency());
+    if !differs.is_empty() {
+        return Some((
+            Reason::RecordMismatch,
+            format!(
+                "refund {} disagrees with the transfer of payment {}: {}",
+                r.refund_id,
+                r.payment_id,
+                differs.join("; ")
+            ),
+        ));
+    }
+    // Wallets are never deleted, and a hold is committed only between two
+    // that existed: refused rather than trusted all the same.
+    let Some(payee) = rows.wallet(&h.to_wallet) else {
+        return Some((
+            Reason::RecordMismatch,
+            format!(
+                "wallet {} of payment {} does not exist",
+                h.to_wallet, h.payment_id
+            ),
+        ));
+    };
+    if !owned_by(payee, r.principal.as_deref()) {
+        return Some((
+            Reason::NotWalletOwner,
+            format!(
+                "{} may not refund from wallet {}",
+                named(r.principal.as_deref()),
+                h.to_wallet
+            ),
+        ));
+    }
+    // Exact in i128, whatever an old row holds.
+    let left = i128::from(h.amount_minor) - i128::from(h.refunded_minor);
+    if i128::from(amount.minor()) > left {
+        return Some((
+            Reason::RefundExceedsPayment,
+            format!(
+                "refund {} of {amount} exceeds the {} left to refund of payment {}",
+                r.refund_id,
+                Money::from_minor(
+                    i64::try_from(left.max(0)).unwrap_or(i64::MAX),
+                    amount.currency()
+                ),
+                r.payment_id
+            ),
+        ));
+    }
+    if available(payee) < i128::from(amount.minor()) {
+        return Some((
+            Reason::InsufficientFunds,
+            format!("wallet {} has less than {amount} available", h.to_wallet),
+        ));
+    }
+    None
+}
+
+/// Moves a refund from the payee back to the payer, if
+/// [`refund_refusal`] finds no reason not to, and counts it on the
+/// transfer's hold; a refund id seen before does nothing.
 fn refund(r: &RefundData, rows: &impl Rows, now: DateTime<Utc>) -> Result<Decision, StepError> {
-    let amount = positive("refund", &r.refund_id, r.money())?;
+    let amount = event_amount("refund", &r.refund_id, r.amount, r.currency)?;
     if rows.refund(&r.refund_id).is_some() {
         return Ok(Decision::nothing());
     }
@@ -576,56 +794,51 @@ fn refund(r: &RefundData, rows: &impl Rows, now: DateTime<Utc>) -> Result<Decisi
         state,
         created_at: now,
     };
-    let mut touched = Touched::default();
-    // The payee gives the money back, if it still has it available (a
-    // missing payee, or one in another currency, has none).
-    let Some(payee) = touched
-        .get(rows, &r.to_wallet)
-        .filter(|w| w.currency == code && available(w) >= i128::from(amount.minor()))
-    else {
+    if let Some((reason, message)) = refund_refusal(r, amount, rows) {
         return Ok(Decision {
             event: Some(EventData::RefundDeclined(RefundFailureData {
                 refund: r.clone(),
-                reason: Reason::InsufficientFunds,
-                message: format!("wallet {} has less than {amount} available", r.to_wallet),
+                reason,
+                message,
             })),
             refund: Some(row(RefundState::Declined)),
             ..Decision::default()
         });
-    };
+    }
+    let h = rows
+        .hold(&r.payment_id)
+        .expect("refund_refusal found the committed hold");
+    let mut touched = Touched::default();
+    let payee = touched.of_hold(rows, &h.to_wallet, h);
     payee.balance_minor = payee
         .balance_minor
         .checked_sub(amount.minor())
-        .expect("the balance covers what is available, checked just above");
+        .expect("the balance covers what is available, checked by refund_refusal");
     payee.updated_at = now;
-    // The payer was the payment's, in its currency: anything else is an
-    // event the saga cannot have produced.
-    let payer = touched.get(rows, &r.from_wallet).ok_or_else(|| {
-        StepError::Poison(format!(
-            "refund {}: wallet {} does not exist",
-            r.refund_id, r.from_wallet
-        ))
-    })?;
-    if payer.currency != code {
-        return Err(StepError::Poison(format!(
-            "refund {}: wallet {} holds {}, refund is in {code}",
-            r.refund_id, r.from_wallet, payer.currency
-        )));
-    }
+    let payer = touched.of_hold(rows, &h.wallet_id, h);
     payer.balance_minor = payer
         .balance_minor
         .checked_add(amount.minor())
         .expect("a balance is at most the money in circulation, which deposits keep within i64");
     payer.updated_at = now;
+    let refunded_minor = h
+        .refunded_minor
+        .checked_add(amount.minor())
+        .expect("refunded + amount is at most the hold's amount, checked by refund_refusal");
     Ok(Decision {
         event: Some(EventData::RefundCommitted(r.clone())),
         wallets: touched.0,
+        hold: Some(hold::Model {
+            refunded_minor,
+            updated_at: now,
+            ..h.clone()
+        }),
         refund: Some(row(RefundState::Committed)),
         movement: Some(Movement {
             id: format!("refund:{}", r.refund_id),
             currency: code.to_owned(),
-            from: r.to_wallet.clone(),
-            to: r.from_wallet.clone(),
+            from: h.to_wallet.clone(),
+            to: h.wallet_id.clone(),
             amount_minor: amount.minor(),
         }),
         ..Decision::default()

@@ -83,7 +83,9 @@ mod states {
 
 /// A wallet with its materialised balance. `balance_minor` always equals the
 /// sum of the wallet's ledger entries; `held_minor` the sum of its reserved
-/// holds; available = balance − held, never below zero.
+/// holds; available = balance − held, never below zero (the database
+/// refuses a row that breaks either: see
+/// [`migration`](crate::migration)'s `Checks`).
 pub mod wallet {
     use sea_orm::entity::prelude::*;
 
@@ -92,7 +94,13 @@ pub mod wallet {
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub wallet_id: String,
+        /// A display name given by the opener; it authorises nothing.
         pub owner: String,
+        /// The authenticated principal that opened the wallet (the last
+        /// token of its `wallet.open` subject): the only one that may pay
+        /// from it, or refund from it. Wallets opened before identities
+        /// were back-filled with their `owner`.
+        pub principal: String,
         pub currency: String,
         pub balance_minor: i64,
         pub held_minor: i64,
@@ -121,6 +129,10 @@ pub mod hold {
         pub wallet_id: String,
         pub to_wallet: String,
         pub amount_minor: i64,
+        /// Of a committed hold: how much of it refunds have moved back, at
+        /// most `amount_minor`. Default 0.
+        #[sea_orm(default_value = 0)]
+        pub refunded_minor: i64,
         pub currency: String,
         #[sea_orm(indexed)]
         pub state: HoldState,

@@ -19,6 +19,18 @@
 //! so two processes sharing the consumers can neither overdraw a wallet
 //! nor apply a step twice: the loser of a race retries and decides again.
 //!
+//! Nobody moves money they may not: a wallet belongs to the principal that
+//! opened it (the last token of the `wallet.open` subject), and only that
+//! principal's payments reserve from it and only its refunds pay back from
+//! it (`not_wallet_owner` otherwise); only the treasury principal
+//! (`wallet.treasury_principal`) deposits (`not_treasury`). Nothing an
+//! event says is trusted where the wallet's records can check it: amounts
+//! are validated as a command's are, a commit or release must match its
+//! hold and a refund a committed transfer (poison, or a decline, with
+//! `record_mismatch`), and a refund fits in what is left of its transfer
+//! (`refund_exceeds_payment`). The database refuses, besides, any wallet
+//! row with a negative held amount or available balance.
+//!
 //! Money is `i64` minor units, changed only with checked arithmetic. It
 //! enters only through deposits, and a deposit that would take its
 //! currency's money in circulation past `i64::MAX` is refused
@@ -31,11 +43,13 @@
 //!   declaration for the runtime's registry;
 //! - [`message`]: a delivery decoded into the step it asks for;
 //! - [`decide`]: the decisions of open, deposit, reserve, commit, release
-//!   and refund;
+//!   and refund, and who may make them (its `Policy`);
 //! - [`steps`]: the one-message path (the careful path's);
 //! - [`book`]: the batch path (the fast path's);
 //! - [`entity`]: the tables, [`HoldState`] and [`RefundState`];
-//! - [`migration`]: the schema, and the circulation table's back-fill;
+//! - [`migration`]: the schema, the back-fills of the circulation, of who
+//!   owns each wallet and of what each transfer refunded, and the
+//!   database's checks of every wallet;
 //! - [`balance`]: a wallet's balances for `falcon wallet balance`;
 //! - [`settings`]: section `wallet` of `falcon.toml`;
 //! - [`verify`]: what `falcon verify` checks of the wallet.

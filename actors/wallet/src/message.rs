@@ -61,11 +61,13 @@ impl Message {
         }
     }
 
-    /// The payment whose hold the step reads, if it reads one.
+    /// The payment whose hold the step reads, if it reads one (a refund
+    /// reads the hold of the transfer it gives back).
     pub(crate) fn payment_id(&self) -> Option<&str> {
         match self {
             Message::Reserve(p) | Message::Commit(p) => Some(&p.payment_id),
             Message::Release(f) => Some(&f.payment.payment_id),
+            Message::Refund(r) => Some(&r.payment_id),
             _ => None,
         }
     }

@@ -1,11 +1,22 @@
 //! The wallet actor's migrations, applied at start: the tables
 //! ([`Initial`]), then the money in circulation per currency
-//! ([`Circulation`]), back-filled from the ledger.
+//! ([`Circulation`]), back-filled from the ledger; who owns each wallet
+//! ([`Principal`]) and how much of each transfer was refunded
+//! ([`Refunded`]), both back-filled; and the database's own guard of the
+//! rules no wallet may break ([`Checks`]).
+//!
+//! The first migration creates each table from its entity as it is now, so
+//! a migration that adds a column adds it only where it is missing (a
+//! database created before it).
 
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IdenStatic, QueryFilter, QueryOrder,
+    QuerySelect, Schema, Set,
+};
 use sea_orm_migration::prelude::*;
 
 use super::entity::{circulation, deposit, hold, ledger_entry, refund, wallet};
@@ -16,7 +27,13 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(Circulation)]
+        vec![
+            Box::new(Initial),
+            Box::new(Circulation),
+            Box::new(Principal),
+            Box::new(Refunded),
+            Box::new(Checks),
+        ]
     }
 }
 
@@ -106,5 +123,221 @@ impl MigrationTrait for Circulation {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Adds `column` of `entity` (as the entity defines it, with `default` for
+/// the rows there are) unless the table has it already.
+async fn add_column_if_missing<E: EntityTrait>(
+    manager: &SchemaManager<'_>,
+    entity: E,
+    column: E::Column,
+    default: sea_orm::Value,
+) -> Result<(), DbErr> {
+    let table = entity.table_name();
+    if manager.has_column(table, column.as_str()).await? {
+        return Ok(());
+    }
+    let schema = Schema::new(manager.get_database_backend());
+    let mut def = schema.get_column_def::<E>(column);
+    manager
+        .alter_table(
+            Table::alter()
+                .table(entity)
+                .add_column(def.default(default))
+                .to_owned(),
+        )
+        .await
+}
+
+/// `wallets.principal`: the principal that opened each wallet, the only
+/// one that may pay or refund from it. A wallet opened before identities
+/// has none: it gets its `owner`, the name its opener gave (so a wallet
+/// whose owner is not a principal's id can be paid from by no one until an
+/// operator sets it).
+struct Principal;
+
+impl MigrationName for Principal {
+    fn name(&self) -> &str {
+        "m0003_wallet_principal"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Principal {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        add_column_if_missing(
+            manager,
+            wallet::Entity,
+            wallet::Column::Principal,
+            "".into(),
+        )
+        .await?;
+        wallet::Entity::update_many()
+            .col_expr(wallet::Column::Principal, Expr::col(wallet::Column::Owner))
+            .filter(wallet::Column::Principal.eq(""))
+            .exec(manager.get_connection())
+            .await?;
+        Ok(())
+    }
+}
+
+/// `holds.refunded_minor`: how much of a committed transfer refunds have
+/// moved back, so that no refund takes back more than was paid. Back-filled
+/// from the committed refunds, summed in `i128` and kept within
+/// `0..=i64::MAX` (a database from before the check may hold refunds that
+/// passed their payment: such a transfer takes no more refunds).
+struct Refunded;
+
+/// Refunds read per query while back-filling.
+const REFUNDS_PAGE: u64 = 10_000;
+
+impl MigrationName for Refunded {
+    fn name(&self) -> &str {
+        "m0004_wallet_hold_refunded"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Refunded {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        add_column_if_missing(manager, hold::Entity, hold::Column::RefundedMinor, 0.into()).await?;
+        let db = manager.get_connection();
+        let mut refunded: BTreeMap<String, i128> = BTreeMap::new();
+        let mut after = String::new();
+        loop {
+            let page: Vec<(String, String, i64)> = refund::Entity::find()
+                .select_only()
+                .columns([
+                    refund::Column::RefundId,
+                    refund::Column::PaymentId,
+                    refund::Column::AmountMinor,
+                ])
+                .filter(refund::Column::State.eq(crate::RefundState::Committed))
+                .filter(refund::Column::RefundId.gt(after.clone()))
+                .order_by_asc(refund::Column::RefundId)
+                .limit(REFUNDS_PAGE)
+                .into_tuple()
+                .all(db)
+                .await?;
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
+            after = last.clone();
+            for (_, payment_id, amount_minor) in page {
+                *refunded.entry(payment_id).or_default() += i128::from(amount_minor);
+            }
+        }
+        for (payment_id, sum) in refunded {
+            let sum = <i64 as TryFrom<i128>>::try_from(sum.max(0)).unwrap_or(i64::MAX);
+            hold::Entity::update_many()
+                .col_expr(hold::Column::RefundedMinor, Expr::value(sum))
+                .filter(hold::Column::PaymentId.eq(payment_id))
+                .exec(db)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The database refuses a wallet row whose held amount is negative or
+/// whose available balance (balance − held) is: the rules the ledger
+/// must never break, kept by the steps and, should a bug or a hand-written
+/// statement break them, by the database too. PostgreSQL gets `CHECK`
+/// constraints; SQLite cannot add one to an existing table, so it gets
+/// triggers that abort such an insert or update. A database whose wallets
+/// break the rule already is refused on both (PostgreSQL's `ADD
+/// CONSTRAINT` checks the rows; on SQLite the migration counts them): an
+/// operator must look before the actor runs on it.
+struct Checks;
+
+/// The rules as SQL over a wallet row whose columns `row` prefixes (`NEW.`
+/// in a trigger): no held amount below zero, and no available balance
+/// (written `balance >= held`, which cannot overflow).
+fn held_not_negative(row: &str) -> String {
+    format!("{row}held_minor >= 0")
+}
+
+fn available_not_negative(row: &str) -> String {
+    format!("{row}balance_minor >= {row}held_minor")
+}
+
+/// Both rules, for a trigger's or a query's condition.
+fn wallet_rules(row: &str) -> String {
+    format!(
+        "({} AND {})",
+        held_not_negative(row),
+        available_not_negative(row)
+    )
+}
+
+impl MigrationName for Checks {
+    fn name(&self) -> &str {
+        "m0005_wallet_checks"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Checks {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let statements = match manager.get_database_backend() {
+            DbBackend::Postgres => vec![
+                format!(
+                    "ALTER TABLE wallets ADD CONSTRAINT wallets_held_not_negative \
+                     CHECK ({})",
+                    held_not_negative("")
+                ),
+                format!(
+                    "ALTER TABLE wallets ADD CONSTRAINT wallets_available_not_negative \
+                     CHECK ({})",
+                    available_not_negative("")
+                ),
+            ],
+            DbBackend::Sqlite => {
+                refuse_broken_wallets(db).await?;
+                ["INSERT", "UPDATE"]
+                    .into_iter()
+                    .map(|op| {
+                        format!(
+                            "CREATE TRIGGER IF NOT EXISTS wallets_checks_{} BEFORE {op} ON wallets \
+                             WHEN NOT {} \
+                             BEGIN SELECT RAISE(ABORT, 'wallets_available_not_negative: \
+                             held_minor must be >= 0 and balance_minor >= held_minor'); END",
+                            op.to_lowercase(),
+                            wallet_rules("NEW.")
+                        )
+                    })
+                    .collect()
+            }
+            other => {
+                return Err(DbErr::Migration(format!(
+                    "the wallet's checks support PostgreSQL and SQLite, not {other:?}"
+                )))
+            }
+        };
+        for sql in statements {
+            db.execute_unprepared(&sql).await?;
+        }
+        Ok(())
+    }
+}
+
+/// On SQLite, which checks no existing row when a trigger is created: a
+/// wallet that breaks the rule already stops the migration, as
+/// PostgreSQL's `ADD CONSTRAINT` does.
+async fn refuse_broken_wallets(db: &impl ConnectionTrait) -> Result<(), DbErr> {
+    let broken = wallet::Entity::find()
+        .filter(Expr::cust(format!("NOT {}", wallet_rules(""))))
+        .limit(1)
+        .one(db)
+        .await?;
+    match broken {
+        None => Ok(()),
+        Some(w) => Err(DbErr::Migration(format!(
+            "wallet {} has balance {} and held {}: a held amount or an available balance \
+             below zero; fix it before the checks can be added",
+            w.wallet_id, w.balance_minor, w.held_minor
+        ))),
     }
 }

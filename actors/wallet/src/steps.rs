@@ -5,7 +5,8 @@
 //!
 //! A new row is an insert that must not meet an existing one, and a changed
 //! row is an update guarded by every value the decision read (a wallet's
-//! balance and held amount, a hold's state, a currency's circulation). A
+//! balance and held amount, a hold's state and refunded amount, a
+//! currency's circulation). A
 //! row another writer (another process sharing the consumers) wrote since
 //! the read is left alone and makes the step a [`StepError::Conflict`]:
 //! the message is retried and decides again on the row afresh. So no
@@ -18,7 +19,7 @@ use sea_orm::{
     TryInsertResult,
 };
 
-use crate::decide::{self, Decision, Rows};
+use crate::decide::{self, Decision, Policy, Rows};
 use crate::entity::{circulation, deposit, hold, ledger_entry, refund, wallet};
 use crate::message::Message;
 use falcon_kernel::store::Outbox;
@@ -28,10 +29,11 @@ use falcon_kernel::StepError;
 pub(crate) async fn apply(
     txn: &impl ConnectionTrait,
     message: &Message,
+    policy: &Policy,
     out: &mut Outbox,
 ) -> Result<(), StepError> {
     let read = Read::of(txn, message).await?;
-    let decision = decide::decide(message, &read, out.now)?;
+    let decision = decide::decide(message, &read, policy, out.now)?;
     write(txn, &read, &decision, out.now).await?;
     if let Some(event) = decision.event {
         out.push(event);
@@ -137,9 +139,11 @@ async fn write(
                 let r = hold::Entity::update_many()
                     .col_expr(hold::Column::State, Expr::value(h.state))
                     .col_expr(hold::Column::Reason, Expr::value(h.reason.clone()))
+                    .col_expr(hold::Column::RefundedMinor, Expr::value(h.refunded_minor))
                     .col_expr(hold::Column::UpdatedAt, Expr::value(h.updated_at))
                     .filter(hold::Column::PaymentId.eq(&h.payment_id))
                     .filter(hold::Column::State.eq(was.state))
+                    .filter(hold::Column::RefundedMinor.eq(was.refunded_minor))
                     .exec(txn)
                     .await?;
                 guarded(r.rows_affected, || format!("hold {}", h.payment_id))?;
@@ -284,7 +288,7 @@ pub(crate) mod tests {
     {
         let now = Utc::now();
         let read = Read::of(db, message).await?;
-        let decision = decide::decide(message, &read, now)?;
+        let decision = decide::decide(message, &read, &Policy::default(), now)?;
         meanwhile(db.clone()).await;
         let txn = db.begin().await?;
         let written = write(&txn, &read, &decision, now).await;

@@ -144,6 +144,7 @@ async fn a_payee_credit_that_could_not_fit_declines_the_reservation() {
             wallet::Entity::insert(wallet::ActiveModel {
                 wallet_id: Set(id.into()),
                 owner: Set("o".into()),
+                principal: Set(OWNER.into()),
                 currency: Set("USD".into()),
                 balance_minor: Set(balance),
                 held_minor: Set(0),
@@ -211,9 +212,10 @@ async fn the_handler_refuses_the_deposit_on_both_paths() {
         None,
     );
     let cmd = |verb: &str, seq, body: &str| {
+        let principal = if verb == "deposit" { TREASURY } else { OWNER };
         delivery(
             STREAM_CMD,
-            format!("falcon.cmd.wallet.{verb}"),
+            format!("falcon.cmd.wallet.{verb}.{principal}"),
             seq,
             body.as_bytes().to_vec(),
         )
@@ -222,12 +224,12 @@ async fn the_handler_refuses_the_deposit_on_both_paths() {
         cmd(
             "open",
             1,
-            r#"{"wallet_id":"big","owner":"o","currency":"USD"}"#,
+            r#"{"wallet_id":"big","owner":"Ada","currency":"USD"}"#,
         ),
         cmd(
             "open",
             2,
-            r#"{"wallet_id":"small","owner":"o","currency":"USD"}"#,
+            r#"{"wallet_id":"small","owner":"Ada","currency":"USD"}"#,
         ),
         cmd(
             "deposit",
@@ -250,7 +252,8 @@ async fn the_handler_refuses_the_deposit_on_both_paths() {
             falcon_nats::trace::TraceParent::new_root(),
         )
     };
-    let careful = Wallet::new(db().await);
+    let settings = crate::settings::WalletSettings::default();
+    let careful = Wallet::new(db().await, &settings);
     let mut expected = Vec::new();
     for d in &deliveries {
         let txn = careful.db().begin().await.expect("txn");
@@ -259,7 +262,7 @@ async fn the_handler_refuses_the_deposit_on_both_paths() {
         txn.commit().await.expect("commit");
         expected.push(out.events.into_iter().map(|e| e.data).collect::<Vec<_>>());
     }
-    let fast = Wallet::new(db().await);
+    let fast = Wallet::new(db().await, &settings);
     let mut items: Vec<Item> = deliveries
         .iter()
         .map(|d| Item {
@@ -330,6 +333,7 @@ fn a_credit_past_the_largest_balance_panics_instead_of_wrapping() {
     let w = |id: &str, balance_minor, held_minor| wallet::Model {
         wallet_id: id.into(),
         owner: "o".into(),
+        principal: OWNER.into(),
         currency: "USD".into(),
         balance_minor,
         held_minor,
@@ -344,6 +348,7 @@ fn a_credit_past_the_largest_balance_panics_instead_of_wrapping() {
             wallet_id: "payer".into(),
             to_wallet: "payee".into(),
             amount_minor: 10,
+            refunded_minor: 0,
             currency: "USD".into(),
             state: crate::HoldState::Reserved,
             reason: None,
@@ -351,5 +356,10 @@ fn a_credit_past_the_largest_balance_panics_instead_of_wrapping() {
             updated_at: now,
         }],
     };
-    let _ = crate::decide::decide(&Message::Commit(p), &rows, now);
+    let _ = crate::decide::decide(
+        &Message::Commit(p),
+        &rows,
+        &crate::decide::Policy::default(),
+        now,
+    );
 }

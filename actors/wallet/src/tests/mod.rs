@@ -4,10 +4,17 @@
 //! one, [`agree`] for the property test of the same, [`bound`] for the
 //! circulation bound (the overflow it prevents, on both paths and through
 //! the handler), [`schema`] for the states' storage and the migration's
-//! back-fill.
+//! back-fill; on real databases ([`backend`]: a SQLite file, and
+//! PostgreSQL when `FALCON_TEST_DATABASE_URL` is set), [`attacks`] for who
+//! may move money and events that disagree with the records, [`checks`]
+//! for what the database itself refuses and the later migrations'
+//! back-fills.
 
 mod agree;
+mod attacks;
+mod backend;
 mod bound;
+mod checks;
 mod paths;
 mod schema;
 
@@ -20,6 +27,7 @@ use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 
 use crate::book::Book;
+use crate::decide::Policy;
 use crate::entity::{circulation, deposit, hold, ledger_entry, refund, wallet};
 use crate::message::Message;
 use crate::migration::Migrator;
@@ -40,22 +48,53 @@ pub(crate) fn eur() -> Currency {
     Currency::from_code("EUR").expect("EUR")
 }
 
+/// The principal the helpers open wallets, pay and refund as (each wallet
+/// opened with `open` is its own `owner`'s: tests open them as `"o"`).
+pub(crate) const OWNER: &str = "o";
+
+/// The principal deposits come from, by default.
+pub(crate) const TREASURY: &str = crate::settings::TREASURY_PRINCIPAL;
+
+/// `wallet.open` sent by the principal named like its `owner`.
 pub(crate) fn open(wallet_id: &str, owner: &str, currency: Currency) -> Message {
+    open_by(wallet_id, owner, currency, owner)
+}
+
+pub(crate) fn open_by(
+    wallet_id: &str,
+    owner: &str,
+    currency: Currency,
+    principal: &str,
+) -> Message {
     Message::Open(OpenWallet {
         wallet_id: wallet_id.into(),
         owner: owner.into(),
         currency,
+        principal: principal.into(),
     })
 }
 
+/// `wallet.deposit` sent by the treasury.
 pub(crate) fn deposit(wallet_id: &str, minor: i64, currency: Currency, reference: &str) -> Message {
+    deposit_by(wallet_id, minor, currency, reference, TREASURY)
+}
+
+pub(crate) fn deposit_by(
+    wallet_id: &str,
+    minor: i64,
+    currency: Currency,
+    reference: &str,
+    principal: &str,
+) -> Message {
     Message::Deposit(Deposit {
         wallet_id: wallet_id.into(),
         amount: Money::from_minor(minor, currency),
         reference: reference.into(),
+        principal: principal.into(),
     })
 }
 
+/// A payment created by [`OWNER`].
 pub(crate) fn pay(id: &str, from: &str, to: &str, minor: i64, currency: Currency) -> PaymentData {
     PaymentData {
         payment_id: id.into(),
@@ -63,6 +102,7 @@ pub(crate) fn pay(id: &str, from: &str, to: &str, minor: i64, currency: Currency
         to_wallet: to.into(),
         amount: Decimal::new(minor, currency.minor_units()),
         currency,
+        principal: Some(OWNER.into()),
     }
 }
 
@@ -74,16 +114,22 @@ pub(crate) fn capture_failed(p: PaymentData) -> Message {
     })
 }
 
-/// A refund of `p`'s payment: from its payee back to its payer.
+/// A refund of `p`'s payment, asked by [`OWNER`]: from its payee back to
+/// its payer.
 pub(crate) fn refund_of(refund_id: &str, p: &PaymentData, minor: i64) -> Message {
-    Message::Refund(RefundData {
+    Message::Refund(refund_data(refund_id, p, minor))
+}
+
+pub(crate) fn refund_data(refund_id: &str, p: &PaymentData, minor: i64) -> RefundData {
+    RefundData {
         refund_id: refund_id.into(),
         payment_id: p.payment_id.clone(),
         from_wallet: p.from_wallet.clone(),
         to_wallet: p.to_wallet.clone(),
         amount: Decimal::new(minor, p.currency.minor_units()),
         currency: p.currency,
-    })
+        principal: Some(OWNER.into()),
+    }
 }
 
 /// What one message did: its events, or its error (as text).
@@ -100,7 +146,7 @@ pub(crate) async fn one_by_one(db: &DatabaseConnection, messages: &[Message]) ->
     for message in messages {
         let txn = db.begin().await.expect("a transaction");
         let mut out = outbox();
-        match crate::steps::apply(&txn, message, &mut out).await {
+        match crate::steps::apply(&txn, message, &Policy::default(), &mut out).await {
             Ok(()) => {
                 txn.commit().await.expect("commit");
                 outcomes.push(Ok(out.events.into_iter().map(|e| e.data).collect()));
@@ -126,7 +172,7 @@ pub(crate) async fn by_book(db: &DatabaseConnection, batches: &[&[Message]]) -> 
         let mut book = Book::read(&txn, batch).await.expect("the batch's rows");
         for message in batch.iter() {
             let mut out = outbox();
-            outcomes.push(match book.apply(message, &mut out) {
+            outcomes.push(match book.apply(message, &Policy::default(), &mut out) {
                 Ok(()) => Ok(out.events.into_iter().map(|e| e.data).collect()),
                 Err(e) => Err(e.to_string()),
             });

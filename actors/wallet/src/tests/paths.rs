@@ -118,7 +118,8 @@ async fn a_wallet_changed_meanwhile_is_a_conflict_for_the_book() {
     let mut book = Book::read(&txn, &batch).await.expect("read");
     txn.commit().await.expect("commit");
     let mut out = Outbox::standalone("falcon/wallet", "cause".into(), Utc::now());
-    book.apply(&batch[0], &mut out).expect("reserved in memory");
+    book.apply(&batch[0], &crate::decide::Policy::default(), &mut out)
+        .expect("reserved in memory");
     change_balance(&db, "a", 10).await;
     let txn = db.begin().await.expect("txn");
     let err = book.write(&txn).await.expect_err("stale");
@@ -149,12 +150,14 @@ async fn a_row_changed_meanwhile_is_a_conflict_for_the_steps() {
     })
     .await;
     assert!(matches!(step, Err(StepError::Conflict(_))), "{step:?}");
-    // A claimed key: the hold another writer inserted.
+    // A claimed key: the hold another writer inserted (for the payment
+    // as that writer's event had it, which is the record from then on).
     let step = read_then_write(&db, &approved(p1.clone()), |db| async move {
         one_by_one(&db, &[approved(pay("p1", "c", "b", 5, usd()))]).await;
     })
     .await;
     assert!(matches!(step, Err(StepError::Conflict(_))), "{step:?}");
+    let p1 = pay("p1", "c", "b", 5, usd());
     // A hold's state.
     let step = read_then_write(&db, &captured(p1.clone()), |db| async move {
         hold::Entity::update_many()
@@ -166,6 +169,21 @@ async fn a_row_changed_meanwhile_is_a_conflict_for_the_steps() {
     })
     .await;
     assert!(matches!(step, Err(StepError::Conflict(_))), "{step:?}");
+    // A transfer's refunded amount: two refunds of it racing.
+    let p2 = pay("p2", "c", "b", 20, usd());
+    one_by_one(&db, &[approved(p2.clone()), captured(p2.clone())]).await;
+    let step = read_then_write(&db, &refund_of("f1", &p2, 15), |db| async move {
+        let raced = one_by_one(&db, &[refund_of("f2", &p2, 15)]).await;
+        assert!(
+            matches!(raced[0].as_deref(), Ok([EventData::RefundCommitted(_)])),
+            "{raced:?}"
+        );
+    })
+    .await;
+    assert!(
+        matches!(&step, Err(StepError::Conflict(m)) if m.contains("hold p2")),
+        "{step:?}"
+    );
     // A currency's circulation.
     let step = read_then_write(&db, &deposit("b", 1, usd(), "d-b"), |db| async move {
         one_by_one(&db, &[deposit("c", 1, usd(), "d-c2")]).await;
