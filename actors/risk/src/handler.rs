@@ -106,10 +106,12 @@ fn requested(delivery: &Delivery) -> Result<Request, StepError> {
             event.ty
         )));
     };
-    let amount = payment.money().map_err(|e| {
+    // Validated as a command's amount is: a payment of nothing, of less
+    // than nothing or finer than its currency is no payment to decide.
+    let amount = Money::positive(payment.amount, payment.currency).map_err(|e| {
         StepError::Poison(format!(
-            "payment {} has a malformed amount: {e}",
-            payment.payment_id
+            "invalid amount in event: payment {}: {}",
+            payment.payment_id, e.message
         ))
     })?;
     Ok(Request { payment, amount })
@@ -271,6 +273,7 @@ mod tests {
     use falcon_nats::dlq::Origin;
     use falcon_schemas::Currency;
     use falcon_schemas::EventType;
+    use rust_decimal::Decimal;
     use sea_orm::TransactionTrait;
 
     fn request(payment_id: &str, from: &str, amount: &str) -> (Request, Delivery) {
@@ -282,7 +285,7 @@ mod tests {
             to_wallet: "payee".into(),
             amount: money.wire_amount(),
             currency,
-            principal: Some("client".into()),
+            principal: Some(format!("{from}-principal")),
         };
         let origin = Origin {
             subject: format!("falcon.evt.payment.requested.{payment_id}"),
@@ -338,6 +341,7 @@ mod tests {
             ("p1", "alice"),
             ("p3", "alice"),
         ]);
+        let requested: Vec<PaymentData> = batch.iter().map(|(r, _)| r.payment.clone()).collect();
         let mut outs: Vec<Outbox> = batch
             .iter()
             .map(|(_, d)| Outbox::new("test", d, now, falcon_nats::trace::TraceParent::new_root()))
@@ -367,5 +371,60 @@ mod tests {
         let stored = decision::Entity::find().all(&db).await.expect("rows");
         assert_eq!(stored.len(), 4);
         assert!(stored.iter().any(|d| d.payment_id == "p3" && !d.approved));
+
+        // Each decision carries its payment as requested, the principal
+        // that created it included: the wallet decides by it who may pay.
+        let mut carried = 0;
+        for (out, p) in outs.iter().zip(&requested) {
+            for e in &out.events {
+                let (EventData::RiskApproved(d) | EventData::RiskRejected(d)) = &e.data else {
+                    panic!("not a decision: {:?}", e.data);
+                };
+                assert_eq!(&d.payment, p);
+                assert!(d
+                    .payment
+                    .principal
+                    .as_deref()
+                    .is_some_and(|x| x.ends_with("-principal")));
+                carried += 1;
+            }
+        }
+        assert_eq!(carried, 3);
+    }
+
+    /// A requested payment whose amount is not a positive amount of its
+    /// currency is poison: no decision, nothing for the wallet to reserve.
+    #[test]
+    fn an_amount_not_positive_is_poison() {
+        use falcon_schemas::Event;
+        for amount in [Decimal::new(-700, 2), Decimal::ZERO, Decimal::new(1, 3)] {
+            let (mut r, _) = request("p1", "alice", "1.00");
+            r.payment.amount = amount;
+            let event = Event::new(
+                EventData::PaymentRequested(r.payment),
+                "e1".into(),
+                chrono::Utc::now(),
+                "falcon/payment",
+                "cause",
+                None,
+            );
+            let origin = Origin {
+                subject: event.nats_subject(),
+                stream: STREAM_EVT.into(),
+                stream_seq: 1,
+                consumer: "risk-evt".into(),
+                delivered: 1,
+                msg_id: Some("e1".into()),
+                traceparent: None,
+            };
+            let delivery = Delivery::detached(&origin, bytes::Bytes::from(event.encode()));
+            match requested(&delivery) {
+                Err(StepError::Poison(m)) => {
+                    assert!(m.starts_with("invalid amount in event: payment p1"), "{m}")
+                }
+                Err(other) => panic!("{amount}: {other}"),
+                Ok(_) => panic!("{amount}: accepted"),
+            }
+        }
     }
 }
