@@ -1,7 +1,10 @@
 //! The `request` step: `payment.create` records a payment, `requested`,
-//! and publishes `payment.requested`. The payment id is the idempotency
-//! key: the same payment again is a duplicate (nothing to do), a different
-//! one under a used id is rejected (`idempotency_key_reused`).
+//! with the principal that sent it, and publishes `payment.requested`
+//! (which carries the principal to the wallet, which reserves only for the
+//! payer wallet's owner). The payment id is the idempotency key: the same
+//! payment again from the same principal is a duplicate (nothing to do), a
+//! different one, or the same from another principal, under a used id is
+//! rejected (`idempotency_key_reused`).
 //!
 //! [`create`] inserts at once (careful path); [`stage`] leaves the insert
 //! to the batch's flush (fast path). Both decide with [`check_same`].
@@ -35,6 +38,7 @@ fn new_row(c: &CreatePayment, deadline: chrono::Duration, now: DateTime<Utc>) ->
         created_at: now,
         updated_at: now,
         deadline_at: now + deadline,
+        principal: Some(c.principal.clone()),
     }
 }
 
@@ -99,13 +103,15 @@ fn requested(c: &CreatePayment) -> EventData {
     })
 }
 
-/// A create for a payment that exists: the same payment again is a
-/// duplicate (nothing to do), a different one reuses its key.
+/// A create for a payment that exists: the same payment again from the
+/// same principal is a duplicate (nothing to do), anything else reuses its
+/// key.
 fn check_same(out: &mut Outbox, p: &payment::Model, c: &CreatePayment) {
     let same = p.from_wallet == c.from_wallet
         && p.to_wallet == c.to_wallet
         && p.amount_minor == c.amount.minor()
-        && p.currency == c.amount.currency().code();
+        && p.currency == c.amount.currency().code()
+        && p.principal.as_deref() == Some(c.principal.as_str());
     if !same {
         reject(
             out,
@@ -113,8 +119,17 @@ fn check_same(out: &mut Outbox, p: &payment::Model, c: &CreatePayment) {
             &c.payment_id,
             Reason::IdempotencyKeyReused,
             format!(
-                "payment {} exists: {} {} from {} to {}",
-                p.payment_id, p.amount_minor, p.currency, p.from_wallet, p.to_wallet
+                "payment {} exists: {} {} from {} to {}{}",
+                p.payment_id,
+                p.amount_minor,
+                p.currency,
+                p.from_wallet,
+                p.to_wallet,
+                if p.principal.as_deref() == Some(c.principal.as_str()) {
+                    ""
+                } else {
+                    ", created by another principal"
+                }
             ),
         );
     }
@@ -123,7 +138,7 @@ fn check_same(out: &mut Outbox, p: &payment::Model, c: &CreatePayment) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{db_with, kinds, outbox, usd};
+    use crate::testing::{db_with, kinds, outbox, usd, PRINCIPAL};
     use falcon_schemas::{EventType, Money};
     use sea_orm::TransactionTrait;
 
@@ -133,7 +148,15 @@ mod tests {
             from_wallet: "a".into(),
             to_wallet: "b".into(),
             amount: Money::from_minor(minor, usd()),
-            principal: "client".into(),
+            principal: PRINCIPAL.into(),
+        }
+    }
+
+    /// The same command from another principal.
+    fn from_mallory(c: CreatePayment) -> CreatePayment {
+        CreatePayment {
+            principal: "mallory".into(),
+            ..c
         }
     }
 
@@ -165,10 +188,28 @@ mod tests {
         stage(&mut rows, &command("p2", 500), deadline(), &mut out);
         stage(&mut rows, &command("p1", 1250), deadline(), &mut out);
         stage(&mut rows, &command("p2", 999), deadline(), &mut out);
+        stage(
+            &mut rows,
+            &from_mallory(command("p2", 500)),
+            deadline(),
+            &mut out,
+        );
+        stage(
+            &mut rows,
+            &from_mallory(command("p1", 1250)),
+            deadline(),
+            &mut out,
+        );
         assert_eq!(
             kinds(&out),
-            vec![EventType::PaymentRequested, EventType::PaymentRejected]
+            vec![
+                EventType::PaymentRequested,
+                EventType::PaymentRejected,
+                EventType::PaymentRejected,
+                EventType::PaymentRejected
+            ]
         );
+        assert_requested_by_its_sender(&out);
         rows.flush(&txn).await.expect("flush");
         txn.commit().await.expect("commit");
         let p2 = p2(&db).await;
@@ -176,6 +217,23 @@ mod tests {
             (p2.amount_minor, p2.saga_state()),
             (500, Some(State::Requested))
         );
+        assert_eq!(p2.principal.as_deref(), Some(PRINCIPAL));
+    }
+
+    /// The requested event carries its sender; each rejection is a reused
+    /// key.
+    fn assert_requested_by_its_sender(out: &Outbox) {
+        for e in &out.events {
+            match &e.data {
+                EventData::PaymentRequested(p) => {
+                    assert_eq!(p.principal.as_deref(), Some(PRINCIPAL))
+                }
+                EventData::PaymentRejected(r) => {
+                    assert_eq!(r.reason, Reason::IdempotencyKeyReused)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     /// The same commands one by one, as the careful path runs them.
@@ -189,6 +247,8 @@ mod tests {
             command("p2", 500),
             command("p1", 1250),
             command("p2", 999),
+            from_mallory(command("p2", 500)),
+            from_mallory(command("p1", 1250)),
         ] {
             create(&txn, &c, deadline(), &mut out)
                 .await
@@ -196,8 +256,14 @@ mod tests {
         }
         assert_eq!(
             kinds(&out),
-            vec![EventType::PaymentRequested, EventType::PaymentRejected]
+            vec![
+                EventType::PaymentRequested,
+                EventType::PaymentRejected,
+                EventType::PaymentRejected,
+                EventType::PaymentRejected
+            ]
         );
+        assert_requested_by_its_sender(&out);
         let p2 = p2(&txn).await;
         assert_eq!(
             (p2.amount_minor, p2.saga_state()),

@@ -38,6 +38,10 @@ pub mod payment {
         pub updated_at: ChronoDateTimeUtc,
         /// When the saga must be terminal (compensated otherwise).
         pub deadline_at: ChronoDateTimeUtc,
+        /// The authenticated principal whose `payment.create` it is (the
+        /// last token of the command's subject), carried in every event
+        /// built from the row; `None` for payments from before identities.
+        pub principal: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -67,7 +71,7 @@ pub mod payment {
                 to_wallet: self.to_wallet.clone(),
                 amount: Money::from_minor(self.amount_minor, currency).wire_amount(),
                 currency,
-                principal: None,
+                principal: self.principal.clone(),
             })
         }
     }
@@ -93,6 +97,10 @@ pub mod refund {
         #[sea_orm(indexed)]
         pub created_at: ChronoDateTimeUtc,
         pub updated_at: ChronoDateTimeUtc,
+        /// The authenticated principal whose `payment.refund` it is,
+        /// carried in the refund's events (the wallet refunds only for the
+        /// payee wallet's owner); `None` for refunds from before identities.
+        pub principal: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

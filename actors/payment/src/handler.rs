@@ -15,14 +15,17 @@ use falcon_kernel::StepError;
 use falcon_nats::{ConsumerSpec, Delivery};
 use falcon_sagas::Actor;
 use falcon_schemas::command::CreatePayment;
+use falcon_schemas::event::PaymentData;
 use falcon_schemas::subject::{EVT_PREFIX, STREAM_CMD, STREAM_EVT};
 use falcon_schemas::{Command, EventData, EventType, ParseError, Reason};
 use futures::future::join_all;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use tracing::Instrument;
 
+use crate::entity::payment;
 use crate::provider::Captures;
 use crate::provider::{CaptureRequest, Resilient};
+use crate::records::same_payment;
 use crate::rows::Rows;
 use crate::steps::Failing;
 use crate::{create, refund, steps, SOURCE};
@@ -85,22 +88,25 @@ impl Handler for Payment {
 
     /// Captures with the provider, concurrently, for the batch's
     /// `funds_reserved` events (picked by subject, so the rest of the batch
-    /// is not decoded twice).
+    /// is not decoded twice) that agree with their payment's row: the
+    /// provider is asked for the amount on record, and never for an event
+    /// that disagrees with it (which its step then finds poison).
     async fn prepare(&self, batch: &[Delivery]) -> Captures {
         let prefix = format!("{EVT_PREFIX}{}.", EventType::FundsReserved.short());
-        let requests: Vec<CaptureRequest> = batch
+        let reserved: Vec<PaymentData> = batch
             .iter()
             .filter(|d| d.subject.starts_with(&prefix))
             .filter_map(
                 |d| match falcon_schemas::Event::decode(&d.payload).ok()?.data {
-                    EventData::FundsReserved(p) => Some(CaptureRequest {
-                        amount: p.money().ok()?,
-                        payment_id: p.payment_id,
-                    }),
+                    EventData::FundsReserved(p) => Some(p),
                     _ => None,
                 },
             )
             .collect();
+        if reserved.is_empty() {
+            return Captures::new();
+        }
+        let requests = self.capture_requests(reserved).await;
         let results = join_all(requests.iter().map(|r| self.provider.capture(r))).await;
         requests
             .into_iter()
@@ -182,6 +188,38 @@ enum Message {
 }
 
 impl Payment {
+    /// The captures to ask for: each reserved payment that agrees with
+    /// its row, for the row's amount. Rows are read outside the batch's
+    /// transaction (their amount and wallets never change once written);
+    /// when they cannot be read, nothing is captured, and the steps wait.
+    async fn capture_requests(&self, reserved: Vec<PaymentData>) -> Vec<CaptureRequest> {
+        let rows = match falcon_kernel::store::rows_by_key::<payment::Entity, _>(
+            &self.db,
+            payment::Column::PaymentId,
+            reserved.iter().map(|p| p.payment_id.as_str()),
+            |r| r.payment_id.clone(),
+        )
+        .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading payments to capture; the batch waits");
+                return Vec::new();
+            }
+        };
+        reserved
+            .into_iter()
+            .filter_map(|p| {
+                let row = rows.get(&p.payment_id)?;
+                let amount = same_payment(row, &p).ok()?;
+                Some(CaptureRequest {
+                    payment_id: p.payment_id,
+                    amount,
+                })
+            })
+            .collect()
+    }
+
     async fn on_command(
         &self,
         txn: &DatabaseTransaction,
@@ -250,7 +288,7 @@ pub(crate) async fn on_event(
             steps::fail(txn, rows, &d.payment, why, out).await
         }
         EventData::FundsReserved(p) => steps::capture(txn, rows, &p, captures, out).await,
-        EventData::TransferCommitted(p) => steps::complete(txn, rows, p, out).await,
+        EventData::TransferCommitted(p) => steps::complete(txn, rows, &p, out).await,
         EventData::RefundCommitted(r) => {
             rows.forget(txn, &r.payment_id).await?;
             refund::finish(txn, r, None, out).await

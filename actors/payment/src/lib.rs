@@ -11,6 +11,13 @@
 //! happen before the batch transaction opens (they are slow and idempotent
 //! by payment id); their results are applied inside it.
 //!
+//! Who asked: a payment and a refund keep the principal whose command
+//! created them (the last token of its subject), and every event built
+//! from their rows carries it, so that the wallet pays and refunds only for
+//! its owner. Nothing is trusted that the rows can check: an event whose
+//! amount, currency or wallets are not its payment's (or refund's) is
+//! poison, and moves nothing; on `funds_reserved` no provider is called.
+//!
 //! Shutdown and failure: as every actor, it stops between batches and is
 //! restarted by its supervisor from the database.
 //!
@@ -28,6 +35,9 @@
 //! - `steps`: the payment saga's steps: capture, complete, fail, and
 //!   `advance`, through which they all move a payment.
 //! - `rejection`: the `payment.rejected` event of a refused command.
+//! - `records`: events checked against the payment's and refund's rows
+//!   (`record_mismatch`, `invalid amount in event`), and refund events
+//!   built from the rows.
 //! - `refund`: the refund saga's steps (`payment.refund`, the wallet's
 //!   answer).
 //! - [`deadline`]: the sweeper that compensates sagas past their deadline.
@@ -50,6 +60,7 @@ pub mod entity;
 mod handler;
 pub mod migration;
 pub mod provider;
+mod records;
 mod refund;
 mod rejection;
 mod rows;
@@ -58,6 +69,8 @@ mod steps;
 pub mod verify;
 pub mod view;
 
+#[cfg(test)]
+mod attacks;
 #[cfg(test)]
 mod testing;
 

@@ -1,5 +1,12 @@
-//! The payment actor's migrations, applied at start.
+//! The payment actor's migrations, applied at start: the tables
+//! ([`Initial`]), the saga view ([`SagaView`]), and the principal of each
+//! payment and refund ([`Principal`]).
+//!
+//! The first migration creates each table from its entity as it is now, so
+//! a migration that adds a column adds it only where it is missing (a
+//! database created before it).
 
+use sea_orm::{EntityTrait, IdenStatic, Schema};
 use sea_orm_migration::prelude::*;
 
 use super::entity::{payment, refund};
@@ -9,7 +16,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(SagaView)]
+        vec![Box::new(Initial), Box::new(SagaView), Box::new(Principal)]
     }
 }
 
@@ -43,4 +50,43 @@ impl MigrationTrait for SagaView {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         create_entity_table(manager, super::view::saga_view::Entity).await
     }
+}
+
+/// `payments.principal` and `refunds.principal`: who sent the command,
+/// nullable (rows from before identities have none, and their events
+/// carry none).
+struct Principal;
+
+impl MigrationName for Principal {
+    fn name(&self) -> &str {
+        "m0003_payment_principal"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Principal {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        add_column_if_missing(manager, payment::Entity, payment::Column::Principal).await?;
+        add_column_if_missing(manager, refund::Entity, refund::Column::Principal).await
+    }
+}
+
+/// Adds `column` of `entity`, as the entity defines it, unless the table
+/// has it already.
+async fn add_column_if_missing<E: EntityTrait>(
+    manager: &SchemaManager<'_>,
+    entity: E,
+    column: E::Column,
+) -> Result<(), DbErr> {
+    if manager
+        .has_column(entity.table_name(), column.as_str())
+        .await?
+    {
+        return Ok(());
+    }
+    let schema = Schema::new(manager.get_database_backend());
+    let mut def = schema.get_column_def::<E>(column);
+    manager
+        .alter_table(Table::alter().table(entity).add_column(&mut def).to_owned())
+        .await
 }

@@ -10,6 +10,13 @@
 //! take a step. [`implied_first`] covers the one gap the saga table leaves:
 //! `risk.approved` goes to the wallet only, so the payment actor takes it as
 //! read when the wallet's answer to it arrives.
+//!
+//! Every step first checks the event against the payment's row
+//! ([`recorded`]): an event whose amount, currency or wallets are not the
+//! row's is poison and moves nothing (and, on `funds_reserved`, no
+//! provider is called: `prepare` makes the same check). The events a step
+//! publishes carry the row's payment, the principal that created it
+//! included.
 
 use chrono::{DateTime, Utc};
 use falcon_kernel::store::Outbox;
@@ -21,8 +28,10 @@ use falcon_schemas::event::{CapturedData, FailureData, PaymentData, PaymentFaile
 use falcon_schemas::{EventData, EventType, Reason};
 use sea_orm::DatabaseTransaction;
 
+use crate::entity::payment;
 use crate::provider::Captures;
 use crate::provider::ProviderError;
+use crate::records::same_payment;
 use crate::rows::Rows;
 
 /// What a step writes beside the state.
@@ -146,6 +155,23 @@ fn published(ty: EventType) -> bool {
     })
 }
 
+/// The row of the payment `p` is about, when `p` agrees with it; a
+/// payment not recorded (yet) is transient, one that disagrees is poison.
+pub(crate) async fn recorded(
+    txn: &DatabaseTransaction,
+    rows: &mut Rows,
+    p: &PaymentData,
+) -> Result<payment::Model, StepError> {
+    let Some(row) = rows.get(txn, &p.payment_id).await? else {
+        return Err(StepError::Transient(format!(
+            "payment {} is not known (yet)",
+            p.payment_id
+        )));
+    };
+    same_payment(&row, p)?;
+    Ok(row)
+}
+
 /// Why a payment fails: the event that failed it and what the failure says.
 pub(crate) struct Failing {
     pub cause: EventType,
@@ -169,6 +195,7 @@ pub(crate) async fn fail(
         message,
         compensated,
     } = why;
+    let row = recorded(txn, rows, p).await?;
     let change = Change {
         reason: Some(reason),
         settlement_id: None,
@@ -185,7 +212,7 @@ pub(crate) async fn fail(
         compensated,
     });
     out.push(EventData::PaymentFailed(PaymentFailedData {
-        payment: p.clone(),
+        payment: row.data()?,
         reason,
         message,
         compensated,
@@ -198,9 +225,10 @@ pub(crate) async fn fail(
 pub(crate) async fn complete(
     txn: &DatabaseTransaction,
     rows: &mut Rows,
-    p: PaymentData,
+    p: &PaymentData,
     out: &mut Outbox,
 ) -> Result<(), StepError> {
+    let row = recorded(txn, rows, p).await?;
     let events = [EventType::TransferCommitted, EventType::PaymentCompleted];
     let moved = advance(
         txn,
@@ -218,7 +246,7 @@ pub(crate) async fn complete(
             failure: None,
             compensated: false,
         });
-        out.push(EventData::PaymentCompleted(p));
+        out.push(EventData::PaymentCompleted(row.data()?));
     }
     Ok(())
 }
@@ -234,13 +262,10 @@ pub(crate) async fn capture(
     captures: &Captures,
     out: &mut Outbox,
 ) -> Result<(), StepError> {
+    let row = recorded(txn, rows, p).await?;
     // Past capture already (a redelivery, or a deadline compensated the
     // saga meanwhile): nothing to do, whatever the provider said.
-    let state = rows
-        .get(txn, &p.payment_id)
-        .await?
-        .and_then(|row| row.saga_state());
-    if let Some(s) = state {
+    if let Some(s) = row.saga_state() {
         if !matches!(
             State::apply(Some(s), EventType::FundsReserved),
             Transition::Moved(_) | Transition::Invalid { .. }
@@ -248,17 +273,15 @@ pub(crate) async fn capture(
             return Ok(());
         }
     }
+    let payment = row.data()?;
     let (next, change, event) = match captures.get(&p.payment_id) {
         None => {
-            // `prepare` asks the provider for every funds_reserved it can
-            // decode; one it left out has an amount no capture can take.
-            return Err(match p.money() {
-                Err(e) => StepError::Poison(format!(
-                    "funds_reserved for {} has an invalid amount: {e}",
-                    p.payment_id
-                )),
-                Ok(_) => StepError::Transient(format!("no capture result for {}", p.payment_id)),
-            });
+            // `prepare` asks the provider for every funds_reserved that
+            // agreed with its row then; this one it could not read.
+            return Err(StepError::Transient(format!(
+                "no capture result for {}",
+                p.payment_id
+            )));
         }
         Some(Err(e @ ProviderError::Unavailable { .. })) => {
             return Err(StepError::Transient(format!(
@@ -274,7 +297,7 @@ pub(crate) async fn capture(
                 settlement_id: Some(s.settlement_id.clone()),
             },
             EventData::PaymentCaptured(CapturedData {
-                payment: p.clone(),
+                payment,
                 settlement_id: s.settlement_id.clone(),
             }),
         ),
@@ -285,7 +308,7 @@ pub(crate) async fn capture(
                 settlement_id: None,
             },
             EventData::PaymentCaptureFailed(FailureData {
-                payment: p.clone(),
+                payment,
                 reason: Reason::CaptureDeclined,
                 message: e.to_string(),
             }),

@@ -1,5 +1,6 @@
 //! Helpers for the crate's unit tests: a fresh in-memory database with one
-//! payment (`p1`, 12.50 USD from `a` to `b`) in a given state.
+//! payment (`p1`, 12.50 USD from `a` to `b`, created by [`PRINCIPAL`]) in
+//! a given state.
 
 use chrono::Utc;
 use falcon_kernel::store::Outbox;
@@ -9,6 +10,9 @@ use falcon_schemas::{Currency, EventType, Money};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, Set};
 
 use crate::entity::payment;
+
+/// The principal that created `p1`.
+pub(crate) const PRINCIPAL: &str = "alice";
 
 /// A fresh in-memory database (one connection) migrated as the actor's is,
 /// with `p1` in `state`, its deadline now.
@@ -22,6 +26,12 @@ pub(crate) async fn db_with(state: State) -> DatabaseConnection {
     crate::migration::Migrator::up(&db, None)
         .await
         .expect("the payment tables");
+    insert_p1(&db, state).await;
+    db
+}
+
+/// Inserts `p1` in `state`, its deadline now.
+pub(crate) async fn insert_p1(db: &impl ConnectionTrait, state: State) {
     let now = Utc::now();
     payment::Entity::insert(payment::ActiveModel {
         payment_id: Set("p1".into()),
@@ -36,11 +46,11 @@ pub(crate) async fn db_with(state: State) -> DatabaseConnection {
         created_at: Set(now),
         updated_at: Set(now),
         deadline_at: Set(now),
+        principal: Set(Some(PRINCIPAL.into())),
     })
-    .exec(&db)
+    .exec(db)
     .await
     .expect("a payment");
-    db
 }
 
 /// `p1` as the database has it.
@@ -60,7 +70,7 @@ pub(crate) fn p1() -> PaymentData {
         to_wallet: "b".into(),
         amount: Money::from_minor(1250, usd()).wire_amount(),
         currency: usd(),
-        principal: None,
+        principal: Some(PRINCIPAL.into()),
     }
 }
 

@@ -180,7 +180,7 @@ async fn an_event_out_of_order_waits() {
     let db = db_with(State::Requested).await;
     let txn = db.begin().await.expect("txn");
     let mut out = outbox();
-    let err = complete(&txn, &mut Rows::default(), p1(), &mut out)
+    let err = complete(&txn, &mut Rows::default(), &p1(), &mut out)
         .await
         .expect_err("too early");
     assert!(matches!(err, StepError::Transient(_)), "{err}");
