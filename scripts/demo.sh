@@ -15,13 +15,21 @@
 # FALCON_DEMO_WAIT_S (how long to wait for an outcome, default 60),
 # NO_COLOR (plain headers).
 #
+# It runs in the secure set-up, as production does: `falcon auth init`
+# writes every identity's nkey seed, the actors' signing keys and the
+# server's least-privilege authorization into ./data/demo/keys, the server
+# loads it, each actor connects as itself and every event is signed.
+#
 # The walk-through:
+#   0. the identities, and what the broker refuses a client (a deposit,
+#      a forged event)
 #   1. wallets alice, bob, carol (USD) and yuki (JPY), with deposits
 #   2. payments: one that completes, one beyond the payer's balance (failed,
 #      insufficient funds), one above the risk limit (rejected by risk), one
 #      with an invalid amount (rejected), then a refund
-#   3. a payment published as a plain NATS message (scripts/nats_pub.py),
-#      and its resend, which JetStream drops as a duplicate
+#   3. a payment published as a plain NATS message (scripts/nats_pub.py,
+#      with a user and password), its resend, which JetStream drops as a
+#      duplicate, and a payment from a wallet that client does not own
 #   4. a capture the settlement provider declines: the held funds are
 #      released (compensation) and the payment fails
 #   5. balances, saga list, two saga timelines, `falcon verify`
@@ -122,9 +130,15 @@ note "falcon: $FALCON_BIN"
 
 rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR"
-falcon_start_nats "$DEMO_DIR/nats" deploy/nats/single.conf
-
 # Everything below comes from the environment, over any falcon.toml here.
+export FALCON__SECURITY__KEYS_DIR=$DEMO_DIR/keys
+note "identities, signing keys and the server's permissions (client 'shop' gets a user and password, for a plain client)"
+falcon auth init --password-client shop
+# The server's config: the single-node file plus the generated authorization.
+cp deploy/nats/single.conf "$DEMO_DIR/nats.conf"
+printf '\ninclude "keys/nats-auth.conf"\n' >>"$DEMO_DIR/nats.conf"
+falcon_start_nats "$DEMO_DIR/nats" "$DEMO_DIR/nats.conf"
+
 export FALCON__NATS__URL=$NATS_URL
 export FALCON__PAYMENT__DATABASE_URL="sqlite://$DEMO_DIR/payment.db?mode=rwc"
 export FALCON__RISK__DATABASE_URL="sqlite://$DEMO_DIR/risk.db?mode=rwc"
@@ -139,6 +153,18 @@ note "databases: $DEMO_DIR/{payment,risk,wallet}.db"
 
 falcon streams apply
 start_actors main
+falcon doctor || note "(doctor exits non-zero: this demo server fsyncs periodically, see deploy/nats/durable.conf)"
+
+# ---------------------------------------------------------------------------
+section "0. Who may do what"
+# ---------------------------------------------------------------------------
+note "a deposit creates money: only the treasury identity may send one; as the client it is refused by the broker"
+falcon_outcome --as client wallet deposit alice 1000000.00 --currency USD --reference mint-1
+note "an event moves money: only its actor may publish it; a client's forged wallet event is refused"
+forged='{"specversion":"1.0","id":"forged-1","source":"falcon/wallet","type":"falcon.wallet.deposited.v1","subject":"alice","time":"2026-01-01T00:00:00Z","datacontenttype":"application/json","sagaid":"alice","causationid":"x","data":{"wallet_id":"alice","reference":"forged","amount":"1000000.00","currency":"USD"}}'
+printf '%s$ scripts/nats_pub.py --user shop ... falcon.evt.wallet.deposited.alice <forged event>%s\n' "$BOLD" "$RESET"
+python3 scripts/nats_pub.py --url "$NATS_URL" --user shop --password-file "$DEMO_DIR/keys/shop.password" \
+    falcon.evt.wallet.deposited.alice "$forged" || note "(refused: exit $?)"
 
 # ---------------------------------------------------------------------------
 section "1. Wallets and deposits"
@@ -181,15 +207,28 @@ falcon_outcome refund --payment pay-ok --amount 10.00 --id refund-1 --wait
 # ---------------------------------------------------------------------------
 section "3. A command published with a plain NATS client"
 # ---------------------------------------------------------------------------
-note "any NATS client can pay: a JSON body on falcon.cmd.payment.create (here raw protocol, Python stdlib)"
-raw='{"payment_id":"pay-raw","from_wallet":"alice","to_wallet":"bob","amount":"12.50","currency":"USD"}'
-printf '%s$ scripts/nats_pub.py --msg-id cmd-pay-raw falcon.cmd.payment.create %s%s\n' "$BOLD" "'$raw'" "$RESET"
-python3 scripts/nats_pub.py --url "$NATS_URL" --msg-id cmd-pay-raw falcon.cmd.payment.create "$raw"
+note "any NATS client with an identity can pay: a JSON body on falcon.cmd.payment.create.<its name>"
+note "(here raw protocol, Python stdlib, user and password). Client 'shop' opens its own till first."
+falcon --as shop wallet open shop-till --owner "Shop" --currency USD --wait
+falcon wallet deposit shop-till 100.00 --currency USD --reference dep-shop-1 --wait
+pub_shop() {
+    printf '%s$ scripts/nats_pub.py --user shop --password-file keys/shop.password --msg-id %s %s %s%s\n' "$BOLD" "$1" "$2" "'$3'" "$RESET"
+    python3 scripts/nats_pub.py --url "$NATS_URL" --user shop --password-file "$DEMO_DIR/keys/shop.password" \
+        --msg-id "$1" "$2" "$3"
+}
+raw='{"payment_id":"pay-raw","from_wallet":"shop-till","to_wallet":"bob","amount":"12.50","currency":"USD"}'
+pub_shop cmd-pay-raw falcon.cmd.payment.create.shop "$raw"
 note "the same message again: JetStream drops it within the dedup window (\"duplicate\": true)"
-printf '%s$ scripts/nats_pub.py --msg-id cmd-pay-raw falcon.cmd.payment.create %s%s\n' "$BOLD" "'$raw'" "$RESET"
-python3 scripts/nats_pub.py --url "$NATS_URL" --msg-id cmd-pay-raw falcon.cmd.payment.create "$raw"
+pub_shop cmd-pay-raw falcon.cmd.payment.create.shop "$raw"
 wait_saga_terminal pay-raw
 falcon saga show pay-raw
+note "shop pays from alice's wallet (the client's, not shop's): the wallet declines it (not_wallet_owner)"
+pub_shop cmd-pay-steal falcon.cmd.payment.create.shop '{"payment_id":"pay-steal","from_wallet":"alice","to_wallet":"shop-till","amount":"50.00","currency":"USD"}'
+wait_saga_terminal pay-steal
+falcon saga show pay-steal
+note "and it cannot pretend to be the client: a subject naming another principal is refused by the broker"
+pub_shop cmd-pay-fake falcon.cmd.payment.create.client '{"payment_id":"pay-fake","from_wallet":"alice","to_wallet":"shop-till","amount":"50.00","currency":"USD"}' ||
+    note "(refused: exit $?)"
 
 # ---------------------------------------------------------------------------
 section "4. A capture the provider declines (compensation)"
@@ -205,8 +244,8 @@ start_actors resumed
 # ---------------------------------------------------------------------------
 section "5. Where the money is"
 # ---------------------------------------------------------------------------
-note "expected: alice 972.50, bob 127.50, carol 50.00 (USD), yuki 50000 (JPY)"
-for w in alice bob carol yuki; do
+note "expected: alice 985.00, bob 127.50, carol 50.00, shop-till 87.50 (USD), yuki 50000 (JPY)"
+for w in alice bob carol shop-till yuki; do
     falcon wallet balance "$w"
 done
 

@@ -6,7 +6,8 @@ its subject (see DESIGN.md). This script shows that on the wire, for places
 without the `nats` CLI:
 
     scripts/nats_pub.py --url nats://127.0.0.1:4222 --msg-id cmd-pay-1 \\
-        falcon.cmd.payment.create \\
+        --user shop --password-file secrets/shop.password \\
+        falcon.cmd.payment.create.shop \\
         '{"payment_id":"pay-1","from_wallet":"alice","to_wallet":"bob","amount":"12.50","currency":"USD"}'
 
 By default it publishes with a reply inbox and waits for the reply, which on a
@@ -193,6 +194,12 @@ def main(argv: list[str]) -> int:
         default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"),
         help="server URL, nats://[user:pass@|token@]host:port (default $NATS_URL or nats://127.0.0.1:4222)",
     )
+    p.add_argument("--user", help="connect as this user (FalconPay: a client `falcon auth init --password-client` issued)")
+    p.add_argument("--password-file", help="the user's password, e.g. secrets/<user>.password")
+    p.add_argument(
+        "--inbox-prefix",
+        help="reply inbox prefix (default _INBOX_<user> with --user: the broker lets an identity subscribe to its own inbox only, else _INBOX)",
+    )
     p.add_argument("--msg-id", help="sets the Nats-Msg-Id header (JetStream de-duplication)")
     p.add_argument("-H", "--header", action="append", default=[], metavar="KEY:VALUE", help="extra header; repeatable")
     p.add_argument("--core", action="store_true", help="plain publish: no reply inbox, no ack wait")
@@ -216,8 +223,14 @@ def main(argv: list[str]) -> int:
             p.error(f"--header {h!r}: expected KEY:VALUE")
         headers.append((k.strip(), v.strip()))
 
+    if bool(a.user) != bool(a.password_file):
+        p.error("--user and --password-file go together")
+    prefix = a.inbox_prefix or (f"_INBOX_{a.user}" if a.user else "_INBOX")
     try:
         conn = Conn(a.url, a.timeout)
+        if a.user:
+            with open(a.password_file, encoding="utf-8") as f:
+                conn.user, conn.password = a.user, f.read().strip()
         info = conn.handshake()
         if headers and not info.get("headers", False):
             raise NatsError("the server does not support headers (needed for --msg-id/--header)")
@@ -227,7 +240,7 @@ def main(argv: list[str]) -> int:
             raise NatsError(f"message of {len(hdr) + len(body)} bytes exceeds the server's max_payload {max_payload}")
         inbox = None
         if not a.core:
-            inbox = "_INBOX." + os.urandom(11).hex()
+            inbox = f"{prefix}." + os.urandom(11).hex()
             conn.send(f"SUB {inbox} 1\r\nUNSUB 1 1\r\n".encode())
         reply = f" {inbox}" if inbox else ""
         if hdr:

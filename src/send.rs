@@ -59,10 +59,17 @@ pub async fn command(
     json: bool,
 ) -> Result<ExitCode> {
     let name = command.as_str();
-    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
+    // A deposit comes from the treasury, every other command from the
+    // client identity; the subject names it, and the broker holds it to
+    // the identity it connected as.
+    let principal = match command {
+        CommandKind::WalletDeposit => &settings.security.treasury,
+        _ => &settings.nats.identity,
+    };
+    let client = settings.connect_as(principal, "falcon-cli").await?;
     let js = async_nats::jetstream::new(client);
     let msg_id = uuid::Uuid::now_v7().to_string();
-    let subject = command.subject();
+    let subject = command.subject(principal);
     // The client's span is the root of the saga's trace (when traces are
     // exported; otherwise a new trace id is carried all the same).
     let span = tracing::info_span!(

@@ -206,28 +206,35 @@ async fn bad_configuration_fails_with_the_key() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_says_whether_acks_are_durable() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let doctor = |url: String, monitor: Option<String>, args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_falcon"))
-            .args(args)
-            .current_dir(dir.path())
-            .env("FALCON__NATS__URL", url)
-            .env("FALCON__NATS__MONITOR_URL", monitor.unwrap_or_default())
-            .env(
-                "FALCON__PAYMENT__DATABASE_URL",
-                format!("sqlite://{}/p.db?mode=rwc", dir.path().display()),
-            )
-            .env(
-                "FALCON__RISK__DATABASE_URL",
-                format!("sqlite://{}/r.db?mode=rwc", dir.path().display()),
-            )
-            .env(
-                "FALCON__WALLET__DATABASE_URL",
-                format!("sqlite://{}/w.db?mode=rwc", dir.path().display()),
-            )
-            .output()
+    let keys = dir.path().join("keys");
+    let doctor_in = |mode: &'static str| {
+        let dir = dir.path().to_owned();
+        let keys = keys.clone();
+        move |url: String, monitor: Option<String>, args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_falcon"))
+                .args(args)
+                .current_dir(&dir)
+                .env("FALCON__NATS__URL", url)
+                .env("FALCON__NATS__MONITOR_URL", monitor.unwrap_or_default())
+                .env("FALCON__SECURITY__MODE", mode)
+                .env("FALCON__SECURITY__KEYS_DIR", &keys)
+                .env(
+                    "FALCON__PAYMENT__DATABASE_URL",
+                    format!("sqlite://{}/p.db?mode=rwc", dir.display()),
+                )
+                .env(
+                    "FALCON__RISK__DATABASE_URL",
+                    format!("sqlite://{}/r.db?mode=rwc", dir.display()),
+                )
+                .env(
+                    "FALCON__WALLET__DATABASE_URL",
+                    format!("sqlite://{}/w.db?mode=rwc", dir.display()),
+                )
+                .output()
+        }
     };
-    let check = |v: &serde_json::Value, name: &str| -> Option<(String, bool)> {
-        v["checks"]
+    let check = |v: &serde_json::Value, list: &str, name: &str| -> Option<(String, bool)> {
+        v[list]
             .as_array()?
             .iter()
             .find(|c| c["name"] == name)
@@ -239,10 +246,14 @@ async fn doctor_says_whether_acks_are_durable() -> Result<()> {
             })
     };
 
-    // The setting for money: fsync before every ack.
+    // The set-up for money: `falcon auth init`'s identities on a server
+    // that fsyncs before every ack.
+    let doctor = doctor_in("secure");
+    ok(doctor(String::new(), None, &["auth", "init"])?)?;
     let durable = NatsServer::start_with(NatsOptions {
         sync_always: true,
         monitor: true,
+        auth: Some(keys.join("nats-auth.conf")),
     })
     .await?;
     let before = doctor(durable.url(), durable.monitor_url(), &["--json", "doctor"])?;
@@ -258,23 +269,40 @@ async fn doctor_says_whether_acks_are_durable() -> Result<()> {
         &["--json", "doctor"],
     )?)?)?;
     assert_eq!(report["durable"], true, "{report}");
+    assert_eq!(report["secure"], true, "{report}");
     assert_eq!(
-        check(&report, "jetstream sync_interval"),
+        check(&report, "security", "identities").map(|c| c.1),
+        Some(true)
+    );
+    assert_eq!(
+        check(&report, "security", "signatures").map(|c| c.1),
+        Some(true)
+    );
+    assert_eq!(
+        check(&report, "checks", "jetstream sync_interval"),
         Some(("always".into(), true))
     );
     assert_eq!(
-        check(&report, "payment-evt max_deliver"),
+        check(&report, "checks", "payment-evt max_deliver"),
         Some(("10".into(), true))
     );
     assert_eq!(
-        check(&report, "FALCON_EVT dedup window"),
+        check(&report, "checks", "FALCON_EVT dedup window"),
         Some(("120s".into(), true))
     );
+    assert_eq!(
+        check(&report, "checks", "FALCON_EVT size").map(|c| c.1),
+        Some(true)
+    );
 
-    // The default: periodic fsync. Doctor says so, and run refuses to start.
+    // An open server with the default periodic fsync: doctor says both, and
+    // run refuses to start when asked for durability.
+    let check = |v: &serde_json::Value, name: &str| check(v, "checks", name);
+    let doctor = doctor_in("open");
     let lax = NatsServer::start_with(NatsOptions {
         sync_always: false,
         monitor: true,
+        auth: None,
     })
     .await?;
     ok(doctor(lax.url(), lax.monitor_url(), &["streams", "apply"])?)?;
@@ -284,6 +312,16 @@ async fn doctor_says_whether_acks_are_durable() -> Result<()> {
         &["--json", "doctor"],
     )?)?;
     assert_eq!(report["durable"], false);
+    assert_eq!(report["secure"], false);
+    let security = |name: &str| {
+        report["security"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .map(|c| c["ok"] == true)
+    };
+    assert_eq!(security("security mode"), Some(false), "{report}");
+    assert_eq!(security("identities"), Some(false), "{report}");
+    assert_eq!(security("signatures"), Some(false), "{report}");
     assert_eq!(
         check(&report, "jetstream sync_interval").map(|c| c.1),
         Some(false)

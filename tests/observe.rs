@@ -405,7 +405,7 @@ async fn metrics_health_and_logs_are_served() -> Result<()> {
         falcon_schemas::EventData::PaymentFailed(_)
     ));
     // A command no one can parse is dead-lettered.
-    w.publish_raw("falcon.cmd.payment.create", "{not json", None)
+    w.publish_raw("falcon.cmd.payment.create.client", "{not json", None)
         .await?;
 
     let text = metric_becomes(&base, "falcon_dlq_depth", 1.0).await?;
@@ -520,8 +520,8 @@ async fn sigterm_under_load_loses_nothing(backend: Backend) -> Result<()> {
         .collect();
     // Publish in the background and wait for all terminal events there.
     let payer = {
-        let js = w.js.clone();
-        tokio::spawn(async move { common::pay_many(&js, &bodies).await })
+        let (client, js) = (w.client.clone(), w.js.clone());
+        tokio::spawn(async move { common::pay_many(&client, &js, &bodies).await })
     };
     // Stop once the first payments have completed: the rest are in flight.
     w.wait_event("falcon.evt.payment.completed.>", |_| true)

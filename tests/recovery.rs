@@ -85,7 +85,7 @@ async fn dead_letter_replayed_after_the_cause_is_fixed(b: Backend) -> Result<()>
     )?)?)?;
     assert_eq!(none.as_array().map(Vec::len), Some(0));
     // Still down: a redrive fails again and the dead letter stays.
-    let again = replay(&w.settings, &w.js, &letter, false).await?;
+    let again = replay(&w.settings, &w.js, &letter, false, &w.ring()?).await?;
     assert!(matches!(again, Replay::Failed { .. }), "{again:?}");
     assert_eq!(dlq::list(&w.js, None).await?.len(), 1);
     rt.shutdown().await;
@@ -94,7 +94,7 @@ async fn dead_letter_replayed_after_the_cause_is_fixed(b: Backend) -> Result<()>
     let mut fixed = w.settings.clone();
     fixed.provider.transient_error_bps = 0;
     let rt = Runtime::start(&fixed, &Actor::ALL).await?;
-    let outcome = replay(&fixed, &w.js, &letter, false).await?;
+    let outcome = replay(&fixed, &w.js, &letter, false, &w.ring()?).await?;
     assert!(
         matches!(
             outcome,
@@ -361,7 +361,7 @@ async fn saga_view_dead_letters_go_back_to_the_saga_view(b: Backend) -> Result<(
     assert_eq!(letters.len(), stored.len());
     // The saga is over: forced, each letter is applied by the view once.
     for letter in &letters {
-        let outcome = replay(&w.settings, &w.js, letter, true).await?;
+        let outcome = replay(&w.settings, &w.js, letter, true, &w.ring()?).await?;
         assert!(
             matches!(
                 outcome,

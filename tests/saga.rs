@@ -230,20 +230,32 @@ async fn duplicate_create_has_one_effect(b: Backend) -> Result<()> {
     let body = World::pay_body("p1", "alice", "bob", "25.00", "USD");
     let bytes = serde_json::to_vec(&body)?;
     let first = w
-        .publish_raw("falcon.cmd.payment.create", bytes.clone(), Some("client-1"))
+        .publish_raw(
+            "falcon.cmd.payment.create.client",
+            bytes.clone(),
+            Some("client-1"),
+        )
         .await?;
     let resend = w
-        .publish_raw("falcon.cmd.payment.create", bytes.clone(), Some("client-1"))
+        .publish_raw(
+            "falcon.cmd.payment.create.client",
+            bytes.clone(),
+            Some("client-1"),
+        )
         .await?;
     assert!(
         resend.duplicate && resend.stream_seq == first.stream_seq,
         "JetStream drops a same-id resend"
     );
     // Same business key, new message id: JetStream stores it, the payment actor must not act twice.
-    w.publish_raw("falcon.cmd.payment.create", bytes.clone(), Some("client-2"))
-        .await?;
+    w.publish_raw(
+        "falcon.cmd.payment.create.client",
+        bytes.clone(),
+        Some("client-2"),
+    )
+    .await?;
     w.wait_terminal("p1").await?;
-    w.publish_raw("falcon.cmd.payment.create", bytes, Some("client-3"))
+    w.publish_raw("falcon.cmd.payment.create.client", bytes, Some("client-3"))
         .await?;
     // Same key, other fields: refused. Commands are handled in order, so once
     // this rejection exists the resends before it have been handled too.
@@ -323,7 +335,7 @@ async fn refund(w: &World, payment: &str, refund: &str, amount: Option<&str>) ->
     }
     let msg_id = uuid::Uuid::now_v7().to_string();
     w.publish_raw(
-        "falcon.cmd.payment.refund",
+        "falcon.cmd.payment.refund.client",
         serde_json::to_vec(&body)?,
         Some(&msg_id),
     )
@@ -360,7 +372,7 @@ async fn refunds(b: Backend) -> Result<()> {
     let reused = serde_json::json!({"payment_id": "p1", "refund_id": "r1", "amount": "16.00"});
     let msg_id = "reuse-r1";
     w.publish_raw(
-        "falcon.cmd.payment.refund",
+        "falcon.cmd.payment.refund.client",
         serde_json::to_vec(&reused)?,
         Some(msg_id),
     )
@@ -540,7 +552,7 @@ async fn unparseable_body_is_dead_lettered(b: Backend) -> Result<()> {
     let w = World::new(b).await?;
     let rt = w.start().await?;
     let sent = w
-        .publish_raw("falcon.cmd.payment.create", "{not json", None)
+        .publish_raw("falcon.cmd.payment.create.client", "{not json", None)
         .await?;
     let letters = eventually(|| async {
         let letters =
@@ -551,14 +563,14 @@ async fn unparseable_body_is_dead_lettered(b: Backend) -> Result<()> {
     let letter = &letters[0];
     assert_eq!(
         letter.subject,
-        "falcon.dlq.payment-cmd.falcon.cmd.payment.create"
+        "falcon.dlq.payment-cmd.falcon.cmd.payment.create.client"
     );
     assert_eq!(&letter.payload[..], b"{not json");
     let headers = letter.headers.as_ref().context("dead letter headers")?;
     let h = |n: &str| headers.get(n).map(|v| v.as_str().to_owned());
     assert_eq!(
         h(dlq::ORIGINAL_SUBJECT).as_deref(),
-        Some("falcon.cmd.payment.create")
+        Some("falcon.cmd.payment.create.client")
     );
     assert_eq!(h(dlq::ORIGINAL_STREAM).as_deref(), Some(STREAM_CMD));
     assert_eq!(h(dlq::ORIGINAL_SEQ), Some(sent.stream_seq.to_string()));
@@ -599,7 +611,7 @@ async fn poison_message_does_not_fail_its_batch_mates(b: Backend) -> Result<()> 
     rt.shutdown().await;
     for i in 0..20 {
         if i == 7 {
-            w.publish_raw("falcon.cmd.payment.create", "{poison", None)
+            w.publish_raw("falcon.cmd.payment.create.client", "{poison", None)
                 .await?;
         }
         let body = World::pay_body(&format!("mate-{i}"), "alice", "bob", "1.00", "USD");
@@ -688,6 +700,7 @@ async fn exhausted_retries_are_dead_lettered(b: Backend) -> Result<()> {
             to_wallet: "b".into(),
             amount: rust_decimal::Decimal::new(100, 2),
             currency: usd,
+            principal: None,
         }),
         "orphan-event".into(),
         chrono::Utc::now(),
@@ -695,9 +708,7 @@ async fn exhausted_retries_are_dead_lettered(b: Backend) -> Result<()> {
         "test",
         None,
     );
-    let sent = w
-        .publish_raw(&orphan.nats_subject(), orphan.encode(), Some(&orphan.id))
-        .await?;
+    let sent = w.publish_event(&orphan).await?;
     let letters = eventually(|| async {
         let letters =
             falcon_nats::read::read_filtered(&w.js, STREAM_DLQ, "falcon.dlq.payment-evt.>", 10)

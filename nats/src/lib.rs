@@ -74,7 +74,18 @@ pub async fn connect_as(
         .options(&servers)
         .await
         .map_err(|e| connect_err(e.into()))?;
+    let who = identity.name.clone();
     tls.apply(options)
+        // The broker's refusals (a permission violation) arrive on their
+        // own, not as the failed call's error: say them where they are seen.
+        .event_callback(move |event| {
+            let who = who.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    tracing::warn!(identity = %who, "the NATS server refused: {e}");
+                }
+            }
+        })
         .name(name)
         .connection_timeout(std::time::Duration::from_secs(5))
         .connect(servers)

@@ -48,7 +48,9 @@ async fn kill(
         bail!("{actor:?} is not an actor name");
     }
     let node = node.unwrap_or_else(|| settings.node.clone());
-    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
+    let client = settings
+        .connect_as(&settings.security.operator, "falcon-cli")
+        .await?;
     let subject = falcon_runtime::runtime::kill_subject(&node, actor);
     let reply = tokio::time::timeout(ANSWER_WAIT, client.request(subject, "".into()))
         .await

@@ -56,7 +56,9 @@ fn letter_json(l: &DeadLetter) -> serde_json::Value {
 }
 
 pub async fn run(settings: &Settings, verb: DlqVerb, json: bool) -> Result<ExitCode> {
-    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
+    let client = settings
+        .connect_as(&settings.security.operator, "falcon-cli")
+        .await?;
     let js = async_nats::jetstream::new(client);
     match verb {
         DlqVerb::List { subject } => {
@@ -123,9 +125,10 @@ pub async fn run(settings: &Settings, verb: DlqVerb, json: bool) -> Result<ExitC
                     None => bail!("no dead letter at sequence {seq}"),
                 }
             };
+            let ring = settings.key_ring().map_err(anyhow::Error::msg)?;
             let mut outcomes = Vec::with_capacity(letters.len());
             for l in &letters {
-                outcomes.push(replay(settings, &js, l, force).await?);
+                outcomes.push(replay(settings, &js, l, force, &ring).await?);
             }
             let failed = outcomes
                 .iter()

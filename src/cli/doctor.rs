@@ -1,11 +1,15 @@
 //! `falcon doctor`: whether acknowledged messages are durable on the
-//! connected server, check by check; a non-zero exit when they are not.
-//! `falcon run --require-durable` asks the same [`report`].
+//! connected server, and whether it is secured (the security mode, the
+//! server refusing anonymous clients, signed events), check by check; a
+//! non-zero exit when either falls short. `falcon run --require-durable`
+//! asks the same durability [`report`].
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use falcon_nats::doctor::Check;
+use falcon_runtime::settings::Mode;
 use falcon_runtime::Settings;
 
 use crate::{actors, output};
@@ -17,7 +21,9 @@ pub struct DoctorArgs {}
 /// The server's durability checks, with the consumers of every registered
 /// actor.
 pub async fn report(settings: &Settings) -> Result<falcon_nats::doctor::Report> {
-    let client = falcon_nats::connect(&settings.nats.url, "falcon-doctor").await?;
+    let client = settings
+        .connect_as(&settings.security.operator, "falcon-doctor")
+        .await?;
     let js = async_nats::jetstream::new(client.clone());
     let specs = falcon_runtime::runtime::consumer_specs(settings, &actors::all());
     let consumers: Vec<(&str, String)> = specs.iter().map(|s| (s.stream, s.name.clone())).collect();
@@ -27,14 +33,79 @@ pub async fn report(settings: &Settings) -> Result<falcon_nats::doctor::Report> 
     )
 }
 
+/// The security checks: the mode, whether the server lets an anonymous
+/// client in, whether events are signed and checked.
+pub async fn security(settings: &Settings) -> Vec<Check> {
+    let check = |name: &str, value: String, ok: bool, advice: Option<String>| Check {
+        name: name.to_owned(),
+        value,
+        ok,
+        advice,
+    };
+    let mode = settings.security.mode;
+    let mut checks = vec![check(
+        "security mode",
+        mode.as_str().to_owned(),
+        mode == Mode::Secure,
+        (mode == Mode::Open).then(|| "any client may create, move or stop money: set security.mode = \"secure\" and run `falcon auth init`".to_owned()),
+    )];
+    let anonymous = falcon_nats::connect(&settings.nats.url, "falcon-doctor-anonymous").await;
+    checks.push(match anonymous {
+        Ok(_) => check(
+            "identities",
+            "the server lets anonymous clients in".into(),
+            false,
+            Some("load `falcon auth init`'s nats-auth.conf into nats-server (include it, then reload)".into()),
+        ),
+        Err(e) => check(
+            "identities",
+            "anonymous clients refused".into(),
+            true,
+            Some(format!("the server said: {}", root_cause(&e))),
+        ),
+    });
+    checks.push(match settings.key_ring() {
+        Ok(ring) if ring.required() => check(
+            "signatures",
+            "required: HMAC-SHA256 per emitting actor".into(),
+            true,
+            None,
+        ),
+        Ok(_) => check(
+            "signatures",
+            "off: events are not signed or checked".into(),
+            false,
+            Some("security.mode = \"secure\" signs and checks every event".into()),
+        ),
+        Err(e) => check("signatures", "keys missing".into(), false, Some(e)),
+    });
+    checks
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut last = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        last = s.to_string();
+        source = s.source();
+    }
+    last
+}
+
 pub async fn run(settings: &Settings, _args: DoctorArgs, json: bool) -> Result<ExitCode> {
     let report = report(settings).await?;
+    let security = security(settings).await;
+    let secure = security.iter().all(|c| c.ok);
     if json {
-        output::json(&report)?;
+        let mut v = serde_json::to_value(&report)?;
+        v["security"] = serde_json::to_value(&security)?;
+        v["secure"] = secure.into();
+        output::json(&v)?;
     } else {
         let rows: Vec<Vec<String>> = report
             .checks
             .iter()
+            .chain(&security)
             .map(|c| {
                 vec![
                     if c.ok { "ok" } else { "NO" }.to_owned(),
@@ -53,8 +124,16 @@ pub async fn run(settings: &Settings, _args: DoctorArgs, json: bool) -> Result<E
                 "acknowledged messages are NOT known to be durable: see the checks marked NO"
             }
         );
+        println!(
+            "{}",
+            if secure {
+                "secured: identities, permissions and signed events"
+            } else {
+                "NOT secured: see the security checks marked NO"
+            }
+        );
     }
-    Ok(if report.durable {
+    Ok(if report.durable && secure {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -3,6 +3,7 @@
 //! verb's module owns its clap arguments and its `run(settings, args,
 //! json)`.
 
+mod auth;
 mod bench;
 mod chaos;
 mod config;
@@ -46,6 +47,11 @@ pub struct Cli {
         env = "FALCON_LOG_FORMAT"
     )]
     pub log_format: crate::telemetry::LogFormat,
+    /// Connect as this identity instead of the one the verb uses (the
+    /// client, the treasury for a deposit, the operator, provisioning);
+    /// commands then name it as their principal. Not for `run`.
+    #[arg(long = "as", global = true, value_name = "IDENTITY")]
+    pub identity: Option<String>,
     #[command(subcommand)]
     pub verb: Verb,
 }
@@ -55,6 +61,9 @@ pub struct Cli {
 pub enum Verb {
     /// Start the supervised actors (all by default) until SIGINT/SIGTERM.
     Run(run::RunArgs),
+    /// Identities, keys and the broker's permissions.
+    #[command(subcommand)]
+    Auth(auth::AuthVerb),
     /// Provision the JetStream streams and consumers.
     #[command(subcommand)]
     Streams(streams::StreamsVerb),
@@ -102,8 +111,30 @@ impl Verb {
 /// Runs the verb `cli` names with the loaded `settings`.
 pub async fn dispatch(cli: Cli, settings: &Settings) -> Result<ExitCode> {
     let json = cli.json;
+    let mut as_identity;
+    let settings = match &cli.identity {
+        Some(_) if matches!(cli.verb, Verb::Run(_)) => {
+            anyhow::bail!("--as is not for `falcon run`: each actor connects as its own identity")
+        }
+        Some(name) if !falcon_schemas::ids::is_valid_id(name) => {
+            anyhow::bail!(
+                "--as {}: not 1-64 characters of [A-Za-z0-9_-]",
+                falcon_schemas::shown(name)
+            )
+        }
+        Some(name) => {
+            as_identity = settings.clone();
+            as_identity.nats.identity = name.clone();
+            as_identity.security.treasury = name.clone();
+            as_identity.security.operator = name.clone();
+            as_identity.security.provisioning = name.clone();
+            &as_identity
+        }
+        None => settings,
+    };
     match cli.verb {
         Verb::Run(args) => run::run(settings, args, json).await,
+        Verb::Auth(verb) => auth::run(settings, verb, json),
         Verb::Streams(verb) => streams::run(settings, verb, json).await,
         Verb::Wallet(verb) => wallet::run(settings, verb, json).await,
         Verb::Pay(args) => pay::run(settings, args, json).await,

@@ -56,23 +56,33 @@ fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>> {
     }
     let ago = humantime::parse_duration(s)
         .with_context(|| format!("--since {s:?} is neither RFC 3339 nor a duration"))?;
-    Ok(chrono::Utc::now() - chrono::Duration::from_std(ago).context("--since is too long")?)
+    chrono::Duration::from_std(ago)
+        .ok()
+        .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+        .with_context(|| format!("--since {s:?} reaches back past any date FalconPay can hold"))
 }
 
 pub async fn run(settings: &Settings, a: ReplayArgs, json: bool) -> Result<ExitCode> {
     use falcon_nats::read::Start;
     use falcon_runtime::replay;
-    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
-    let js = async_nats::jetstream::new(client);
-    let (report, sagas) = if let Some(model) = &a.rebuild {
-        if !replay::read_models().contains(&model.as_str()) {
+    // Everything is checked before connecting; then a replay connects as
+    // the actor whose steps it runs and whose events it publishes (the read
+    // model's, for a rebuild).
+    enum Job {
+        Rebuild(String),
+        Redeliver(falcon_sagas::Actor, &'static str, Start),
+    }
+    let (job, actor) = if let Some(model) = &a.rebuild {
+        let Some(entry) = falcon_runtime::registry::REGISTRY
+            .iter()
+            .find(|r| r.read_models().contains(&model.as_str()))
+        else {
             bail!(
                 "unknown read model {model:?}; one of {}",
                 replay::read_models().join(", ")
             );
-        }
-        let (report, sagas) = replay::rebuild(settings, &js, model, a.force).await?;
-        (report, Some(sagas))
+        };
+        (Job::Rebuild(model.clone()), entry.actor())
     } else {
         let actor = actors::by_name(a.actor.as_deref().unwrap_or_default())?;
         let stream = match a.stream.as_str() {
@@ -85,10 +95,19 @@ pub async fn run(settings: &Settings, a: ReplayArgs, json: bool) -> Result<ExitC
             (None, Some(since)) => Start::Time(parse_since(since)?),
             (None, None) => bail!("--from-seq or --since is required"),
         };
-        (
+        (Job::Redeliver(actor, stream, start), actor)
+    };
+    let client = settings.connect_as(actor.as_str(), "falcon-replay").await?;
+    let js = async_nats::jetstream::new(client);
+    let (report, sagas) = match job {
+        Job::Rebuild(model) => {
+            let (report, sagas) = replay::rebuild(settings, &js, &model, a.force).await?;
+            (report, Some(sagas))
+        }
+        Job::Redeliver(actor, stream, start) => (
             replay::redeliver(settings, &js, actor, stream, start, a.to_seq).await?,
             None,
-        )
+        ),
     };
     if json {
         let mut v = serde_json::to_value(&report)?;
@@ -118,4 +137,18 @@ pub async fn run(settings: &Settings, a: ReplayArgs, json: bool) -> Result<ExitC
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_since;
+
+    #[test]
+    fn since_is_bounded_and_never_panics() {
+        assert!(parse_since("10m").is_ok());
+        assert!(parse_since("2026-01-01T00:00:00Z").is_ok());
+        for bad in ["300000y", "99999999999999999999s", "yesterday", "", "-5m"] {
+            assert!(parse_since(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

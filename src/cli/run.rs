@@ -92,7 +92,9 @@ pub async fn run(settings: &Settings, args: RunArgs, _json: bool) -> Result<Exit
 /// consumers) and fails unless the doctor finds acknowledged messages
 /// durable.
 async fn refuse_unless_durable(settings: &Settings) -> Result<()> {
-    let client = falcon_nats::connect(&settings.nats.url, "falcon-doctor").await?;
+    let client = settings
+        .connect_as(&settings.security.provisioning, "falcon-doctor")
+        .await?;
     apply_topology(&async_nats::jetstream::new(client), settings).await?;
     let report = doctor::report(settings).await?;
     if !report.durable {

@@ -24,7 +24,9 @@ pub async fn run(settings: &Settings, verb: StreamsVerb, json: bool) -> Result<E
 }
 
 async fn apply(settings: &Settings, json: bool) -> Result<ExitCode> {
-    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
+    let client = settings
+        .connect_as(&settings.security.provisioning, "falcon-cli")
+        .await?;
     let js = async_nats::jetstream::new(client);
     let changes = apply_topology(&js, settings).await?;
     if json {

@@ -18,7 +18,9 @@ pub struct VerifyArgs {}
 pub async fn run(settings: &Settings, _args: VerifyArgs, json: bool) -> Result<ExitCode> {
     let stores = Stores::open(settings, &actors::all()).await?;
     let mut report = invariants::check(&stores, false).await?;
-    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
+    let client = settings
+        .connect_as(&settings.security.operator, "falcon-cli")
+        .await?;
     let js = async_nats::jetstream::new(client);
     invariants::check_streams(&stores, settings, &js, &mut report).await?;
     if json {

@@ -20,6 +20,7 @@ pub fn command(w: &World, dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_falcon"));
     cmd.current_dir(dir)
         .env("FALCON__NATS__URL", &w.settings.nats.url)
+        .env("FALCON__SECURITY__KEYS_DIR", &w.settings.security.keys_dir)
         .env(
             "FALCON__PAYMENT__DATABASE_URL",
             &w.settings.payment.database_url,

@@ -35,12 +35,25 @@ pub use nats::{NatsServer, Options as NatsOptions};
 /// How long a test waits for anything before failing.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The client principal a world's commands come from, and a second one.
+pub const CLIENT: &str = "client";
+pub const OTHER_CLIENT: &str = "mallory";
+
 /// One test's world: a server, databases, and the settings to reach them.
+/// Secure, as a real install is: `falcon auth init`'s keys and permissions,
+/// every connection with its own identity, signed events.
 pub struct World {
     pub nats: NatsServer,
     pub dbs: db::Databases,
     pub settings: Settings,
+    /// The operator's connection: reads streams, consumers, dead letters.
     pub js: jetstream::Context,
+    /// The client principal's: its commands (it owns the wallets it opens).
+    pub client: jetstream::Context,
+    /// The treasury's: deposits.
+    pub treasury: jetstream::Context,
+    /// Where the keys are (`security.keys_dir`).
+    pub keys: tempfile::TempDir,
 }
 
 impl World {
@@ -52,9 +65,17 @@ impl World {
     /// risk rules, …) before anything starts.
     pub async fn with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Result<World> {
         init_logs();
-        let nats = NatsServer::start().await?;
-        let dbs = db::Databases::create(backend).await?;
+        let keys = tempfile::tempdir()?;
         let mut settings = Settings::default();
+        settings.security.keys_dir = keys.path().display().to_string();
+        let issued = falcon_runtime::auth::init(&settings, keys.path(), &[OTHER_CLIENT.into()])
+            .map_err(anyhow::Error::msg)?;
+        let nats = NatsServer::start_with(NatsOptions {
+            auth: Some(issued.server_conf),
+            ..Default::default()
+        })
+        .await?;
+        let dbs = db::Databases::create(backend).await?;
         settings.nats.url = nats.url();
         settings.payment.database_url = dbs.url(Actor::Payment);
         settings.risk.database_url = dbs.url(Actor::Risk);
@@ -64,13 +85,29 @@ impl World {
         settings.consumer.nak_delay_ms = 100;
         settings.relay.interval_ms = 200;
         tweak(&mut settings);
-        let client = falcon_nats::connect(&settings.nats.url, "falcon-test").await?;
-        let js = jetstream::new(client);
+        let connect = |name: String| {
+            let settings = settings.clone();
+            async move {
+                Ok::<_, anyhow::Error>(jetstream::new(
+                    settings.connect_as(&name, "falcon-test").await?,
+                ))
+            }
+        };
+        // The streams exist before anyone reads them, as after `falcon
+        // streams apply`.
+        let provisioning = connect(settings.security.provisioning.clone()).await?;
+        falcon_runtime::runtime::apply_topology(&provisioning, &settings).await?;
+        let js = connect(settings.security.operator.clone()).await?;
+        let client = connect(CLIENT.to_owned()).await?;
+        let treasury = connect(settings.security.treasury.clone()).await?;
         Ok(World {
             nats,
             dbs,
             settings,
             js,
+            client,
+            treasury,
+            keys,
         })
     }
 
@@ -78,7 +115,25 @@ impl World {
         Ok(Runtime::start(&self.settings, &Actor::ALL).await?)
     }
 
-    /// Publishes a command body (any bytes) with an optional `Nats-Msg-Id`.
+    /// Connects as identity `name` (one `falcon auth init` issued).
+    pub async fn connect_as(&self, name: &str) -> Result<jetstream::Context> {
+        Ok(jetstream::new(
+            self.settings.connect_as(name, "falcon-test").await?,
+        ))
+    }
+
+    /// The connection a command subject is sent on: a deposit's is the
+    /// treasury's, every other command the client's.
+    fn sender(&self, subject: &str) -> &jetstream::Context {
+        if subject.starts_with("falcon.cmd.wallet.deposit.") {
+            &self.treasury
+        } else {
+            &self.client
+        }
+    }
+
+    /// Publishes a command body (any bytes) with an optional `Nats-Msg-Id`,
+    /// as the principal its subject names (client or treasury).
     pub async fn publish_raw(
         &self,
         subject: &str,
@@ -93,12 +148,44 @@ impl World {
             traceparent: None,
             payload: body.into(),
         };
-        Ok(publish(&self.js, &msg).await?)
+        Ok(publish(self.sender(subject), &msg).await?)
     }
 
+    /// The signing keys, as `falcon run` loads them.
+    pub fn ring(&self) -> Result<falcon_kernel::signing::KeyRing> {
+        self.settings.key_ring().map_err(anyhow::Error::msg)
+    }
+
+    /// Publishes an event as the actor that owns its type would: signed
+    /// with its key, on its connection.
+    pub async fn publish_event(&self, event: &Event) -> Result<Published> {
+        let subject = event.nats_subject();
+        let owner = falcon_kernel::signing::emitter(&subject)
+            .with_context(|| format!("no actor owns {subject}"))?;
+        let body = self
+            .ring()?
+            .sign(owner, &subject, &event.encode())
+            .map_err(anyhow::Error::msg)?;
+        let js = self.connect_as(owner.as_str()).await?;
+        let msg = OutMsg {
+            subject,
+            msg_id: event.id.clone(),
+            traceparent: None,
+            payload: body.into(),
+        };
+        Ok(publish(&js, &msg).await?)
+    }
+
+    /// Publishes command `name` (`payment.create`, …) as its principal: the
+    /// treasury for a deposit, the client otherwise.
     pub async fn command(&self, name: &str, body: serde_json::Value) -> Result<Published> {
+        let principal = if name == "wallet.deposit" {
+            self.settings.security.treasury.as_str()
+        } else {
+            CLIENT
+        };
         self.publish_raw(
-            &format!("falcon.cmd.{name}"),
+            &format!("falcon.cmd.{name}.{principal}"),
             serde_json::to_vec(&body)?,
             None,
         )
@@ -186,7 +273,7 @@ impl World {
     /// Publishes many payments with their acks in flight, then waits until
     /// each has a terminal event; returns them by payment id.
     pub async fn pay_many(&self, bodies: &[serde_json::Value]) -> Result<HashMap<String, Event>> {
-        pay_many(&self.js, bodies).await
+        pay_many(&self.client, &self.js, bodies).await
     }
 
     /// Waits until a durable consumer has nothing pending or unacked.
@@ -259,19 +346,20 @@ fn init_logs() {
 /// Publishes many payments with their acks in flight, then waits until
 /// each has a terminal event; returns them by payment id.
 pub async fn pay_many(
+    client: &jetstream::Context,
     js: &jetstream::Context,
     bodies: &[serde_json::Value],
 ) -> Result<HashMap<String, Event>> {
     let msgs: Vec<OutMsg> = bodies
         .iter()
         .map(|b| OutMsg {
-            subject: "falcon.cmd.payment.create".into(),
+            subject: format!("falcon.cmd.payment.create.{CLIENT}"),
             msg_id: uuid::Uuid::now_v7().to_string(),
             traceparent: None,
             payload: Bytes::from(serde_json::to_vec(b).expect("JSON")),
         })
         .collect();
-    for r in publish_all(js, &msgs).await {
+    for r in publish_all(client, &msgs).await {
         r?;
     }
     let want: std::collections::HashSet<String> = bodies

@@ -17,12 +17,15 @@ pub struct NatsServer {
 }
 
 /// How to start a test server.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// `jetstream { sync_interval: always }`.
     pub sync_always: bool,
     /// Serve HTTP monitoring (`/varz`) on a free port.
     pub monitor: bool,
+    /// Include this authorization file (`falcon auth init`'s
+    /// `nats-auth.conf`): then only its identities may connect.
+    pub auth: Option<std::path::PathBuf>,
 }
 
 fn version_of(bin: &str) -> Option<(u32, u32, u32)> {
@@ -70,12 +73,17 @@ impl NatsServer {
         let bin = binary()?;
         let store = tempfile::tempdir()?;
         let conf = store.path().join("server.conf");
-        let sync = if options.sync_always {
-            "jetstream { sync_interval: always }\n"
-        } else {
-            ""
-        };
-        std::fs::write(&conf, sync)?;
+        let mut text = String::new();
+        if options.sync_always {
+            text.push_str("jetstream { sync_interval: always }\n");
+        }
+        if let Some(auth) = &options.auth {
+            // nats-server resolves an include relative to the including
+            // file (an absolute path does not work): copy it alongside.
+            std::fs::copy(auth, store.path().join("auth.conf"))?;
+            text.push_str("include \"auth.conf\"\n");
+        }
+        std::fs::write(&conf, text)?;
         // A port can be taken between probing and binding: try a few.
         let mut last_err = None;
         for _ in 0..5 {

@@ -5,6 +5,7 @@
 
 use async_nats::jetstream;
 use falcon_kernel::actor::Loop;
+use falcon_kernel::signing::KeyRing;
 use falcon_kernel::store::inbox;
 use falcon_kernel::Error;
 use falcon_nats::dlq::DeadLetter;
@@ -97,19 +98,61 @@ async fn terminal_state(settings: &Settings, saga_id: &str) -> Result<Option<Str
     Ok(None)
 }
 
-/// Re-drives one dead letter through its actor.
+/// Re-drives one dead letter through its actor. The letter only points at
+/// the message: what runs is the original, re-read from its stream by
+/// sequence ([`falcon_nats::dlq::original`]), which must be on a subject
+/// the letter's consumer reads, and an event's signature is checked again
+/// by the batch like any delivery's.
 pub async fn replay(
     settings: &Settings,
     js: &jetstream::Context,
     letter: &DeadLetter,
     force: bool,
+    ring: &KeyRing,
 ) -> Result<Replay, Error> {
     let seq = letter.seq;
     let Some((entry, handler)) = loop_of(settings, &letter.origin.consumer).await? else {
         return Ok(Replay::Refused {
             seq,
-            reason: format!("consumer {} belongs to no actor", letter.origin.consumer),
+            reason: format!(
+                "consumer {} belongs to no actor",
+                letter.origin.consumer.escape_debug()
+            ),
         });
+    };
+    let Some((origin, payload)) = falcon_nats::dlq::original(js, &letter.origin).await? else {
+        return Ok(Replay::Refused {
+            seq,
+            reason: format!(
+                "{} has no message {} any more (or never had): a dead letter is re-driven only from its original",
+                letter.origin.stream.escape_debug(),
+                letter.origin.stream_seq
+            ),
+        });
+    };
+    let reads = handler.consumers().iter().any(|c| {
+        c.name == origin.consumer
+            && c.stream == origin.stream
+            && c.filter_subjects
+                .iter()
+                .any(|f| subject_matches(f, &origin.subject))
+    });
+    if !reads {
+        return Ok(Replay::Refused {
+            seq,
+            reason: format!(
+                "message {} of {} ({}) is not one consumer {} reads",
+                origin.stream_seq,
+                origin.stream,
+                origin.subject.escape_debug(),
+                origin.consumer.escape_debug()
+            ),
+        });
+    }
+    let letter = &DeadLetter {
+        origin,
+        payload,
+        ..letter.clone()
     };
     let saga_id = saga_of(letter);
     if let (Some(id), false) = (&saga_id, force) {
@@ -130,7 +173,7 @@ pub async fn replay(
         .is_some();
     let retry = settings.consumer.retry();
     let disposition = handler
-        .run_batch(std::slice::from_ref(&delivery), retry)
+        .run_batch(std::slice::from_ref(&delivery), retry, ring)
         .await
         .into_iter()
         .next()
@@ -140,7 +183,13 @@ pub async fn replay(
         });
     match disposition {
         Disposition::Ack => {
-            crate::replay::publish_outbox(settings, js, entry.actor(), db).await?;
+            // What the step wrote is published as its actor: no other
+            // identity may publish its events.
+            let client = settings
+                .connect_as(actor, &format!("falcon-dlq-replay-{actor}"))
+                .await?;
+            let actor_js = jetstream::new(client);
+            crate::replay::publish_outbox(settings, &actor_js, entry.actor(), db, ring).await?;
             falcon_nats::dlq::delete(js, seq).await?;
             Ok(if seen {
                 Replay::AlreadyProcessed {
@@ -159,5 +208,54 @@ pub async fn replay(
         Disposition::Nak { error, .. } | Disposition::Term(error) => {
             Ok(Replay::Failed { seq, error })
         }
+    }
+}
+
+/// Whether NATS subject `subject` matches `filter` (`*` one token, `>` the
+/// rest).
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn subjects_match_filters_as_nats_does() {
+        assert!(subject_matches(
+            "falcon.cmd.payment.>",
+            "falcon.cmd.payment.create.alice"
+        ));
+        assert!(subject_matches(
+            "falcon.evt.wallet.funds_reserved.*",
+            "falcon.evt.wallet.funds_reserved.p1"
+        ));
+        assert!(!subject_matches(
+            "falcon.evt.wallet.funds_reserved.*",
+            "falcon.evt.wallet.funds_reserved.p1.x"
+        ));
+        assert!(!subject_matches(
+            "falcon.evt.wallet.funds_reserved.*",
+            "falcon.evt.wallet.funds_reserved"
+        ));
+        assert!(!subject_matches(
+            "falcon.cmd.payment.>",
+            "falcon.cmd.payment"
+        ));
+        assert!(!subject_matches(
+            "falcon.cmd.payment.>",
+            "falcon.cmd.wallet.deposit.x"
+        ));
     }
 }

@@ -6,6 +6,7 @@
 //! know the actors its work, iterating that list:
 //!
 //! - [`registry`]: the one list of actors;
+//! - [`auth`]: `falcon auth init`, the keys and the broker's permissions;
 //! - [`runtime`]: [`Runtime`], what `falcon run` starts (the supervisor,
 //!   each actor's loops, relay and timers), and topology provisioning;
 //! - [`stores`]: the actors' databases, opened and migrated;
@@ -15,8 +16,10 @@
 //! - [`replay`]: re-delivering a stream range to an actor, rebuilding a
 //!   read model;
 //! - [`invariants`]: the money invariants, checked across the actors;
+//! - [`security`]: the security mode, identities, TLS, signing keys;
 //! - [`settings`]: every knob, with its default.
 
+pub mod auth;
 pub mod chaos;
 pub mod dlq;
 pub mod invariants;
@@ -24,6 +27,7 @@ pub mod probe;
 pub mod registry;
 pub mod replay;
 pub mod runtime;
+pub mod security;
 pub mod settings;
 pub mod stores;
 

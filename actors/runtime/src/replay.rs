@@ -14,6 +14,7 @@ use async_nats::jetstream;
 use falcon_kernel::actor::Loop;
 use falcon_kernel::relay::{drain, Poke, RelayArgs};
 use falcon_kernel::settings::Retry;
+use falcon_kernel::signing::KeyRing;
 use falcon_kernel::store::inbox;
 use falcon_kernel::Error;
 use falcon_nats::dlq::Origin;
@@ -72,6 +73,8 @@ struct Range<'a> {
     to_seq: Option<u64>,
     batch_max: usize,
     retry: Retry,
+    /// Every replayed event's signature is checked as a delivery's is.
+    ring: &'a KeyRing,
 }
 
 /// Feeds a range to one consumer's handler, page by page.
@@ -83,6 +86,7 @@ async fn feed(handler: &dyn Loop, range: &Range<'_>) -> Result<Report, Error> {
         to_seq,
         batch_max,
         retry: nak,
+        ring,
     } = *range;
     let mut reader =
         RangeReader::open(js, spec.stream, spec.filter_subjects.clone(), start, to_seq).await?;
@@ -103,7 +107,7 @@ async fn feed(handler: &dyn Loop, range: &Range<'_>) -> Result<Report, Error> {
             .count(handler.db())
             .await
             .map_err(Error::database(handler.actor().as_str()))?;
-        let dispositions = handler.run_batch(&deliveries, nak).await;
+        let dispositions = handler.run_batch(&deliveries, nak, ring).await;
         let mut acked = 0;
         for (d, disp) in deliveries.iter().zip(dispositions) {
             match disp {
@@ -130,9 +134,11 @@ pub(crate) async fn publish_outbox(
     js: &jetstream::Context,
     actor: Actor,
     db: DatabaseConnection,
+    ring: &KeyRing,
 ) -> Result<(), Error> {
     let relay = RelayArgs {
-        actor: actor.as_str(),
+        actor,
+        ring: Arc::new(ring.clone()),
         db,
         js: js.clone(),
         batch_max: settings.relay.batch_max,
@@ -157,6 +163,7 @@ pub async fn redeliver(
 ) -> Result<Report, Error> {
     let entry = registry::find(actor)
         .ok_or_else(|| Error::Config(format!("{actor} is not a registered actor")))?;
+    let ring = settings.key_ring().map_err(Error::Config)?;
     let db = stores::open(entry, settings).await?;
     let parts = entry.parts(settings, &db)?;
     let (handler, spec) = parts
@@ -175,9 +182,10 @@ pub async fn redeliver(
         to_seq,
         batch_max: settings.consumer.batch_max,
         retry: settings.consumer.retry(),
+        ring: &ring,
     };
     let report = feed(&*handler, &range).await?;
-    publish_outbox(settings, js, actor, db).await?;
+    publish_outbox(settings, js, actor, db, &ring).await?;
     Ok(report)
 }
 
@@ -235,6 +243,7 @@ pub async fn rebuild(
             }
         }
     }
+    let ring = settings.key_ring().map_err(Error::Config)?;
     handler.reset().await.map_err(Error::database(actor))?;
     inbox::Entity::delete_many()
         .filter(inbox::Column::Consumer.eq(spec.name.as_str()))
@@ -248,6 +257,7 @@ pub async fn rebuild(
         to_seq: None,
         batch_max: settings.consumer.batch_max,
         retry: settings.consumer.retry(),
+        ring: &ring,
     };
     let report = feed(&*handler, &range).await?;
     let rows = handler.rows().await.map_err(Error::database(actor))?;

@@ -12,6 +12,7 @@ use async_nats::jetstream;
 use falcon_kernel::actor::{Gauges, Wiring};
 use falcon_kernel::faults::Faults;
 use falcon_kernel::relay::{drain, Poke, RelayArgs};
+use falcon_kernel::signing::KeyRing;
 use falcon_kernel::stats::Stats;
 use falcon_kernel::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
 use falcon_kernel::Error;
@@ -22,7 +23,7 @@ use ractor::{Actor as _, ActorRef};
 pub use crate::chaos::kill_subject;
 use crate::probe::Probe;
 use crate::registry::{self, REGISTRY};
-use crate::settings::Settings;
+use crate::settings::{Mode, Settings};
 pub use crate::stores::{open_store, Stores};
 
 pub use falcon_kernel::faults::FaultPoint;
@@ -45,6 +46,51 @@ pub async fn apply_topology(
     Ok(falcon_nats::topology::apply(js, &settings.streams.to_stream_settings(), &specs).await?)
 }
 
+/// Provisions the topology at start as the provisioning identity, when this
+/// process has its credentials (a local set-up); otherwise (a production
+/// install, where only the provisioning job has them) `falcon streams
+/// apply` must have run, and the consumer loops fail to bind until it has.
+pub async fn provision(settings: &Settings, instance: &str) -> Result<(), Error> {
+    let name = &settings.security.provisioning;
+    if settings.security.mode == Mode::Secure && settings.identity(name).is_err() {
+        tracing::info!(identity = %name, "no provisioning credentials here: streams and consumers are left to `falcon streams apply`");
+        return Ok(());
+    }
+    let client = settings
+        .connect_as(name, &format!("falcon-{instance}-provisioning"))
+        .await?;
+    require_server_version(&client)?;
+    let js = jetstream::new(client.clone());
+    apply_topology(&js, settings).await?;
+    if let Err(e) = client.drain().await {
+        tracing::debug!(error = %e, "closing the provisioning connection");
+    }
+    Ok(())
+}
+
+/// Refuses a server older than FalconPay needs, saying why
+/// ([`falcon_nats::doctor::require_version`]).
+pub fn require_server_version(client: &async_nats::Client) -> Result<(), Error> {
+    falcon_nats::doctor::require_version(&client.server_info().version).map_err(Error::Config)
+}
+
+/// Dead-letters what JetStream gives up on for one actor's consumers, on
+/// that actor's connection; re-subscribes when the watch stops.
+async fn watch_dead_letters(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    consumers: Vec<(String, String)>,
+) {
+    loop {
+        let watched =
+            falcon_nats::dlq::watch_max_deliveries(client.clone(), js.clone(), consumers.clone());
+        if let Err(e) = watched.await {
+            tracing::warn!(error = %e, "max-deliveries watcher stopped; re-subscribing");
+        }
+        tokio::time::sleep(falcon_nats::dlq::WATCH_RETRY).await;
+    }
+}
+
 /// Longest wait for NATS to take the last acks at shutdown.
 const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(5);
 
@@ -52,16 +98,17 @@ const SHUTDOWN_FLUSH_MAX: Duration = Duration::from_secs(5);
 pub struct Runtime {
     supervisor: ActorRef<SupervisorMsg>,
     join: tokio::task::JoinHandle<()>,
-    dlq_watcher: tokio::task::JoinHandle<()>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
     sampler: tokio::task::JoinHandle<()>,
     probe: Probe,
-    js: jetstream::Context,
+    /// Each actor's own connection.
+    connections: Vec<(Actor, async_nats::Client)>,
+    ring: Arc<KeyRing>,
     relay_batch_max: u64,
     chaos: Option<tokio::task::JoinHandle<()>>,
     stats: Arc<Stats>,
     faults: Arc<Faults>,
     stores: Stores,
-    client: async_nats::Client,
     instance: String,
 }
 
@@ -78,28 +125,63 @@ impl Runtime {
             settings.node,
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let client =
-            falcon_nats::connect(&settings.nats.url, &format!("falcon-{instance}")).await?;
+        let ring = Arc::new(settings.key_ring().map_err(Error::Config)?);
+        if settings.security.mode == Mode::Open {
+            tracing::warn!("security.mode is open: no identities, no signatures; any client may move money. Never run it so outside a throw-away local server.");
+        }
+        provision(settings, &instance).await?;
+        // One connection per actor, as its own identity: the broker lets it
+        // publish only its own events and use only its own consumers.
+        let mut connections = Vec::new();
+        for actor in actors {
+            let client = settings
+                .connect_as(actor.as_str(), &format!("falcon-{instance}-{actor}"))
+                .await?;
+            require_server_version(&client)?;
+            connections.push((*actor, client));
+        }
+        let Some((_, client)) = connections.first().cloned() else {
+            return Err(Error::Config("no actor to run".into()));
+        };
         let js = jetstream::new(client.clone());
-        apply_topology(&js, settings).await?;
         let stores = Stores::open(settings, actors).await?;
         let stats = Arc::new(Stats::default());
         let faults = Arc::new(Faults::default());
-        let wiring = Wiring {
+        let base = Wiring {
             js: js.clone(),
             instance: instance.clone(),
             consumer: settings.consumer.clone(),
             relay: settings.relay.clone(),
             stats: stats.clone(),
             faults: faults.clone(),
+            ring: ring.clone(),
         };
         let mut children = Vec::new();
         let mut loops = Vec::new();
         let mut gauges: Vec<Arc<dyn Gauges>> = Vec::new();
+        let mut watchers = Vec::new();
         for entry in REGISTRY {
             let Some(db) = stores.get(entry.actor()) else {
                 continue;
             };
+            let Some((_, actor_client)) = connections.iter().find(|(a, _)| *a == entry.actor())
+            else {
+                continue;
+            };
+            let wiring = Wiring {
+                js: jetstream::new(actor_client.clone()),
+                ..base.clone()
+            };
+            let own: Vec<(String, String)> = entry
+                .consumers(&settings.consumer)
+                .into_iter()
+                .map(|c| (c.stream.to_owned(), c.name))
+                .collect();
+            watchers.push(tokio::spawn(watch_dead_letters(
+                actor_client.clone(),
+                wiring.js.clone(),
+                own,
+            )));
             let parts = entry.parts(settings, db)?;
             let (relay, poke) = wiring.relay(entry.actor(), db);
             children.push(relay);
@@ -126,7 +208,6 @@ impl Runtime {
             .await
             .map_err(|source| Error::Spawn { name, source })?;
         let specs = consumer_specs(settings, actors);
-        let consumers: Vec<String> = specs.iter().map(|c| c.name.clone()).collect();
         let probe = Probe {
             client: client.clone(),
             js: js.clone(),
@@ -141,20 +222,6 @@ impl Runtime {
                 .clone()
                 .run_sampler(Duration::from_millis(settings.http.sample_interval_ms)),
         );
-        let (watch_client, watch_js) = (client.clone(), js.clone());
-        let dlq_watcher = tokio::spawn(async move {
-            loop {
-                let watched = falcon_nats::dlq::watch_max_deliveries(
-                    watch_client.clone(),
-                    watch_js.clone(),
-                    consumers.clone(),
-                );
-                if let Err(e) = watched.await {
-                    tracing::warn!(error = %e, "max-deliveries watcher stopped; re-subscribing");
-                }
-                tokio::time::sleep(falcon_nats::dlq::WATCH_RETRY).await;
-            }
-        });
         let chaos = settings.chaos.enabled.then(|| {
             tokio::spawn(crate::chaos::serve(
                 client.clone(),
@@ -166,16 +233,16 @@ impl Runtime {
         Ok(Runtime {
             supervisor,
             join,
-            dlq_watcher,
+            watchers,
             sampler,
             probe,
-            js: js.clone(),
+            connections,
+            ring,
             relay_batch_max: settings.relay.batch_max,
             chaos,
             stats,
             faults,
             stores,
-            client,
             instance,
         })
     }
@@ -205,7 +272,9 @@ impl Runtime {
     /// in, publishes what the outboxes still hold, and flushes the
     /// connection. Returns how many events the last outbox sweep published.
     pub async fn shutdown(self) -> usize {
-        self.dlq_watcher.abort();
+        for w in &self.watchers {
+            w.abort();
+        }
         self.sampler.abort();
         if let Some(chaos) = &self.chaos {
             chaos.abort();
@@ -218,10 +287,14 @@ impl Runtime {
         // outboxes is published now rather than by the next process.
         let mut flushed = 0;
         for (actor, db) in self.stores.each() {
+            let Some((_, client)) = self.connections.iter().find(|(a, _)| *a == actor) else {
+                continue;
+            };
             let args = RelayArgs {
-                actor: actor.as_str(),
+                actor,
+                ring: self.ring.clone(),
                 db: db.clone(),
-                js: self.js.clone(),
+                js: jetstream::new(client.clone()),
                 batch_max: self.relay_batch_max,
                 interval: Duration::ZERO,
                 poke: Poke::new(String::new()),
@@ -235,12 +308,18 @@ impl Runtime {
         }
         // Bounded: with the server unreachable a flush would wait for a
         // connection that may never come, and shutdown must finish.
-        match tokio::time::timeout(SHUTDOWN_FLUSH_MAX, self.client.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS at shutdown"),
-            Err(_) => tracing::warn!(
-                "NATS unreachable at shutdown; not flushed (unacked messages are redelivered)"
-            ),
+        let flushes = self
+            .connections
+            .iter()
+            .map(|(_, client)| tokio::time::timeout(SHUTDOWN_FLUSH_MAX, client.flush()));
+        for result in futures::future::join_all(flushes).await {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS at shutdown"),
+                Err(_) => tracing::warn!(
+                    "NATS unreachable at shutdown; not flushed (unacked messages are redelivered)"
+                ),
+            }
         }
         flushed
     }

@@ -1,6 +1,7 @@
 //! Settings of a FalconPay runtime. Every field has a default; the binary
 //! layers `falcon.toml` and `FALCON__…` environment variables over them.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use falcon_kernel::settings::{ConsumerSettings, RelaySettings, Retry, SqliteSettings};
@@ -10,6 +11,8 @@ pub use falcon_risk::settings::RiskSettings;
 pub use falcon_wallet::settings::WalletSettings;
 use serde::{Deserialize, Serialize};
 
+pub use crate::security::{IdentitySettings, Mode, SecuritySettings, TlsSettings};
+
 /// Everything `falcon run` needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -17,6 +20,7 @@ pub struct Settings {
     /// This process's node name: names its NATS connection and, later, its
     /// control subjects. Default `local`.
     pub node: String,
+    pub security: SecuritySettings,
     pub nats: NatsSettings,
     pub streams: StreamsSettings,
     pub consumer: ConsumerSettings,
@@ -84,6 +88,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             node: "local".into(),
+            security: SecuritySettings::default(),
             nats: NatsSettings::default(),
             streams: StreamsSettings::default(),
             consumer: ConsumerSettings::default(),
@@ -111,6 +116,13 @@ pub struct NatsSettings {
     /// doctor` reads the JetStream sync setting from, e.g.
     /// `http://127.0.0.1:8222`. Default empty (not read).
     pub monitor_url: String,
+    /// The identity the client verbs (`wallet open`, `pay`, `refund`)
+    /// connect as: the principal their commands name. Default `client`.
+    pub identity: String,
+    /// Credentials per identity, for those that are not an nkey seed in
+    /// `security.keys_dir` (`[nats.identities.<name>]`). Default none.
+    pub identities: BTreeMap<String, IdentitySettings>,
+    pub tls: TlsSettings,
 }
 
 impl Default for NatsSettings {
@@ -118,6 +130,9 @@ impl Default for NatsSettings {
         NatsSettings {
             url: "nats://127.0.0.1:4222".into(),
             monitor_url: String::new(),
+            identity: "client".into(),
+            identities: BTreeMap::new(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -132,6 +147,13 @@ pub struct StreamsSettings {
     pub duplicate_window_s: u64,
     /// Replicas per stream (3 on a cluster). Default 1.
     pub replicas: usize,
+    /// Most bytes FALCON_CMD keeps; a full stream refuses new messages.
+    /// Default 1073741824 (1 GiB).
+    pub cmd_max_bytes: i64,
+    /// Most bytes FALCON_EVT keeps. Default 4294967296 (4 GiB).
+    pub evt_max_bytes: i64,
+    /// Most bytes FALCON_DLQ keeps. Default 268435456 (256 MiB).
+    pub dlq_max_bytes: i64,
 }
 
 impl Default for StreamsSettings {
@@ -140,6 +162,9 @@ impl Default for StreamsSettings {
             max_age_s: 7 * 24 * 3600,
             duplicate_window_s: 120,
             replicas: 1,
+            cmd_max_bytes: 1 << 30,
+            evt_max_bytes: 4 << 30,
+            dlq_max_bytes: 256 << 20,
         }
     }
 }
@@ -150,6 +175,7 @@ impl StreamsSettings {
             max_age: Duration::from_secs(self.max_age_s),
             duplicate_window: Duration::from_secs(self.duplicate_window_s),
             replicas: self.replicas,
+            max_bytes: [self.cmd_max_bytes, self.evt_max_bytes, self.dlq_max_bytes],
         }
     }
 }
@@ -159,18 +185,14 @@ impl Settings {
     /// cannot; the error names the key. The actors' sections are checked by
     /// [`crate::registry::validate`], which calls this first.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_security()?;
         if self.streams.duplicate_window_s < 120 {
             return Err(
                 "streams.duplicate_window_s: must be at least 120 (the contract's dedup window)"
                     .into(),
             );
         }
-        if self.consumer.batch_max == 0 {
-            return Err("consumer.batch_max: must be at least 1".into());
-        }
-        if self.consumer.max_deliver < 1 {
-            return Err("consumer.max_deliver: must be at least 1".into());
-        }
+        self.validate_bounds()?;
         if !matches!(
             self.sqlite.synchronous.as_str(),
             "full" | "normal" | "extra"
@@ -187,34 +209,94 @@ impl Settings {
                 self.http.listen
             ));
         }
-        if self.http.sample_interval_ms == 0 {
-            return Err("http.sample_interval_ms: must be at least 1".into());
+        Ok(())
+    }
+
+    /// Every number within what makes sense: no zero interval, no
+    /// duration that would overflow or outlive the system.
+    fn validate_bounds(&self) -> Result<(), String> {
+        const DAY_S: u64 = 86_400;
+        const DAY_MS: u64 = DAY_S * 1000;
+        let (s, c, r) = (&self.streams, &self.consumer, &self.relay);
+        let checks: [(&str, u64, u64, u64); 15] = [
+            (
+                "streams.max_age_s",
+                s.max_age_s,
+                s.duplicate_window_s.max(3600),
+                3650 * DAY_S,
+            ),
+            (
+                "streams.duplicate_window_s",
+                s.duplicate_window_s,
+                120,
+                DAY_S,
+            ),
+            ("streams.replicas", s.replicas as u64, 1, 5),
+            (
+                "streams.cmd_max_bytes",
+                s.cmd_max_bytes.max(0) as u64,
+                1 << 20,
+                1 << 50,
+            ),
+            (
+                "streams.evt_max_bytes",
+                s.evt_max_bytes.max(0) as u64,
+                1 << 20,
+                1 << 50,
+            ),
+            (
+                "streams.dlq_max_bytes",
+                s.dlq_max_bytes.max(0) as u64,
+                1 << 20,
+                1 << 50,
+            ),
+            ("consumer.batch_max", c.batch_max as u64, 1, 10_000),
+            ("consumer.ack_wait_ms", c.ack_wait_ms, 100, DAY_MS),
+            (
+                "consumer.max_deliver",
+                c.max_deliver.max(0) as u64,
+                1,
+                10_000,
+            ),
+            (
+                "consumer.max_ack_pending",
+                c.max_ack_pending.max(0) as u64,
+                1,
+                1_000_000,
+            ),
+            ("consumer.nak_delay_ms", c.nak_delay_ms, 1, DAY_MS),
+            (
+                "consumer.nak_delay_ms_max",
+                c.nak_delay_ms_max,
+                c.nak_delay_ms.max(1),
+                DAY_MS,
+            ),
+            ("relay.batch_max", r.batch_max, 1, 100_000),
+            ("relay.interval_ms", r.interval_ms, 1, DAY_MS),
+            ("shutdown.grace_ms", self.shutdown.grace_ms, 1, DAY_MS),
+        ];
+        for (key, value, min, max) in checks {
+            if !(min..=max).contains(&value) {
+                return Err(format!("{key}: {value} is outside {min}..={max}"));
+            }
         }
-        if self.shutdown.grace_ms == 0 {
-            return Err("shutdown.grace_ms: must be at least 1".into());
+        if self.http.sample_interval_ms == 0 || self.http.sample_interval_ms > DAY_MS {
+            return Err(format!(
+                "http.sample_interval_ms: {} is outside 1..={DAY_MS}",
+                self.http.sample_interval_ms
+            ));
         }
         Ok(())
     }
 
     /// The settings with secrets masked: the password of every URL (every
-    /// key ending in `url`, the actors' databases included).
+    /// key ending in `url`, the actors' databases included) and every
+    /// identity's `password`. Seeds and keys live in files, never here.
     pub fn masked(&self) -> Settings {
-        fn mask(v: &mut serde_json::Value) {
-            if let serde_json::Value::Object(map) = v {
-                for (key, value) in map.iter_mut() {
-                    match value {
-                        serde_json::Value::String(s) if key.ends_with("url") => {
-                            *s = mask_url(s);
-                        }
-                        other => mask(other),
-                    }
-                }
-            }
-        }
         let Ok(mut v) = serde_json::to_value(self) else {
             return self.clone();
         };
-        mask(&mut v);
+        crate::security::mask_secrets(&mut v);
         serde_json::from_value(v).unwrap_or_else(|_| self.clone())
     }
 }
@@ -272,6 +354,18 @@ mod tests {
         let mut s = Settings::default();
         s.shutdown.grace_ms = 0;
         assert!(matches!(s.validate(), Err(e) if e.starts_with("shutdown.grace_ms:")));
+        let mut s = Settings::default();
+        s.relay.interval_ms = 0;
+        assert!(matches!(s.validate(), Err(e) if e.starts_with("relay.interval_ms:")));
+        let mut s = Settings::default();
+        s.streams.max_age_s = u64::MAX;
+        assert!(matches!(s.validate(), Err(e) if e.starts_with("streams.max_age_s:")));
+        let mut s = Settings::default();
+        s.streams.max_age_s = 1;
+        assert!(matches!(s.validate(), Err(e) if e.starts_with("streams.max_age_s:")));
+        let mut s = Settings::default();
+        s.consumer.ack_wait_ms = 0;
+        assert!(matches!(s.validate(), Err(e) if e.starts_with("consumer.ack_wait_ms:")));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! of its JSON schema (`schemas/json/evt.*.json`), handed to the loop on a
 //! fresh SQLite database.
 
+use falcon_kernel::signing::KeyRing;
 use std::path::PathBuf;
 
 use falcon_nats::dlq::Origin;
@@ -86,7 +87,11 @@ async fn each_actor_reacts_to_the_events_the_saga_table_gives_it_and_no_other() 
                 let (subject, payload) = example(ty);
                 let d = delivery(&consumer.name, subject, payload, seq);
                 let disposition = l
-                    .run_batch(std::slice::from_ref(&d), settings.consumer.retry())
+                    .run_batch(
+                        std::slice::from_ref(&d),
+                        settings.consumer.retry(),
+                        &KeyRing::open(),
+                    )
                     .await
                     .remove(0);
                 let refused =

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use falcon_nats::publish::publish_all;
 use falcon_nats::OutMsg;
 use falcon_schemas::subject::STREAM_EVT;
-use falcon_schemas::{Event, EventData};
+use falcon_schemas::{CommandKind, Event, EventData};
 use futures::StreamExt;
 use tokio::sync::{oneshot, Semaphore};
 
@@ -42,7 +42,13 @@ pub struct Phase {
 
 /// The payments of one bench run: from payer `i % wallets` to its payee.
 pub struct Load {
+    /// The client identity's connection: it opens the wallets (so it owns
+    /// them), pays, and follows the outcomes.
     pub js: jetstream::Context,
+    /// The principal `js` is (the last token of its command subjects).
+    pub principal: String,
+    /// The treasury's connection: it funds the wallets.
+    pub treasury: (jetstream::Context, String),
     waiters: Waiters,
     pub run_id: String,
     pub wallets: usize,
@@ -54,10 +60,10 @@ pub struct Load {
     pub timeout: Duration,
 }
 
-fn pay_msg(id: &str, from: &str, to: &str, amount: &str) -> OutMsg {
+fn pay_msg(principal: &str, id: &str, from: &str, to: &str, amount: &str) -> OutMsg {
     let body = serde_json::json!({"payment_id": id, "from_wallet": from, "to_wallet": to, "amount": amount, "currency": "USD"});
     OutMsg {
-        subject: "falcon.cmd.payment.create".into(),
+        subject: CommandKind::PaymentCreate.subject(principal),
         msg_id: uuid::Uuid::now_v7().to_string(),
         traceparent: Some(falcon_nats::trace::TraceParent::new_root().to_string()),
         payload: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
@@ -71,8 +77,10 @@ pub async fn stream_messages(js: &jetstream::Context, name: &str) -> Result<u64>
 }
 
 impl Load {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        js: jetstream::Context,
+        (js, principal): (jetstream::Context, String),
+        treasury: (jetstream::Context, String),
         run_id: String,
         wallets: usize,
         amount: String,
@@ -82,6 +90,8 @@ impl Load {
     ) -> Load {
         Load {
             js,
+            principal,
+            treasury,
             waiters: Waiters::default(),
             run_id,
             wallets,
@@ -101,7 +111,7 @@ impl Load {
             for side in ["payer", "payee"] {
                 let id = format!("bench-{run_id}-{side}-{i}");
                 msgs.push(OutMsg {
-                    subject: "falcon.cmd.wallet.open".into(),
+                    subject: CommandKind::WalletOpen.subject(&self.principal),
                     msg_id: format!("open-{id}"),
                     traceparent: None,
                     payload: Bytes::from(serde_json::to_vec(
@@ -117,7 +127,7 @@ impl Load {
             .map(|i| {
                 let id = format!("bench-{run_id}-payer-{i}");
                 OutMsg {
-                    subject: "falcon.cmd.wallet.deposit".into(),
+                    subject: CommandKind::WalletDeposit.subject(&self.treasury.1),
                     msg_id: format!("deposit-{id}"),
                     traceparent: None,
                     payload: Bytes::from(
@@ -137,7 +147,7 @@ impl Load {
             })
             .await?;
         let mut seen = consumer.messages().await?;
-        for r in publish_all(js, &deposits).await {
+        for r in publish_all(&self.treasury.0, &deposits).await {
             r?;
         }
         let mut left: HashSet<String> = (0..wallets)
@@ -212,6 +222,7 @@ impl Load {
         let id = format!("bench-{run_id}-p{i}");
         let w = i % self.wallets;
         let msg = pay_msg(
+            &self.principal,
             &id,
             &format!("bench-{run_id}-payer-{w}"),
             &format!("bench-{run_id}-payee-{w}"),

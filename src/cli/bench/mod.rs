@@ -88,9 +88,20 @@ pub async fn run(
         falcon_schemas::Currency::from_code("USD").context("USD")?,
     )
     .map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
-    let client = falcon_nats::connect(&settings.nats.url, "falcon-bench").await?;
+    falcon_runtime::runtime::provision(settings, "bench").await?;
+    let client = settings
+        .connect_as(&settings.nats.identity, "falcon-bench")
+        .await?;
     let js = jetstream::new(client.clone());
-    falcon_runtime::runtime::apply_topology(&js, settings).await?;
+    let treasury = settings
+        .connect_as(&settings.security.treasury, "falcon-bench-treasury")
+        .await?;
+    // Message counts of both streams: read as the operator.
+    let operator = jetstream::new(
+        settings
+            .connect_as(&settings.security.operator, "falcon-bench-operator")
+            .await?,
+    );
     let mut spawned = if args.spawn {
         Some(process::spawn_runtime(config).await?)
     } else {
@@ -106,7 +117,8 @@ pub async fn run(
     let funds = amount.amount() * rust_decimal::Decimal::from(per_wallet as u64);
     let concurrency = args.concurrency.unwrap_or(CONCURRENCY_DEFAULT);
     let load = Load::new(
-        js.clone(),
+        (js.clone(), settings.nats.identity.clone()),
+        (jetstream::new(treasury), settings.security.treasury.clone()),
         run_id,
         args.wallets,
         args.amount.clone(),
@@ -131,8 +143,8 @@ pub async fn run(
             args.timeout
         );
     }
-    let msgs_before =
-        stream_messages(&js, STREAM_CMD).await? + stream_messages(&js, STREAM_EVT).await?;
+    let msgs_before = stream_messages(&operator, STREAM_CMD).await?
+        + stream_messages(&operator, STREAM_EVT).await?;
     let cpu_before = pid.and_then(|p| process::usage(p).ok());
     let measured = load.phase(args.warmup, total).await?;
     let cpu_after = pid.and_then(|p| process::usage(p).ok());
@@ -149,8 +161,8 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     invariants::check_streams(&stores, settings, &js, &mut checked).await?;
-    let msgs_after =
-        stream_messages(&js, STREAM_CMD).await? + stream_messages(&js, STREAM_EVT).await?;
+    let msgs_after = stream_messages(&operator, STREAM_CMD).await?
+        + stream_messages(&operator, STREAM_EVT).await?;
 
     let results = &measured.results;
     let mut latencies: Vec<Duration> = results.iter().map(|(d, _)| *d).collect();

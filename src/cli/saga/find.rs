@@ -37,7 +37,10 @@ pub async fn list(
     }
     let since = match since {
         Some(d) => Some(
-            chrono::Utc::now() - chrono::Duration::from_std(d).context("--since is too long")?,
+            chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+                .context("--since reaches back past any date FalconPay can hold")?,
         ),
         None => None,
     };

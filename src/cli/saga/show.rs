@@ -78,7 +78,9 @@ pub async fn show(settings: &Settings, id: &str, json: bool) -> Result<ExitCode>
     if id.is_empty() || id.contains(['.', '*', '>', ' ']) {
         bail!("{id:?} is not a saga id");
     }
-    let client = falcon_nats::connect(&settings.nats.url, "falcon-cli").await?;
+    let client = settings
+        .connect_as(&settings.security.operator, "falcon-cli")
+        .await?;
     let js = async_nats::jetstream::new(client);
     let stored =
         falcon_nats::read::read_filtered(&js, STREAM_EVT, &saga_filter(id), SAGA_EVENTS_MAX)
