@@ -17,7 +17,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 chaos_init 1-kill-actors "$@"
 
-falcon_start_nats "$CHAOS_WORK/nats" "$FALCON_ROOT/deploy/nats/single.conf"
+falcon_start_nats "$CHAOS_WORK/nats" "$(chaos_secure_conf "$FALCON_ROOT/deploy/nats/single.conf")"
 export FALCON__NATS__URL=$NATS_URL
 chaos_streams_apply
 chaos_run_start main

@@ -21,7 +21,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 chaos_init 3-restart-nats "$@"
 
-conf="$FALCON_ROOT/deploy/nats/durable.conf"
+conf=$(chaos_secure_conf "$FALCON_ROOT/deploy/nats/durable.conf")
 grep -Eq '^[[:space:]]*sync_interval:[[:space:]]*always' "$conf" ||
     chaos_fail "$conf does not set jetstream { sync_interval: always }"
 port=$(falcon_free_port)

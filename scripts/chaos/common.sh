@@ -119,7 +119,25 @@ chaos_init() {
     export FALCON__PROVIDER__DECLINE_BPS=${FALCON__PROVIDER__DECLINE_BPS:-300}
     # Velocity is not under test: hundreds of payments per payer per minute.
     export FALCON__RISK__VELOCITY_COUNT_MAX=${FALCON__RISK__VELOCITY_COUNT_MAX:-100000000}
+    # The secure set-up, as in production: every identity's seed, the
+    # actors' signing keys and the server's authorization in $CHAOS_WORK/keys.
+    # The driver is the password client `chaos`; the CLI's client verbs act
+    # as it too, so it owns the wallets it pays from.
+    export FALCON__SECURITY__KEYS_DIR=$CHAOS_WORK/keys
+    export FALCON__NATS__IDENTITY=chaos
+    "$FALCON_BIN" auth init --password-client chaos >/dev/null ||
+        chaos_fail "falcon auth init failed"
     : >"$CHAOS_WORK/pids"
+}
+
+# chaos_secure_conf BASE_CONF: prints the path of a copy of BASE_CONF that
+# also includes the generated authorization (nats-server resolves an
+# include relative to the including file).
+chaos_secure_conf() {
+    local base=$1 out
+    out="$CHAOS_WORK/$(basename "$base" .conf)-secure.conf"
+    { cat "$base"; printf '\ninclude "keys/nats-auth.conf"\n'; } >"$out"
+    printf '%s\n' "$out"
 }
 
 chaos__at_exit() {
@@ -319,6 +337,7 @@ chaos_drive_start() {
     : >"$CHAOS_WORK/acked.tsv"
     falcon_start_bg "drive.py" "$CHAOS_WORK/drive.log" python3 "$CHAOS_DRIVE" load \
         --url "$urls" --count "$CHAOS_PAYMENTS" --rate "$CHAOS_RATE" --prefix "$CHAOS_NAME" \
+        --user chaos --password-file "$CHAOS_WORK/keys/chaos.password" \
         --payers "$(IFS=,; echo "${CHAOS_PAYERS[*]}")" --payees "$(IFS=,; echo "${CHAOS_PAYEES[*]}")" \
         --out "$CHAOS_WORK/acked.tsv" --stats "$CHAOS_WORK/driver.json" --progress 5 \
         --timeout "$((CHAOS_LOAD_S * 3 + 120))" "$@"

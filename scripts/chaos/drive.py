@@ -80,7 +80,7 @@ from decimal import Decimal
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import nats_pub  # noqa: E402  (scripts/nats_pub.py: Conn, encode_headers, parse_status)
 
-SUBJECT = "falcon.cmd.payment.create"
+SUBJECT_PREFIX = "falcon.cmd.payment.create."
 
 
 def log(msg: str) -> None:
@@ -191,6 +191,15 @@ def cmd_load(a) -> int:
     deadline = started + a.timeout
     first_sent = 0  # fresh publishes so far, for pacing
 
+    password = ""
+    if a.user:
+        with open(a.password_file, encoding="utf-8") as f:
+            password = f.read().strip()
+    # Commands name their principal; the broker lets an identity reply-
+    # subscribe to its own inbox only.
+    subject = SUBJECT_PREFIX + (a.user or "client")
+    inbox_prefix = f"_INBOX_{a.user}" if a.user else "_INBOX"
+
     link: Link | None = None
     gen = 0
     inbox = ""
@@ -206,12 +215,14 @@ def cmd_load(a) -> int:
         url_i += 1
         try:
             lk = Link(url, 3.0)
+            if a.user:
+                lk.user, lk.password = a.user, password
             info = lk.handshake()
             if not info.get("headers", False):
                 raise nats_pub.NatsError("server without header support")
             lk.streaming = True
             gen += 1
-            inbox = "_INBOX." + os.urandom(8).hex()
+            inbox = f"{inbox_prefix}." + os.urandom(8).hex()
             lk.send(f"SUB {inbox}.* 1\r\n".encode())
             threading.Thread(target=reader, args=(lk, gen, events), daemon=True).start()
         except (nats_pub.NatsError, TimeoutError, OSError, ValueError) as e:
@@ -251,7 +262,7 @@ def cmd_load(a) -> int:
         token_seq += 1
         token = str(token_seq)
         hdr, body = bodies[idx]
-        cmd = f"HPUB {SUBJECT} {inbox}.{token} {len(hdr)} {len(hdr) + len(body)}\r\n".encode()
+        cmd = f"HPUB {subject} {inbox}.{token} {len(hdr)} {len(hdr) + len(body)}\r\n".encode()
         try:
             link.send(cmd + hdr + body + b"\r\n")
         except nats_pub.NatsError as e:
@@ -738,6 +749,8 @@ def main(argv: list[str]) -> int:
     lp.add_argument("--ack-timeout", type=float, default=2.0, help="seconds before an unacked publish is sent again")
     lp.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     lp.add_argument("--prefix", default="chaos")
+    lp.add_argument("--user", help="connect as this password client (the principal of the commands)")
+    lp.add_argument("--password-file", help="its password (falcon auth init --password-client)")
     lp.add_argument("--payers", required=True, help="comma-separated wallet ids")
     lp.add_argument("--payees", required=True, help="comma-separated wallet ids")
     lp.add_argument("--currency", default="USD")

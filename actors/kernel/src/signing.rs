@@ -352,6 +352,31 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2_000, ..Default::default() })]
+
+        /// Whatever arrives, the check answers and never panics; only the
+        /// signer's exact bytes on the exact subject pass.
+        #[test]
+        fn arbitrary_messages_never_pass(
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            subject in "[ -~]{0,60}",
+            flip in 0usize..400,
+        ) {
+            let r = ring();
+            proptest::prop_assert!(r.check(&subject, &payload).is_err());
+            let mut body = b"{\"a\":".to_vec();
+            body.extend(payload.iter().map(|b| b % 10 + b'0'));
+            body.push(b'}');
+            let signed = r.sign(Actor::Wallet, SUBJECT, &body).expect("signs");
+            proptest::prop_assert_eq!(r.check(SUBJECT, &signed), Ok(()));
+            let mut m = signed.clone();
+            let i = flip % m.len();
+            m[i] = m[i].wrapping_add(1);
+            proptest::prop_assert!(r.check(SUBJECT, &m).is_err());
+        }
+    }
+
     #[test]
     fn an_open_ring_neither_signs_nor_checks() {
         let r = KeyRing::open();
