@@ -160,7 +160,7 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    invariants::check_streams(&stores, settings, &js, &mut checked).await?;
+    invariants::check_streams(&stores, settings, &operator, &mut checked).await?;
     let msgs_after = stream_messages(&operator, STREAM_CMD).await?
         + stream_messages(&operator, STREAM_EVT).await?;
 
