@@ -36,10 +36,7 @@ async fn streams_apply_is_idempotent() -> Result<()> {
     );
     // The world provisioned the topology with the same code as it started
     // (as `falcon streams apply` would have): nothing is left to create.
-    assert!(
-        actions(&first).iter().all(|a| a == "unchanged"),
-        "{first}"
-    );
+    assert!(actions(&first).iter().all(|a| a == "unchanged"), "{first}");
     assert!(
         actions(&second).iter().all(|a| a == "unchanged"),
         "{second}"

@@ -22,6 +22,7 @@ async fn codes(w: &World) -> Result<Vec<&'static str>> {
 }
 
 async fn planted(b: Backend) -> Result<()> {
+    let sqlite = matches!(b, Backend::Sqlite);
     let w = World::new(b).await?;
     let rt = w.start().await?;
     w.open_wallet("alice", "USD").await?;
@@ -52,12 +53,24 @@ async fn planted(b: Backend) -> Result<()> {
     exec(wallet, "DELETE FROM ledger_entries WHERE amount_minor = 1").await?;
     assert!(codes(&w).await?.is_empty());
 
-    // 2: more held than owned, and a held amount no hold explains.
-    exec(
-        wallet,
-        "UPDATE wallets SET held_minor = balance_minor + 1 WHERE wallet_id = 'alice'",
-    )
-    .await?;
+    // 2: more held than owned, and a held amount no hold explains. The
+    // database itself refuses it; with its checks dropped (a bug, a manual
+    // fix gone wrong), verify still catches it.
+    let overdraw = "UPDATE wallets SET held_minor = balance_minor + 1 WHERE wallet_id = 'alice'";
+    assert!(
+        exec(wallet, overdraw).await.is_err(),
+        "the wallet database let a wallet hold more than it has"
+    );
+    if sqlite {
+        exec(wallet, "DROP TRIGGER wallets_checks_update").await?;
+    } else {
+        exec(
+            wallet,
+            "ALTER TABLE wallets DROP CONSTRAINT wallets_available_not_negative",
+        )
+        .await?;
+    }
+    exec(wallet, overdraw).await?;
     let c = codes(&w).await?;
     assert!(
         c.contains(&"available_negative") && c.contains(&"held_mismatch"),

@@ -355,7 +355,15 @@ async fn saga_view_dead_letters_go_back_to_the_saga_view(b: Backend) -> Result<(
             msg_id,
             traceparent: None,
         };
-        dlq::dead_letter(&w.js, &origin, m.payload.clone(), "the view's step failed").await?;
+        // Dead letters of payment-view are the payment actor's to write.
+        let payment = w.connect_as("payment").await?;
+        dlq::dead_letter(
+            &payment,
+            &origin,
+            m.payload.clone(),
+            "the view's step failed",
+        )
+        .await?;
     }
     let letters = dlq::list(&w.js, None).await?;
     assert_eq!(letters.len(), stored.len());

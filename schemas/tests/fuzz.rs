@@ -26,10 +26,33 @@ fn fieldish() -> impl Strategy<Value = Value> {
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
         let names = prop::sample::select(vec![
-            "payment_id", "refund_id", "wallet_id", "from_wallet", "to_wallet", "amount",
-            "currency", "owner", "reference", "specversion", "id", "source", "type", "subject",
-            "time", "datacontenttype", "sagaid", "causationid", "traceparent", "data",
-            "principal", "falconsig", "settlement_id", "score", "reason", "message", "x",
+            "payment_id",
+            "refund_id",
+            "wallet_id",
+            "from_wallet",
+            "to_wallet",
+            "amount",
+            "currency",
+            "owner",
+            "reference",
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "subject",
+            "time",
+            "datacontenttype",
+            "sagaid",
+            "causationid",
+            "traceparent",
+            "data",
+            "principal",
+            "falconsig",
+            "settlement_id",
+            "score",
+            "reason",
+            "message",
+            "x",
         ]);
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
@@ -42,7 +65,11 @@ fn fieldish() -> impl Strategy<Value = Value> {
 fn subject() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(CommandKind::ALL.to_vec()).prop_map(|k| k.subject("alice")),
-        prop::sample::select(CommandKind::ALL.to_vec()).prop_map(|k| k.subject("alice").rsplit_once('.').map(|(s, _)| s.to_owned()).unwrap_or_default()),
+        prop::sample::select(CommandKind::ALL.to_vec()).prop_map(|k| k
+            .subject("alice")
+            .rsplit_once('.')
+            .map(|(s, _)| s.to_owned())
+            .unwrap_or_default()),
         "falcon\\.cmd\\.[a-z.*>]{0,30}",
         ".{0,40}",
     ]
@@ -57,7 +84,11 @@ fn check_command(subject: &str, body: &[u8]) {
             assert!(cmd.key().len() <= 64);
         }
         Err(ParseError::Rejected(r)) => {
-            assert!(r.error.message.len() <= REFUSAL_MAX, "{} bytes", r.error.message.len());
+            assert!(
+                r.error.message.len() <= REFUSAL_MAX,
+                "{} bytes",
+                r.error.message.len()
+            );
             assert!(r.key.as_ref().is_none_or(|k| k.len() <= 64));
         }
         Err(ParseError::Unparseable(_)) => {}

@@ -182,7 +182,12 @@ fn step_of(subject: &str) -> (&str, &str) {
         }
         return (rest, "");
     }
-    (subject.strip_prefix("falcon.").unwrap_or(subject), "")
+    // A command: `cmd.<aggregate>.<verb>` (its principal token is no saga).
+    let name = subject.strip_prefix("falcon.").unwrap_or(subject);
+    match name.match_indices('.').nth(2) {
+        Some((i, _)) if name.starts_with("cmd.") => (&name[..i], ""),
+        _ => (name, ""),
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +206,10 @@ mod tests {
         );
         assert_eq!(
             step_of("falcon.cmd.payment.create"),
+            ("cmd.payment.create", "")
+        );
+        assert_eq!(
+            step_of("falcon.cmd.payment.create.alice"),
             ("cmd.payment.create", "")
         );
         assert_eq!(step_of("falcon.evt.odd"), ("odd", ""));

@@ -158,11 +158,15 @@ pub fn plan(settings: &Settings, clients: &[String]) -> Result<Vec<(String, Role
     let durables: Vec<&ConsumerSpec> = consumers.iter().flat_map(|(_, c)| c).collect();
     let mut out = Vec::new();
     for (actor, own) in &consumers {
-        out.push((
-            actor.as_str().to_owned(),
-            Role::Actor,
-            actor_permissions(*actor, own),
-        ));
+        // Others' durables are out of its reach; its own it pulls and acks.
+        let others: Vec<&ConsumerSpec> = durables
+            .iter()
+            .copied()
+            .filter(|d| !own.iter().any(|o| o.name == d.name))
+            .collect();
+        let mut p = reader_permissions(actor.as_str(), &[STREAM_CMD, STREAM_EVT], &others);
+        merge(&mut p, actor_permissions(*actor, own));
+        out.push((actor.as_str().to_owned(), Role::Actor, p));
     }
     out.push((
         sec.provisioning.clone(),
@@ -234,6 +238,30 @@ fn permissions(name: &str) -> Value {
 fn push(p: &mut Value, path: [&str; 2], subjects: impl IntoIterator<Item = String>) {
     if let Some(list) = p[path[0]][path[1]].as_array_mut() {
         list.extend(subjects.into_iter().map(Value::String));
+    }
+}
+
+/// Adds `more`'s lists to `p`'s (and its `allow_responses`).
+fn merge(p: &mut Value, more: Value) {
+    for dir in ["publish", "subscribe"] {
+        for kind in ["allow", "deny"] {
+            let extra: Vec<String> = more[dir][kind]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            push(
+                p,
+                [dir, kind],
+                extra.into_iter().filter(|s| !s.starts_with("_INBOX")),
+            );
+        }
+    }
+    if more.get("allow_responses").is_some() {
+        p["allow_responses"] = more["allow_responses"].clone();
     }
 }
 
@@ -447,6 +475,28 @@ mod tests {
         ));
         assert!(!allowed(&wallet, "publish", "falcon.dlq.payment-evt.x"));
         assert!(!allowed(&wallet, "subscribe", "_INBOX_payment.x"));
+        assert!(allowed(&wallet, "subscribe", "_INBOX_wallet.x"));
+        // Replays and rebuilds read through ephemeral consumers.
+        assert!(allowed(
+            &wallet,
+            "publish",
+            "$JS.API.CONSUMER.CREATE.FALCON_EVT"
+        ));
+        assert!(allowed(
+            &wallet,
+            "publish",
+            "$JS.API.CONSUMER.MSG.NEXT.FALCON_EVT.x7Yq"
+        ));
+        assert!(allowed(
+            &wallet,
+            "publish",
+            "$JS.API.CONSUMER.MSG.NEXT.FALCON_EVT.wallet-evt"
+        ));
+        assert!(!allowed(
+            &wallet,
+            "publish",
+            "$JS.API.CONSUMER.DELETE.FALCON_EVT.payment-evt"
+        ));
     }
 
     #[test]

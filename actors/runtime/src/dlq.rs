@@ -183,13 +183,7 @@ pub async fn replay(
         });
     match disposition {
         Disposition::Ack => {
-            // What the step wrote is published as its actor: no other
-            // identity may publish its events.
-            let client = settings
-                .connect_as(actor, &format!("falcon-dlq-replay-{actor}"))
-                .await?;
-            let actor_js = jetstream::new(client);
-            crate::replay::publish_outbox(settings, &actor_js, entry.actor(), db, ring).await?;
+            crate::replay::publish_outbox(settings, entry.actor(), db, ring).await?;
             falcon_nats::dlq::delete(js, seq).await?;
             Ok(if seen {
                 Replay::AlreadyProcessed {

@@ -128,19 +128,22 @@ async fn feed(handler: &dyn Loop, range: &Range<'_>) -> Result<Report, Error> {
 }
 
 /// Publishes what a replay wrote to the outbox now, rather than waiting for
-/// a running relay's sweep (both publishing is harmless).
+/// a running relay's sweep (both publishing is harmless). It connects as
+/// `actor`: no other identity may publish its events.
 pub(crate) async fn publish_outbox(
     settings: &Settings,
-    js: &jetstream::Context,
     actor: Actor,
     db: DatabaseConnection,
     ring: &KeyRing,
 ) -> Result<(), Error> {
+    let client = settings
+        .connect_as(actor.as_str(), &format!("falcon-replay-{actor}"))
+        .await?;
     let relay = RelayArgs {
         actor,
         ring: Arc::new(ring.clone()),
         db,
-        js: js.clone(),
+        js: jetstream::new(client),
         batch_max: settings.relay.batch_max,
         interval: Duration::from_millis(settings.relay.interval_ms),
         poke: Poke::new(String::new()),
@@ -185,7 +188,7 @@ pub async fn redeliver(
         ring: &ring,
     };
     let report = feed(&*handler, &range).await?;
-    publish_outbox(settings, js, actor, db, &ring).await?;
+    publish_outbox(settings, actor, db, &ring).await?;
     Ok(report)
 }
 
