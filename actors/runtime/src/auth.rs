@@ -166,6 +166,13 @@ pub fn plan(settings: &Settings, clients: &[String]) -> Result<Vec<(String, Role
             .collect();
         let mut p = reader_permissions(actor.as_str(), &[STREAM_CMD, STREAM_EVT], &others);
         merge(&mut p, actor_permissions(*actor, own));
+        // Nor may it delete its own: only provisioning changes consumers.
+        push(
+            &mut p,
+            ["publish", "deny"],
+            own.iter()
+                .map(|c| format!("$JS.API.CONSUMER.DELETE.{}.{}", c.stream, c.name)),
+        );
         out.push((actor.as_str().to_owned(), Role::Actor, p));
     }
     out.push((
