@@ -3,7 +3,9 @@
 //!
 //!     cargo bench -p falcon-kernel --bench signing
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
 use falcon_kernel::signing::KeyRing;
 use falcon_sagas::Actor;
 
