@@ -26,6 +26,7 @@ backend_tests!(
     only_owners_pay_and_only_the_treasury_deposits,
     bad_amounts_and_oversized_ids_are_refused,
     forged_dead_letters_are_not_redriven,
+    unpublishable_events_are_set_aside,
 );
 
 /// How long a publish the broker should refuse is given to be acked.
@@ -556,4 +557,70 @@ async fn forged_dead_letters_are_not_redriven(b: Backend) -> Result<()> {
     );
     let _rt = w.start().await?;
     still_sound(&w, "after-forged-letters").await
+}
+
+async fn unpublishable_events_are_set_aside(b: Backend) -> Result<()> {
+    let w = World::new(b).await?;
+    let _rt = w.start().await?;
+    w.open_wallet("small-1", "USD").await?;
+    // FALCON_EVT refuses messages a little larger than a small wallet's
+    // event: an open with the longest owner and id the contract allows is
+    // refused by the server, for ever.
+    let mut evt = w.js.get_stream(STREAM_EVT).await?;
+    let small = evt
+        .get_last_raw_message_by_subject("falcon.evt.wallet.opened.small-1")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let size = small.payload.len();
+    let provisioning = attacker(&w, "provisioning").await?;
+    let mut config = evt.info().await?.config.clone();
+    // Headers count too (about 150 bytes); the big event is about 430
+    // bytes larger than the small one.
+    config.max_message_size = i32::try_from(size + 300)?;
+    provisioning.update_stream(&config).await?;
+    let big_id = "b".repeat(64);
+    w.command(
+        "wallet.open",
+        serde_json::json!({"wallet_id": big_id, "owner": "o".repeat(200), "currency": "USD"}),
+    )
+    .await?;
+    // The rest flows: an event written after it is published.
+    w.open_wallet("small-2", "USD").await?;
+    let stores = w.stores().await?;
+    let wallet_db = stores.get(Actor::Wallet).context("the wallet database")?;
+    let aside = eventually(|| async {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        let rows = falcon_kernel::store::outbox::Entity::find()
+            .filter(falcon_kernel::store::outbox::Column::SetAside.is_not_null())
+            .all(wallet_db)
+            .await?;
+        Ok((!rows.is_empty()).then_some(rows))
+    })
+    .await
+    .context("the oversized event was not set aside")?;
+    ensure!(aside.len() == 1, "{aside:?}");
+    ensure!(
+        aside[0].subject == format!("falcon.evt.wallet.opened.{big_id}"),
+        "{:?}",
+        aside[0].subject
+    );
+    ensure!(
+        aside[0]
+            .set_aside
+            .as_deref()
+            .is_some_and(|w| w.contains("max_msg_size")),
+        "{:?}",
+        aside[0].set_aside
+    );
+    // `falcon verify` says so until an operator deals with it.
+    let report = falcon_runtime::invariants::check(&stores, true).await?;
+    ensure!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.code == "outbox_set_aside"),
+        "{:?}",
+        report.violations
+    );
+    Ok(())
 }

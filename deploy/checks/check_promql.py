@@ -51,6 +51,8 @@ METRICS = {
     "falcon_breaker_state": ("gauge", set()),
     "falcon_relay_published_total": ("counter", {"actor"}),
     "falcon_actor_restarts_total": ("counter", set()),
+    "falcon_outbox_set_aside_total": ("counter", {"actor"}),
+    "falcon_events_unauthenticated_total": ("counter", {"actor"}),
 }
 
 # Labels Prometheus adds to every scraped series (target labels).

@@ -82,3 +82,21 @@ pub async fn publish_all(
     }))
     .await
 }
+
+/// Whether a publish failed in a way no retry can mend: the message is
+/// larger than the server's `max_payload` or the stream's
+/// `max_msg_size`. (A full stream, a timeout, a lost connection, a missing
+/// stream: all may pass.) The reason, when it cannot.
+pub fn never_publishable(e: &Error) -> Option<String> {
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+    let Error::Publish { source, .. } = e else {
+        return None;
+    };
+    let publish = source.downcast_ref::<PublishError>()?;
+    if publish.kind() == PublishErrorKind::MaxPayloadExceeded {
+        return Some(format!("larger than the server's max_payload: {publish}"));
+    }
+    let api = std::error::Error::source(publish)?.downcast_ref::<async_nats::jetstream::Error>()?;
+    (api.error_code() == async_nats::jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
+        .then(|| format!("larger than the stream's max_msg_size: {api}"))
+}

@@ -110,6 +110,7 @@ pub async fn drain(s: &RelayArgs) -> Result<usize, sea_orm::DbErr> {
     loop {
         let rows = outbox::Entity::find()
             .filter(outbox::Column::PublishedAt.is_null())
+            .filter(outbox::Column::SetAside.is_null())
             .order_by_asc(outbox::Column::Id)
             .limit(s.batch_max)
             .all(&s.db)
@@ -117,34 +118,40 @@ pub async fn drain(s: &RelayArgs) -> Result<usize, sea_orm::DbErr> {
         if rows.is_empty() {
             return Ok(total);
         }
-        let msgs: Vec<OutMsg> = rows
-            .iter()
-            .map(|r| {
-                let payload = s
-                    .ring
-                    .sign(s.actor, &r.subject, r.payload.as_bytes())
-                    .map_err(|e| {
-                        sea_orm::DbErr::Custom(format!("signing outbox row {}: {e}", r.id))
-                    })?;
-                Ok(OutMsg {
-                    subject: r.subject.clone(),
-                    msg_id: r.event_id.clone(),
-                    traceparent: r.traceparent.clone(),
-                    payload: Bytes::from(payload),
-                })
-            })
-            .collect::<Result<_, sea_orm::DbErr>>()?;
+        // Rows that can never be published are set aside, so the rest
+        // flows: unsignable ones here, too large ones once the server says.
+        let mut aside = Vec::new();
+        let mut sendable = Vec::with_capacity(rows.len());
+        let mut msgs = Vec::with_capacity(rows.len());
+        for r in &rows {
+            match s.ring.sign(s.actor, &r.subject, r.payload.as_bytes()) {
+                Ok(payload) => {
+                    sendable.push(r);
+                    msgs.push(OutMsg {
+                        subject: r.subject.clone(),
+                        msg_id: r.event_id.clone(),
+                        traceparent: r.traceparent.clone(),
+                        payload: Bytes::from(payload),
+                    });
+                }
+                Err(e) => aside.push((r.id, format!("cannot be signed: {e}"))),
+            }
+        }
         let results = publish_all(&s.js, &msgs).await;
         let mut published = Vec::with_capacity(rows.len());
         let mut failed = None;
-        for (row, result) in rows.iter().zip(results) {
+        for (row, result) in sendable.iter().zip(results) {
             match result {
                 Ok(_) => published.push(row.id),
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
+                Err(e) => match falcon_nats::publish::never_publishable(&e) {
+                    Some(why) => aside.push((row.id, why)),
+                    None => {
+                        failed.get_or_insert(e);
+                    }
+                },
             }
         }
+        set_aside(s, &rows, aside).await?;
         if !published.is_empty() {
             total += published.len();
             metrics::counter!(names::RELAY_PUBLISHED, "actor" => s.actor.as_str())
@@ -164,4 +171,30 @@ pub async fn drain(s: &RelayArgs) -> Result<usize, sea_orm::DbErr> {
             return Ok(total);
         }
     }
+}
+
+/// Marks rows that can never be published, with why; counted and logged
+/// as errors (an alert fires on the counter), and reported by `falcon
+/// verify` until an operator deals with them.
+async fn set_aside(
+    s: &RelayArgs,
+    rows: &[outbox::Model],
+    aside: Vec<(i64, String)>,
+) -> Result<(), sea_orm::DbErr> {
+    if aside.is_empty() {
+        return Ok(());
+    }
+    metrics::counter!(names::OUTBOX_SET_ASIDE, "actor" => s.actor.as_str())
+        .increment(aside.len() as u64);
+    let _turn = write_gate(&s.db).await;
+    for (id, why) in aside {
+        let subject = rows.iter().find(|r| r.id == id).map(|r| r.subject.as_str());
+        tracing::error!(actor = s.actor.as_str(), outbox_id = id, subject, reason = %why, "event can never be published; set aside, the rest flows");
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::SetAside, Expr::value(why))
+            .filter(outbox::Column::Id.eq(id))
+            .exec(&s.db)
+            .await?;
+    }
+    Ok(())
 }

@@ -32,6 +32,9 @@ pub mod names {
     pub const REDELIVERED: &str = "falcon_messages_redelivered_total";
     /// Counter `{actor}`: messages copied to FALCON_DLQ.
     pub const DEAD_LETTERED: &str = "falcon_messages_dead_lettered_total";
+    /// Counter `{actor}`: outbox events set aside because they can never be
+    /// published (too large, unsignable); `falcon verify` lists them.
+    pub const OUTBOX_SET_ASIDE: &str = "falcon_outbox_set_aside_total";
     /// Counter `{actor}`: events refused because their signature did not
     /// check (dead-lettered with reason `unauthenticated_event`).
     pub const UNAUTHENTICATED: &str = "falcon_events_unauthenticated_total";

@@ -6,7 +6,7 @@
 //! a migration that adds a column adds it only where it is missing (a
 //! database created before it).
 
-use sea_orm::{EntityTrait, IdenStatic, Schema};
+use falcon_kernel::store::migration::{add_column_if_missing, OutboxSetAside};
 use sea_orm_migration::prelude::*;
 
 use super::entity::{payment, refund};
@@ -16,7 +16,12 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(SagaView), Box::new(Principal)]
+        vec![
+            Box::new(Initial),
+            Box::new(SagaView),
+            Box::new(Principal),
+            Box::new(OutboxSetAside),
+        ]
     }
 }
 
@@ -66,27 +71,19 @@ impl MigrationName for Principal {
 #[async_trait::async_trait]
 impl MigrationTrait for Principal {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        add_column_if_missing(manager, payment::Entity, payment::Column::Principal).await?;
-        add_column_if_missing(manager, refund::Entity, refund::Column::Principal).await
-    }
-}
-
-/// Adds `column` of `entity`, as the entity defines it, unless the table
-/// has it already.
-async fn add_column_if_missing<E: EntityTrait>(
-    manager: &SchemaManager<'_>,
-    entity: E,
-    column: E::Column,
-) -> Result<(), DbErr> {
-    if manager
-        .has_column(entity.table_name(), column.as_str())
-        .await?
-    {
-        return Ok(());
-    }
-    let schema = Schema::new(manager.get_database_backend());
-    let mut def = schema.get_column_def::<E>(column);
-    manager
-        .alter_table(Table::alter().table(entity).add_column(&mut def).to_owned())
+        add_column_if_missing(
+            manager,
+            payment::Entity,
+            payment::Column::Principal,
+            sea_orm::Value::String(None),
+        )
+        .await?;
+        add_column_if_missing(
+            manager,
+            refund::Entity,
+            refund::Column::Principal,
+            sea_orm::Value::String(None),
+        )
         .await
+    }
 }

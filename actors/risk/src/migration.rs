@@ -6,7 +6,11 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(VelocityIndex)]
+        vec![
+            Box::new(Initial),
+            Box::new(VelocityIndex),
+            Box::new(falcon_kernel::store::migration::OutboxSetAside),
+        ]
     }
 }
 

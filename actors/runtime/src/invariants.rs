@@ -56,8 +56,20 @@ pub async fn check(stores: &Stores, settled: bool) -> Result<Report, DbErr> {
             continue;
         };
         let name = entry.actor().as_str();
+        let aside = outbox::Entity::find()
+            .filter(outbox::Column::SetAside.is_not_null())
+            .count(db)
+            .await?;
+        if aside > 0 {
+            report.violate(
+                5,
+                "outbox_set_aside",
+                format!("{name}: {aside} events can never be published (too large or unsignable; see the outbox's set_aside)"),
+            );
+        }
         let backlog = outbox::Entity::find()
             .filter(outbox::Column::PublishedAt.is_null())
+            .filter(outbox::Column::SetAside.is_null())
             .count(db)
             .await?;
         facts.counts.outbox_backlog.insert(name.to_owned(), backlog);

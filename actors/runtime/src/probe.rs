@@ -160,6 +160,7 @@ impl Probe {
 pub async fn outbox_backlog(db: &DatabaseConnection) -> Result<u64, sea_orm::DbErr> {
     outbox::Entity::find()
         .filter(outbox::Column::PublishedAt.is_null())
+        .filter(outbox::Column::SetAside.is_null())
         .count(db)
         .await
 }

@@ -12,10 +12,10 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
+use falcon_kernel::store::migration::{add_column_if_missing, OutboxSetAside};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IdenStatic, QueryFilter, QueryOrder,
-    QuerySelect, Schema, Set,
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use sea_orm_migration::prelude::*;
 
@@ -33,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(Principal),
             Box::new(Refunded),
             Box::new(Checks),
+            Box::new(OutboxSetAside),
         ]
     }
 }
@@ -124,30 +125,6 @@ impl MigrationTrait for Circulation {
         }
         Ok(())
     }
-}
-
-/// Adds `column` of `entity` (as the entity defines it, with `default` for
-/// the rows there are) unless the table has it already.
-async fn add_column_if_missing<E: EntityTrait>(
-    manager: &SchemaManager<'_>,
-    entity: E,
-    column: E::Column,
-    default: sea_orm::Value,
-) -> Result<(), DbErr> {
-    let table = entity.table_name();
-    if manager.has_column(table, column.as_str()).await? {
-        return Ok(());
-    }
-    let schema = Schema::new(manager.get_database_backend());
-    let mut def = schema.get_column_def::<E>(column);
-    manager
-        .alter_table(
-            Table::alter()
-                .table(entity)
-                .add_column(def.default(default))
-                .to_owned(),
-        )
-        .await
 }
 
 /// `wallets.principal`: the principal that opened each wallet, the only

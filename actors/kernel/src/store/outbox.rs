@@ -32,6 +32,11 @@ pub mod entity {
         pub created_at: ChronoDateTimeUtc,
         #[sea_orm(indexed)]
         pub published_at: Option<ChronoDateTimeUtc>,
+        /// Why it can never be published (too large, refused by the
+        /// server, unsignable): set aside so the rest flows, counted in
+        /// `falcon_outbox_set_aside_total` and reported by `falcon verify`.
+        #[sea_orm(column_type = "Text", nullable)]
+        pub set_aside: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
