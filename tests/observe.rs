@@ -485,6 +485,28 @@ async fn metrics_health_and_logs_are_served() -> Result<()> {
         )
         .is_some());
     }
+    // How full each stream is, against its limit.
+    for (stream, max) in [
+        ("FALCON_CMD", w.settings.streams.cmd_max_bytes),
+        ("FALCON_EVT", w.settings.streams.evt_max_bytes),
+        ("FALCON_DLQ", w.settings.streams.dlq_max_bytes),
+    ] {
+        ensure!(
+            metric(
+                &text,
+                &format!("falcon_stream_max_bytes{{stream=\"{stream}\"}}")
+            ) == Some(max as f64),
+            "max bytes of {stream}"
+        );
+        ensure!(
+            metric(
+                &text,
+                &format!("falcon_stream_bytes{{stream=\"{stream}\"}}")
+            )
+            .is_some_and(|b| b >= 0.0 && b < max as f64),
+            "bytes of {stream}"
+        );
+    }
 
     // NATS gone: not ready, and says why; still live.
     w.nats.stop();

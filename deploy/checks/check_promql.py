@@ -52,6 +52,8 @@ METRICS = {
     "falcon_relay_published_total": ("counter", {"actor"}),
     "falcon_actor_restarts_total": ("counter", set()),
     "falcon_outbox_set_aside_total": ("counter", {"actor"}),
+    "falcon_stream_bytes": ("gauge", {"stream"}),
+    "falcon_stream_max_bytes": ("gauge", {"stream"}),
     "falcon_events_unauthenticated_total": ("counter", {"actor"}),
 }
 

@@ -32,6 +32,12 @@ pub mod names {
     pub const REDELIVERED: &str = "falcon_messages_redelivered_total";
     /// Counter `{actor}`: messages copied to FALCON_DLQ.
     pub const DEAD_LETTERED: &str = "falcon_messages_dead_lettered_total";
+    /// Gauge `{stream}`: bytes a stream holds, sampled (with
+    /// [`STREAM_MAX_BYTES`], how near full it is: a full stream refuses
+    /// new messages).
+    pub const STREAM_BYTES: &str = "falcon_stream_bytes";
+    /// Gauge `{stream}`: the stream's `max_bytes`.
+    pub const STREAM_MAX_BYTES: &str = "falcon_stream_max_bytes";
     /// Counter `{actor}`: outbox events set aside because they can never be
     /// published (too large, unsignable); `falcon verify` lists them.
     pub const OUTBOX_SET_ASIDE: &str = "falcon_outbox_set_aside_total";

@@ -16,7 +16,7 @@ use falcon_kernel::stats::Stats;
 use falcon_kernel::store::outbox;
 use falcon_kernel::telemetry::names;
 use falcon_nats::ConsumerSpec;
-use falcon_schemas::subject::STREAM_DLQ;
+use falcon_schemas::subject::{STREAM_CMD, STREAM_DLQ, STREAM_EVT};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
 use serde::Serialize;
 
@@ -97,12 +97,28 @@ impl Probe {
         for gauges in &self.gauges {
             gauges.sample().await;
         }
-        match self.js.get_stream(STREAM_DLQ).await {
-            Ok(mut stream) => match stream.info().await {
-                Ok(info) => metrics::gauge!(names::DLQ_DEPTH).set(info.state.messages as f64),
-                Err(e) => tracing::debug!(error = %e, "sampling the DLQ depth"),
-            },
-            Err(e) => tracing::debug!(error = %e, "sampling the DLQ depth"),
+        for name in [STREAM_CMD, STREAM_EVT, STREAM_DLQ] {
+            let info = async {
+                let mut stream = self.js.get_stream(name).await.map_err(|e| e.to_string())?;
+                stream
+                    .info()
+                    .await
+                    .map(|i| i.clone())
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match info {
+                Ok(info) => {
+                    if name == STREAM_DLQ {
+                        metrics::gauge!(names::DLQ_DEPTH).set(info.state.messages as f64);
+                    }
+                    metrics::gauge!(names::STREAM_BYTES, "stream" => name)
+                        .set(info.state.bytes as f64);
+                    metrics::gauge!(names::STREAM_MAX_BYTES, "stream" => name)
+                        .set(info.config.max_bytes as f64);
+                }
+                Err(e) => tracing::debug!(stream = name, error = %e, "sampling a stream"),
+            }
         }
         for spec in &self.consumers {
             let info = async {
