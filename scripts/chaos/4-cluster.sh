@@ -37,7 +37,7 @@ urls="nats://127.0.0.1:${cport[1]},nats://127.0.0.1:${cport[2]},nats://127.0.0.1
 node_start() {
     local i=$1
     chaos_nats_start "nats-$i" "${cport[i]}" "$CHAOS_WORK/nats-$i" \
-        -c "$FALCON_ROOT/deploy/nats/cluster-$i.conf" \
+        -c "$(chaos_secure_conf "$FALCON_ROOT/deploy/nats/cluster-$i.conf")" \
         --cluster "nats://127.0.0.1:${rport[i]}" --routes "$routes"
 }
 for i in 1 2 3; do node_start "$i"; done
@@ -59,7 +59,8 @@ stream_replicas() {
     local s doc
     for s in FALCON_CMD FALCON_EVT FALCON_DLQ; do
         # shellcheck disable=SC2016 # a literal $: the JetStream API subject
-        doc=$(python3 "$FALCON_ROOT/scripts/nats_pub.py" --url "nats://127.0.0.1:${cport[$1]}" '$JS.API.STREAM.INFO.'"$s" '') || return 1
+        doc=$(python3 "$FALCON_ROOT/scripts/nats_pub.py" --url "nats://127.0.0.1:${cport[$1]}" \
+            --user chaos --password-file "$CHAOS_WORK/keys/chaos.password" '$JS.API.STREAM.INFO.'"$s" '') || return 1
         python3 -c 'import json,sys
 d = json.loads(sys.argv[1]); c = d.get("cluster", {})
 print("%s:R%s:%s+%d" % (d["config"]["name"], d["config"].get("num_replicas"), c.get("leader", "-"), len(c.get("replicas") or [])))' "$doc" || return 1

@@ -170,8 +170,13 @@ pub fn plan(settings: &Settings, clients: &[String]) -> Result<Vec<(String, Role
         push(
             &mut p,
             ["publish", "deny"],
-            own.iter()
-                .map(|c| format!("$JS.API.CONSUMER.DELETE.{}.{}", c.stream, c.name)),
+            own.iter().flat_map(|c| {
+                [
+                    format!("$JS.API.CONSUMER.DELETE.{}.{}", c.stream, c.name),
+                    format!("$JS.API.CONSUMER.CREATE.{}.{}", c.stream, c.name),
+                    format!("$JS.API.CONSUMER.CREATE.{}.{}.>", c.stream, c.name),
+                ]
+            }),
         );
         out.push((actor.as_str().to_owned(), Role::Actor, p));
     }
@@ -337,13 +342,23 @@ fn provisioning_permissions(name: &str) -> Value {
 /// a durable consumer.
 fn reader_permissions(name: &str, streams: &[&str], durables: &[&ConsumerSpec]) -> Value {
     let mut p = permissions(name);
-    allow_publish(&mut p, ["$JS.API.INFO".to_owned()]);
+    // Every stream's info (its configuration and counts, no content):
+    // what a client checks before it reads, and what `doctor` shows.
+    allow_publish(
+        &mut p,
+        ["$JS.API.INFO".to_owned()].into_iter().chain(
+            [STREAM_CMD, STREAM_EVT, STREAM_DLQ].map(|s| format!("$JS.API.STREAM.INFO.{s}")),
+        ),
+    );
     for s in streams {
         allow_publish(
             &mut p,
             [
-                format!("$JS.API.STREAM.INFO.{s}"),
                 format!("$JS.API.CONSUMER.CREATE.{s}"),
+                // The named form: an ordered consumer recreated after a
+                // reconnect names itself (durable names are denied below).
+                format!("$JS.API.CONSUMER.CREATE.{s}.*"),
+                format!("$JS.API.CONSUMER.CREATE.{s}.*.>"),
                 format!("$JS.API.CONSUMER.MSG.NEXT.{s}.*"),
                 format!("$JS.API.CONSUMER.INFO.{s}.*"),
                 format!("$JS.API.CONSUMER.DELETE.{s}.*"),
@@ -360,6 +375,8 @@ fn reader_permissions(name: &str, streams: &[&str], durables: &[&ConsumerSpec]) 
             [
                 format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", c.stream, c.name),
                 format!("$JS.API.CONSUMER.DELETE.{}.{}", c.stream, c.name),
+                format!("$JS.API.CONSUMER.CREATE.{}.{}", c.stream, c.name),
+                format!("$JS.API.CONSUMER.CREATE.{}.{}.>", c.stream, c.name),
             ]
         }),
     );
@@ -534,6 +551,17 @@ mod tests {
             &alice,
             "publish",
             "$JS.API.CONSUMER.CREATE.FALCON_EVT.wallet-evt.x"
+        ));
+        assert!(allowed(
+            &alice,
+            "publish",
+            "$JS.API.CONSUMER.CREATE.FALCON_EVT.rPpRXm36_1.falcon.evt.wallet.*.w1"
+        ));
+        let wallet = perms("wallet");
+        assert!(!allowed(
+            &wallet,
+            "publish",
+            "$JS.API.CONSUMER.CREATE.FALCON_EVT.wallet-evt.falcon.evt.>"
         ));
         assert!(!allowed(
             &alice,
