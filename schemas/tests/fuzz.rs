@@ -96,7 +96,11 @@ fn check_command(subject: &str, body: &[u8]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        // 2,000 in the suite; PROPTEST_CASES for a long run.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000),
+        ..Default::default()
+    })]
 
     #[test]
     fn commands_from_arbitrary_bytes(subject in subject(), body in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -353,7 +353,11 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2_000, ..Default::default() })]
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            // 2,000 in the suite; PROPTEST_CASES for a long run.
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000),
+            ..Default::default()
+        })]
 
         /// Whatever arrives, the check answers and never panics; only the
         /// signer's exact bytes on the exact subject pass.
