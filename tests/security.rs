@@ -216,7 +216,8 @@ async fn consumers_and_streams_are_out_of_reach(b: Backend) -> Result<()> {
             .await?
             .config
             .clone();
-    for name in [
+    // Every identity at once: a refused request waits out its timeout.
+    let names = [
         CLIENT,
         OTHER_CLIENT,
         "treasury",
@@ -225,66 +226,72 @@ async fn consumers_and_streams_are_out_of_reach(b: Backend) -> Result<()> {
         "risk",
         "wallet",
         "provisioning",
-    ] {
-        let js = attacker(&w, name).await?;
-        let may_provision = name == "provisioning";
-        let Ok(s) = js.get_stream(STREAM_EVT).await else {
-            continue; // it may not even read the stream's info
-        };
-        ensure!(s.purge().await.is_err(), "{name} purged FALCON_EVT");
-        ensure!(
-            js.delete_stream(STREAM_EVT).await.is_err(),
-            "{name} deleted FALCON_EVT"
-        );
-        if !may_provision {
-            // Provisioning is the administrator of the topology: it alone
-            // may change a stream (`falcon streams apply` only ever sets
-            // the validated configuration).
-            let mut short = s.cached_info().config.clone();
-            short.max_age = Duration::from_secs(1);
-            short.duplicate_window = Duration::from_secs(1);
+    ];
+    futures::future::try_join_all(names.into_iter().map(|name| {
+        let w = &w;
+        async move {
+            let js = attacker(&w, name).await?;
+            let may_provision = name == "provisioning";
+            let Ok(s) = js.get_stream(STREAM_EVT).await else {
+                return Ok(()); // it may not even read the stream's info
+            };
+            ensure!(s.purge().await.is_err(), "{name} purged FALCON_EVT");
             ensure!(
-                js.update_stream(&short).await.is_err(),
-                "{name} shortened FALCON_EVT's retention"
+                js.delete_stream(STREAM_EVT).await.is_err(),
+                "{name} deleted FALCON_EVT"
             );
-            ensure!(
-                s.delete_consumer("wallet-evt").await.is_err(),
-                "{name} deleted wallet-evt"
-            );
-            let hijack = s
-                .create_consumer(consumer::pull::Config {
-                    durable_name: Some("wallet-evt".into()),
-                    filter_subject: "falcon.evt.nothing".into(),
-                    ..Default::default()
-                })
-                .await;
-            ensure!(hijack.is_err(), "{name} redefined wallet-evt");
-            if name != "wallet" {
-                let pulled = async {
-                    let c: consumer::PullConsumer = s
-                        .get_consumer("wallet-evt")
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let mut batch = c
-                        .fetch()
-                        .max_messages(1)
-                        .expires(REFUSAL_WAIT)
-                        .messages()
-                        .await?;
-                    use futures::StreamExt;
-                    Ok::<_, anyhow::Error>(batch.next().await.is_some())
-                };
+            if !may_provision {
+                // Provisioning is the administrator of the topology: it alone
+                // may change a stream (`falcon streams apply` only ever sets
+                // the validated configuration).
+                let mut short = s.cached_info().config.clone();
+                short.max_age = Duration::from_secs(1);
+                short.duplicate_window = Duration::from_secs(1);
                 ensure!(
-                    !matches!(pulled.await, Ok(true)),
-                    "{name} pulled from wallet-evt"
+                    js.update_stream(&short).await.is_err(),
+                    "{name} shortened FALCON_EVT's retention"
                 );
+                ensure!(
+                    s.delete_consumer("wallet-evt").await.is_err(),
+                    "{name} deleted wallet-evt"
+                );
+                let hijack = s
+                    .create_consumer(consumer::pull::Config {
+                        durable_name: Some("wallet-evt".into()),
+                        filter_subject: "falcon.evt.nothing".into(),
+                        ..Default::default()
+                    })
+                    .await;
+                ensure!(hijack.is_err(), "{name} redefined wallet-evt");
+                if name != "wallet" {
+                    let pulled = async {
+                        let c: consumer::PullConsumer = s
+                            .get_consumer("wallet-evt")
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        let mut batch = c
+                            .fetch()
+                            .max_messages(1)
+                            .expires(REFUSAL_WAIT)
+                            .messages()
+                            .await?;
+                        use futures::StreamExt;
+                        Ok::<_, anyhow::Error>(batch.next().await.is_some())
+                    };
+                    ensure!(
+                        !matches!(pulled.await, Ok(true)),
+                        "{name} pulled from wallet-evt"
+                    );
+                }
             }
+            let cmd = js.get_stream(STREAM_CMD).await;
+            if let Ok(cmd) = cmd {
+                ensure!(cmd.purge().await.is_err(), "{name} purged FALCON_CMD");
+            }
+            Ok::<_, anyhow::Error>(())
         }
-        let cmd = js.get_stream(STREAM_CMD).await;
-        if let Ok(cmd) = cmd {
-            ensure!(cmd.purge().await.is_err(), "{name} purged FALCON_CMD");
-        }
-    }
+    }))
+    .await?;
     let mut evt = w.js.get_stream(STREAM_EVT).await?;
     let info = evt.info().await?.clone();
     ensure!(
