@@ -180,21 +180,17 @@ pub async fn original(
     if ![STREAM_CMD, STREAM_EVT].contains(&origin.stream.as_str()) {
         return Ok(None);
     }
-    let stream = js.get_stream(&origin.stream).await.map_err(consume_err)?;
-    let stored = match stream.direct_get(origin.stream_seq).await {
-        Ok(m) => m,
-        Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(consume_err(e)),
+    let Some(stored) = raw_message(js, &origin.stream, origin.stream_seq).await? else {
+        return Ok(None);
     };
-    let header = |n: &str| stored.headers.get(n).map(|v| v.as_str().to_owned());
     let verified = Origin {
-        subject: stored.subject.to_string(),
+        subject: stored.subject,
         stream: origin.stream.clone(),
         stream_seq: origin.stream_seq,
         consumer: origin.consumer.clone(),
         delivered: origin.delivered,
-        msg_id: header(HEADER_MSG_ID),
-        traceparent: header(HEADER_TRACEPARENT),
+        msg_id: stored.msg_id,
+        traceparent: stored.traceparent,
     };
     Ok(Some((verified, stored.payload)))
 }
@@ -264,17 +260,17 @@ pub async fn watch_max_deliveries(
 }
 
 async fn dead_letter_exhausted(js: &jetstream::Context, a: &MaxDeliveries) -> Result<(), Error> {
-    let stream = js.get_stream(&a.stream).await.map_err(consume_err)?;
-    let original = stream.direct_get(a.stream_seq).await.map_err(consume_err)?;
-    let header = |n: &str| original.headers.get(n).map(|v| v.as_str().to_owned());
+    let Some(original) = raw_message(js, &a.stream, a.stream_seq).await? else {
+        return Ok(()); // aged out or deleted since: nothing left to keep
+    };
     let origin = Origin {
-        subject: original.subject.to_string(),
+        subject: original.subject,
         stream: a.stream.clone(),
         stream_seq: a.stream_seq,
         consumer: a.consumer.clone(),
         delivered: a.deliveries,
-        msg_id: header(HEADER_MSG_ID),
-        traceparent: header(HEADER_TRACEPARENT),
+        msg_id: original.msg_id,
+        traceparent: original.traceparent,
     };
     let error = format!(
         "{} deliveries exhausted: the last one was not acked within the consumer's ack wait (its process may have died)",
@@ -284,5 +280,97 @@ async fn dead_letter_exhausted(js: &jetstream::Context, a: &MaxDeliveries) -> Re
     dead_letter(js, &origin, original.payload, &error).await
 }
 
+/// A stored message as the stream API gives it: the subject, the body, and
+/// the two headers FalconPay reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    pub subject: String,
+    pub payload: Bytes,
+    pub msg_id: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawGet {
+    message: RawGetMessage,
+}
+
+#[derive(serde::Deserialize)]
+struct RawGetMessage {
+    subject: String,
+    #[serde(default)]
+    hdrs: Option<String>,
+    #[serde(default)]
+    data: Option<String>,
+}
+
+/// Message `seq` of `stream`, read through `$JS.API.STREAM.MSG.GET` (its
+/// headers and body come base64 in a JSON reply), not delivered as a NATS
+/// message: a header the client library cannot parse (not UTF-8, say)
+/// would close the connection if it were delivered, but here it is read
+/// leniently. `None` when the stream does not hold `seq`.
+pub async fn raw_message(
+    js: &jetstream::Context,
+    stream: &str,
+    seq: u64,
+) -> Result<Option<RawMessage>, Error> {
+    use base64::Engine as _;
+    use jetstream::response::Response;
+    let reply: Response<RawGet> = js
+        .request(
+            format!("STREAM.MSG.GET.{stream}"),
+            &serde_json::json!({ "seq": seq }),
+        )
+        .await
+        .map_err(consume_err)?;
+    let message = match reply {
+        Response::Ok(get) => get.message,
+        Response::Err { error } if error.code() == 404 => return Ok(None),
+        Response::Err { error } => return Err(consume_err(error)),
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let decode = |s: Option<String>| s.and_then(|s| b64.decode(s).ok()).unwrap_or_default();
+    let headers = decode(message.hdrs);
+    Ok(Some(RawMessage {
+        subject: message.subject,
+        payload: Bytes::from(decode(message.data)),
+        msg_id: lenient_header(&headers, HEADER_MSG_ID),
+        traceparent: lenient_header(&headers, HEADER_TRACEPARENT),
+    }))
+}
+
+/// A header's value from a raw NATS header block, whatever else the block
+/// holds; `None` unless it is printable ASCII of a sane length.
+fn lenient_header(block: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(block);
+    text.split("\r\n").skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        let v = v.trim();
+        (k.trim().eq_ignore_ascii_case(name)
+            && !v.is_empty()
+            && v.len() <= 256
+            && v.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .then(|| v.to_owned())
+    })
+}
+
 /// How long the watcher waits before re-subscribing after an error.
 pub const WATCH_RETRY: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod raw_tests {
+    use super::lenient_header;
+
+    #[test]
+    fn headers_are_read_leniently() {
+        let block = b"NATS/1.0\r\nX-Bad: \xff\xfe\x01\r\nNats-Msg-Id: m-1\r\ntraceparent: 00-ab-cd-01\r\n\r\n";
+        assert_eq!(lenient_header(block, "Nats-Msg-Id").as_deref(), Some("m-1"));
+        assert_eq!(
+            lenient_header(block, "traceparent").as_deref(),
+            Some("00-ab-cd-01")
+        );
+        assert_eq!(lenient_header(block, "X-Bad"), None);
+        assert_eq!(lenient_header(b"", "Nats-Msg-Id"), None);
+        assert_eq!(lenient_header(&[0xff; 64], "Nats-Msg-Id"), None);
+    }
+}

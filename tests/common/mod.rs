@@ -38,6 +38,9 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// The client principal a world's commands come from, and a second one.
 pub const CLIENT: &str = "client";
 pub const OTHER_CLIENT: &str = "mallory";
+/// A client with a user and password (`--password-client`), for raw
+/// protocol tests.
+pub const PLAIN_CLIENT: &str = "plain";
 
 /// One test's world: a server, databases, and the settings to reach them.
 /// Secure, as a real install is: `falcon auth init`'s keys and permissions,
@@ -68,8 +71,13 @@ impl World {
         let keys = tempfile::tempdir()?;
         let mut settings = Settings::default();
         settings.security.keys_dir = keys.path().display().to_string();
-        let issued = falcon_runtime::auth::init(&settings, keys.path(), &[OTHER_CLIENT.into()])
-            .map_err(anyhow::Error::msg)?;
+        let issued = falcon_runtime::auth::init_with(
+            &settings,
+            keys.path(),
+            &[OTHER_CLIENT.into()],
+            &[PLAIN_CLIENT.into()],
+        )
+        .map_err(anyhow::Error::msg)?;
         let nats = NatsServer::start_with(NatsOptions {
             auth: Some(issued.server_conf),
             ..Default::default()
