@@ -231,7 +231,7 @@ async fn consumers_and_streams_are_out_of_reach(b: Backend) -> Result<()> {
     futures::future::try_join_all(names.into_iter().map(|name| {
         let w = &w;
         async move {
-            let js = attacker(&w, name).await?;
+            let js = attacker(w, name).await?;
             let may_provision = name == "provisioning";
             let Ok(s) = js.get_stream(STREAM_EVT).await else {
                 return Ok(()); // it may not even read the stream's info

@@ -100,11 +100,7 @@ impl Probe {
         for name in [STREAM_CMD, STREAM_EVT, STREAM_DLQ] {
             let info = async {
                 let mut stream = self.js.get_stream(name).await.map_err(|e| e.to_string())?;
-                stream
-                    .info()
-                    .await
-                    .map(|i| i.clone())
-                    .map_err(|e| e.to_string())
+                stream.info().await.cloned().map_err(|e| e.to_string())
             }
             .await;
             match info {
