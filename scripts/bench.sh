@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces the numbers in docs/BENCHMARKS.md: starts its own JetStream
 # server, fresh databases, and runs `falcon bench --spawn` (release build)
-# against them; stops everything it started.
+# against them, in the secure set-up (identities, permissions, signed
+# events); stops everything it started.
 #
 #   scripts/bench.sh [--db sqlite|postgres] [--durable] [--runs N] [-- BENCH ARGS...]
 #
@@ -42,11 +43,15 @@ falcon_build
 work=$(mktemp -d "${TMPDIR:-/tmp}/falcon-bench.XXXXXX")
 falcon_on_exit "rm -rf $(printf '%q' "$work")"
 
-conf=
-if ((durable)); then
-    conf=$FALCON_ROOT/deploy/nats/durable.conf
-fi
-falcon_start_nats "$work/nats" ${conf:+"$conf"}
+# The secure set-up, as in production: identities, permissions, signed
+# events (falcon auth init into the work dir; the server includes its
+# authorization).
+export FALCON__SECURITY__KEYS_DIR=$work/keys
+"$FALCON_BIN" auth init >/dev/null || falcon_die "falcon auth init failed"
+base=$FALCON_ROOT/deploy/nats/single.conf
+((durable)) && base=$FALCON_ROOT/deploy/nats/durable.conf
+{ cat "$base"; printf '\ninclude "keys/nats-auth.conf"\n'; } >"$work/nats.conf"
+falcon_start_nats "$work/nats" "$work/nats.conf"
 export FALCON__NATS__URL=$NATS_URL
 export FALCON__HTTP__LISTEN=${FALCON__HTTP__LISTEN-}
 export RUST_LOG=${RUST_LOG:-warn}
