@@ -336,10 +336,10 @@ fn provisioning_permissions(name: &str) -> Value {
     p
 }
 
-/// Reading `streams` through ephemeral consumers the server names (the
-/// create subject without a consumer name, which refuses a durable name),
-/// and direct gets; never pulling, acking, deleting or reading the info of
-/// a durable consumer.
+/// Reading `streams` through ephemeral consumers (either create subject:
+/// ordered consumers name themselves when they are recreated) and direct
+/// gets, and any consumer's info; never creating, pulling from or deleting
+/// one of `durables` (acks are not allowed at all).
 fn reader_permissions(name: &str, streams: &[&str], durables: &[&ConsumerSpec]) -> Value {
     let mut p = permissions(name);
     // Every stream's info (its configuration and counts, no content):
