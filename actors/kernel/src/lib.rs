@@ -45,6 +45,8 @@ pub mod stats;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod verify;
 
 pub use actor::ActorDef;

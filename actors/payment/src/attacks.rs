@@ -28,7 +28,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 
-use self::backend::{backends, Fresh};
+use self::backend::{backends, empty, migrated, Fresh};
 use crate::entity::{payment, refund, RefundState};
 use crate::provider::{CaptureRequest, ProviderError, Resilient, Settlement, SettlementProvider};
 use crate::settings::ProviderSettings;
@@ -226,7 +226,7 @@ fn tampered() -> Vec<(PaymentData, &'static str)> {
 #[tokio::test]
 async fn a_funds_reserved_that_disagrees_with_the_payment_is_poison() {
     for backend in backends() {
-        let fresh = Fresh::migrated(&backend).await;
+        let fresh = migrated(&backend).await;
         let (handler, provider) = payment_actor(&fresh, State::Requested).await;
         for (seq, (p, prefix)) in (1..).zip(tampered()) {
             assert_refused(&handler, &event(EventData::FundsReserved(p), seq), prefix).await;
@@ -285,7 +285,7 @@ async fn later_steps_that_disagree_with_the_payment_are_poison() {
             }),
         ];
         for (state, data) in cases {
-            let fresh = Fresh::migrated(&backend).await;
+            let fresh = migrated(&backend).await;
             let (handler, _) = payment_actor(&fresh, state).await;
             for (seq, (p, prefix)) in (1..).zip(tampered()) {
                 assert_refused(&handler, &event(data(p), seq), prefix).await;
@@ -331,7 +331,7 @@ async fn requested_refund(handler: &Payment) -> RefundData {
 #[tokio::test]
 async fn refund_events_that_disagree_with_the_refund_are_poison() {
     for backend in backends() {
-        let fresh = Fresh::migrated(&backend).await;
+        let fresh = migrated(&backend).await;
         let (handler, _) = payment_actor(&fresh, State::Completed).await;
         let r = requested_refund(&handler).await;
         assert_eq!(r.principal.as_deref(), Some("bob"));
@@ -439,7 +439,7 @@ async fn refund_events_that_disagree_with_the_refund_are_poison() {
 #[tokio::test]
 async fn a_refund_failure_never_takes_the_refunded_count_below_zero() {
     for backend in backends() {
-        let fresh = Fresh::migrated(&backend).await;
+        let fresh = migrated(&backend).await;
         let (handler, _) = payment_actor(&fresh, State::Completed).await;
         let r = requested_refund(&handler).await;
         payment::Entity::update_many()
@@ -470,7 +470,7 @@ async fn a_refund_failure_never_takes_the_refunded_count_below_zero() {
 #[tokio::test]
 async fn the_migration_adds_the_principal_columns() {
     for backend in backends() {
-        let fresh = Fresh::empty(&backend).await;
+        let fresh = empty(&backend).await;
         let db = &fresh.db;
         crate::migration::Migrator::up(db, Some(2))
             .await

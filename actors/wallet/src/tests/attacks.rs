@@ -8,7 +8,7 @@
 
 use falcon_schemas::event::RefundData;
 
-use super::backend::{backends, Fresh};
+use super::backend::{backends, migrated};
 use super::*;
 use crate::HoldState;
 
@@ -72,8 +72,8 @@ impl Attacked {
 /// they must agree on every outcome and row, `falcon verify` must find
 /// nothing, and the wallets must hold exactly what was deposited.
 async fn attack(backend: &Option<String>, setup: &[Message], attack: &[Message]) -> Attacked {
-    let one = Fresh::migrated(backend).await;
-    let booked = Fresh::migrated(backend).await;
+    let one = migrated(backend).await;
+    let booked = migrated(backend).await;
     for db in [&one.db, &booked.db] {
         let done = one_by_one(db, setup).await;
         assert!(done.iter().all(Result::is_ok), "the setup: {done:?}");

@@ -10,7 +10,7 @@ use sea_orm::sea_query::{Alias, Expr, Query};
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
 use sea_orm_migration::MigratorTrait;
 
-use super::backend::{backends, Fresh};
+use super::backend::{backends, empty, migrated, Fresh};
 use super::*;
 use crate::RefundState;
 
@@ -42,7 +42,7 @@ fn new_wallet(id: &str, balance: i64, held: i64) -> wallet::ActiveModel {
 #[tokio::test]
 async fn the_database_refuses_a_wallet_below_zero() {
     for backend in backends() {
-        let fresh = Fresh::migrated(&backend).await;
+        let fresh = migrated(&backend).await;
         let db = &fresh.db;
         let setup = [open("a", OWNER, usd()), deposit("a", 100, usd(), "d-a")];
         assert!(one_by_one(db, &setup).await.iter().all(Result::is_ok));
@@ -176,7 +176,7 @@ async fn before_identities(fresh: &Fresh) {
 #[tokio::test]
 async fn the_migrations_back_fill_owners_and_refunds() {
     for backend in backends() {
-        let fresh = Fresh::empty(&backend).await;
+        let fresh = empty(&backend).await;
         before_identities(&fresh).await;
         let db = &fresh.db;
         Migrator::up(db, None).await.expect("m0003 to m0005");
@@ -236,7 +236,7 @@ async fn the_migrations_back_fill_owners_and_refunds() {
 #[tokio::test]
 async fn a_database_with_a_wallet_below_zero_is_not_checked_silently() {
     for backend in backends() {
-        let fresh = Fresh::empty(&backend).await;
+        let fresh = empty(&backend).await;
         let db = &fresh.db;
         Migrator::up(db, Some(4)).await.expect("m0001 to m0004");
         wallet::Entity::insert(new_wallet("a", 5, 10))
