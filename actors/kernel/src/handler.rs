@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use falcon_nats::{ConsumerSpec, Delivery};
 use falcon_sagas::Actor;
-use falcon_schemas::{Event, EventType};
+use falcon_schemas::event::{PaymentData, RefundData};
+use falcon_schemas::{Event, EventType, Money};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 use tracing::Instrument;
 
@@ -169,4 +170,37 @@ fn on_its_subject(event: &Event, delivery: &Delivery) -> Result<(), StepError> {
         )));
     }
     Ok(())
+}
+
+/// A saga event's amount, validated as a command's is: positive, and no
+/// more fraction digits than its currency has. Anything else is an event
+/// the saga cannot have produced: poison, before any step decides.
+pub fn payment_amount(p: &PaymentData) -> Result<Money, StepError> {
+    event_amount(
+        "payment",
+        &p.payment_id,
+        Money::positive(p.amount, p.currency),
+    )
+}
+
+/// A refund event's amount, validated as [`payment_amount`].
+pub fn refund_amount(r: &RefundData) -> Result<Money, StepError> {
+    event_amount(
+        "refund",
+        &r.refund_id,
+        Money::positive(r.amount, r.currency),
+    )
+}
+
+fn event_amount(
+    what: &str,
+    id: &str,
+    amount: Result<Money, falcon_schemas::Invalid>,
+) -> Result<Money, StepError> {
+    amount.map_err(|e| {
+        StepError::Poison(format!(
+            "invalid amount in event: {what} {id}: {}",
+            e.message
+        ))
+    })
 }

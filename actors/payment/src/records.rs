@@ -7,27 +7,12 @@
 //! dead-letters it. The events a step publishes are then built from the
 //! rows, not from what came in.
 
+use falcon_kernel::handler::{payment_amount, refund_amount};
 use falcon_kernel::StepError;
 use falcon_schemas::event::{PaymentData, RefundData};
 use falcon_schemas::{Currency, Money};
-use rust_decimal::Decimal;
 
 use crate::entity::{payment, refund};
-
-/// An event's amount, validated as a command's is.
-pub(crate) fn event_amount(
-    what: &str,
-    id: &str,
-    amount: Decimal,
-    currency: Currency,
-) -> Result<Money, StepError> {
-    Money::positive(amount, currency).map_err(|e| {
-        StepError::Poison(format!(
-            "invalid amount in event: {what} {id}: {}",
-            e.message
-        ))
-    })
-}
 
 /// The currency of a stored row; one this code does not know is a row it
 /// did not write.
@@ -60,7 +45,7 @@ fn mismatch(what: &str, id: &str, differs: &[String]) -> StepError {
 /// The payment `p` names is the row's: same amount, currency and wallets.
 /// Returns the amount, as the row has it.
 pub(crate) fn same_payment(row: &payment::Model, p: &PaymentData) -> Result<Money, StepError> {
-    let amount = event_amount("payment", &p.payment_id, p.amount, p.currency)?;
+    let amount = payment_amount(p)?;
     let mut differs = Vec::new();
     note(
         &mut differs,
@@ -89,7 +74,7 @@ pub(crate) fn same_refund(
     payment: &payment::Model,
     r: &RefundData,
 ) -> Result<(), StepError> {
-    let amount = event_amount("refund", &r.refund_id, r.amount, r.currency)?;
+    let amount = refund_amount(r)?;
     let mut differs = Vec::new();
     note(&mut differs, "payment_id", &r.payment_id, &row.payment_id);
     note(

@@ -108,12 +108,7 @@ fn requested(delivery: &Delivery) -> Result<Request, StepError> {
     };
     // Validated as a command's amount is: a payment of nothing, of less
     // than nothing or finer than its currency is no payment to decide.
-    let amount = Money::positive(payment.amount, payment.currency).map_err(|e| {
-        StepError::Poison(format!(
-            "invalid amount in event: payment {}: {}",
-            payment.payment_id, e.message
-        ))
-    })?;
+    let amount = falcon_kernel::handler::payment_amount(&payment)?;
     Ok(Request { payment, amount })
 }
 

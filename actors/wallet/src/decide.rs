@@ -38,7 +38,6 @@ use falcon_schemas::event::{
     WalletOpenedData,
 };
 use falcon_schemas::{Currency, EventData, Money, Reason};
-use rust_decimal::Decimal;
 
 use crate::entity::{
     circulation, deposit, hold, ledger_entry, refund, wallet, HoldState, RefundState,
@@ -331,25 +330,8 @@ fn deposit(c: &Deposit, rows: &impl Rows, policy: &Policy, now: DateTime<Utc>) -
     }
 }
 
-/// A saga event's amount, validated as a command's is: positive, and no
-/// more fraction digits than its currency has. Anything else is an event
-/// the saga cannot have produced: poison, before anything is decided.
-fn event_amount(
-    what: &str,
-    id: &str,
-    amount: Decimal,
-    currency: Currency,
-) -> Result<Money, StepError> {
-    Money::positive(amount, currency).map_err(|e| {
-        StepError::Poison(format!(
-            "invalid amount in event: {what} {id}: {}",
-            e.message
-        ))
-    })
-}
-
 fn payment_money(p: &PaymentData) -> Result<Money, StepError> {
-    event_amount("payment", &p.payment_id, p.amount, p.currency)
+    falcon_kernel::handler::payment_amount(p)
 }
 
 /// True when `principal` opened wallet `w` (an event without a principal
@@ -781,7 +763,7 @@ fn refund_refusal(r: &RefundData, amount: Money, rows: &impl Rows) -> Option<(Re
 /// [`refund_refusal`] finds no reason not to, and counts it on the
 /// transfer's hold; a refund id seen before does nothing.
 fn refund(r: &RefundData, rows: &impl Rows, now: DateTime<Utc>) -> Result<Decision, StepError> {
-    let amount = event_amount("refund", &r.refund_id, r.amount, r.currency)?;
+    let amount = falcon_kernel::handler::refund_amount(r)?;
     if rows.refund(&r.refund_id).is_some() {
         return Ok(Decision::nothing());
     }
