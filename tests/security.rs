@@ -675,41 +675,92 @@ async fn publish_raw_headers(w: &World, subject: &str, headers: &[u8], body: &[u
 }
 
 async fn a_header_the_client_cannot_parse_is_dead_lettered(b: Backend) -> Result<()> {
-    // Few, quick deliveries: async-nats 0.51 closes a connection that is
-    // delivered a header block it cannot parse, so each delivery of this
-    // message costs the payment actor a reconnect until JetStream gives up.
-    let w = World::with(b, |s| {
-        s.consumer.max_deliver = 2;
-        s.consumer.ack_wait_ms = 1_000;
-    })
-    .await?;
+    let w = World::new(b).await?;
     let _rt = w.start().await?;
     funded(&w).await?;
     w.open_wallet("plain-w", "USD").await?;
     let before = balances(&w).await?;
-    let body = br#"{"payment_id":"hdr-1","from_wallet":"alice","to_wallet":"bob","amount":"5.00","currency":"USD"}"#;
-    publish_raw_headers(
-        &w,
-        &format!("falcon.cmd.payment.create.{PLAIN_CLIENT}"),
-        b"NATS/1.0\r\nNats-Msg-Id: hdr-1\r\nX-Bad: \xff\xfe\x01\r\n\r\n",
-        body,
-    )
-    .await?;
-    // Dead-lettered once its deliveries run out, read back through the
-    // stream API (not delivered), with its id.
-    let letter = eventually(|| async {
-        let letters = dlq::list(&w.js, None).await?;
-        Ok(letters
-            .into_iter()
-            .find(|l| l.origin.consumer == "payment-cmd"))
-    })
-    .await
-    .context("the message with a bad header was not dead-lettered")?;
+    let payment_connection = |closed: bool| {
+        let monitor = w.nats.monitor_url();
+        async move {
+            let monitor = monitor.context("the test server has no monitoring port")?;
+            let state = if closed { "closed" } else { "open" };
+            let url = format!("{monitor}/connz?state={state}&limit=4096");
+            let connz: Value = tokio::task::spawn_blocking(move || {
+                ureq::get(&url).call()?.body_mut().read_json::<Value>()
+            })
+            .await??;
+            Ok::<_, anyhow::Error>(
+                connz["connections"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["name"].as_str().is_some_and(|n| n.ends_with("-payment")))
+                    .filter_map(|c| c["cid"].as_u64())
+                    .collect::<Vec<u64>>(),
+            )
+        }
+    };
+    let open_before = payment_connection(false).await?;
     ensure!(
-        letter.origin.msg_id.as_deref() == Some("hdr-1"),
-        "{letter:?}"
+        open_before.len() == 1,
+        "payment connections: {open_before:?}"
     );
-    ensure!(&letter.payload[..] == body);
+
+    // Not UTF-8, a control character in a name, a line without `:`, a
+    // version line that is not NATS/1.0: each is dead-lettered on its first
+    // delivery, reason malformed_headers, and the actor's connection stays.
+    let cases: [(&str, &[u8]); 4] = [
+        (
+            "hdr-utf8",
+            b"NATS/1.0\r\nNats-Msg-Id: hdr-utf8\r\nX-Bad: \xff\xfe\x01\r\n\r\n",
+        ),
+        (
+            "hdr-ctl",
+            b"NATS/1.0\r\nNats-Msg-Id: hdr-ctl\r\nX\x01Bad: v\r\n\r\n",
+        ),
+        (
+            "hdr-colon",
+            b"NATS/1.0\r\nNats-Msg-Id: hdr-colon\r\nno colon\r\n\r\n",
+        ),
+        ("hdr-version", b"NATS/9\r\nNats-Msg-Id: hdr-version\r\n\r\n"),
+    ];
+    for (id, headers) in cases {
+        let body = format!(
+            r#"{{"payment_id":"{id}","from_wallet":"alice","to_wallet":"bob","amount":"5.00","currency":"USD"}}"#
+        );
+        publish_raw_headers(
+            &w,
+            &format!("falcon.cmd.payment.create.{PLAIN_CLIENT}"),
+            headers,
+            body.as_bytes(),
+        )
+        .await?;
+        let letter = eventually(|| async {
+            let letters = dlq::list(&w.js, None).await?;
+            Ok(letters
+                .into_iter()
+                .find(|l| l.origin.consumer == "payment-cmd" && &l.payload[..] == body.as_bytes()))
+        })
+        .await
+        .with_context(|| format!("{id}: the message with a bad header was not dead-lettered"))?;
+        ensure!(
+            letter.error.starts_with("malformed_headers"),
+            "{id}: {letter:?}"
+        );
+        ensure!(
+            letter.origin.delivered == 1,
+            "{id}: redelivered: {letter:?}"
+        );
+    }
     ensure!(balances(&w).await? == before, "it moved money");
+    ensure!(
+        payment_connection(true).await?.is_empty(),
+        "the payment actor's connection was closed"
+    );
+    ensure!(
+        payment_connection(false).await? == open_before,
+        "the payment actor reconnected"
+    );
     still_sound(&w, "after-bad-header").await
 }

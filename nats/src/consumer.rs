@@ -95,6 +95,15 @@ impl Delivery {
         self.header(HEADER_TRACEPARENT)
     }
 
+    /// Why the client could not fully parse this message's header block or
+    /// subject (not UTF-8, a control character in a name, …), when it
+    /// could not: such a message is delivered marked instead of closing the
+    /// connection (vendor/async-nats/FALCON-PATCH.md), and what it says
+    /// cannot be trusted.
+    pub fn malformed(&self) -> Option<&str> {
+        self.header(async_nats::header::MALFORMED_HEADERS)
+    }
+
     /// A key that names this message for the inbox: the `Nats-Msg-Id` when
     /// the publisher set one, else its place in the stream.
     pub fn inbox_key(&self) -> String {

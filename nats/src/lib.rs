@@ -81,8 +81,14 @@ pub async fn connect_as(
         .event_callback(move |event| {
             let who = who.clone();
             async move {
-                if let async_nats::Event::ServerError(e) = event {
-                    tracing::warn!(identity = %who, "the NATS server refused: {e}");
+                match event {
+                    async_nats::Event::ServerError(e) => {
+                        tracing::warn!(identity = %who, "the NATS server refused: {e}");
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(identity = %who, "disconnected from NATS; reconnecting");
+                    }
+                    _ => {}
                 }
             }
         })

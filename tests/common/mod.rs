@@ -80,6 +80,7 @@ impl World {
         .map_err(anyhow::Error::msg)?;
         let nats = NatsServer::start_with(NatsOptions {
             auth: Some(issued.server_conf),
+            monitor: true,
             ..Default::default()
         })
         .await?;

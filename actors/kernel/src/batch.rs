@@ -35,9 +35,11 @@ use crate::telemetry::{self, names, Handling, SagaEnd};
 /// transaction is rolled back and the batch runs again on the careful path:
 /// a savepoint per message, so the failing message fails alone.
 ///
-/// Before any of that, every event's signature is checked
-/// ([`KeyRing::check`]): one that fails is dead-lettered with reason
-/// `unauthenticated_event` and never reaches `prepare` or a step.
+/// Before any of that, every message is admitted ([`admit`]): one whose
+/// headers could not be parsed is dead-lettered with reason
+/// `malformed_headers`, an event whose signature does not check
+/// ([`KeyRing::check`]) with reason `unauthenticated_event`; neither
+/// reaches `prepare` or a step.
 pub async fn run_batch<H: Handler>(
     handler: &H,
     label: &str,
@@ -45,10 +47,8 @@ pub async fn run_batch<H: Handler>(
     retry: Retry,
     ring: &KeyRing,
 ) -> Vec<Disposition> {
-    let refused: Vec<Option<Disposition>> = batch
-        .iter()
-        .map(|d| authenticate(ring, label, d).err())
-        .collect();
+    let refused: Vec<Option<Disposition>> =
+        batch.iter().map(|d| admit(ring, label, d).err()).collect();
     if refused.iter().all(Option::is_none) {
         return handle(handler, label, batch, retry).await;
     }
@@ -75,9 +75,19 @@ pub async fn run_batch<H: Handler>(
         .collect()
 }
 
-/// An event must carry its emitter's signature; a command comes from a
-/// client and is checked by its step (its principal, its fields).
-fn authenticate(ring: &KeyRing, label: &str, d: &Delivery) -> Result<(), Disposition> {
+/// A message must have headers the client could parse (else its message
+/// id, its trace, even its subject may not be what was sent). An event must
+/// carry its emitter's signature; a command comes from a client and is
+/// checked by its step (its principal, its fields).
+fn admit(ring: &KeyRing, label: &str, d: &Delivery) -> Result<(), Disposition> {
+    if let Some(why) = d.malformed() {
+        metrics::counter!(names::MALFORMED, "actor" => label.to_owned()).increment(1);
+        tracing::error!(actor = label, subject = %d.subject.escape_debug(), stream = %d.stream, stream_seq = d.stream_seq, error = %why, "message with malformed headers; dead-lettering");
+        return Err(Disposition::Term(format!(
+            "malformed_headers: {}",
+            falcon_schemas::shown(why)
+        )));
+    }
     if d.stream != STREAM_EVT {
         return Ok(());
     }

@@ -44,6 +44,9 @@ pub mod names {
     /// Counter `{actor}`: events refused because their signature did not
     /// check (dead-lettered with reason `unauthenticated_event`).
     pub const UNAUTHENTICATED: &str = "falcon_events_unauthenticated_total";
+    /// Counter `{actor}`: messages whose header block or subject could not
+    /// be parsed (dead-lettered with reason `malformed_headers`).
+    pub const MALFORMED: &str = "falcon_messages_malformed_total";
     /// Histogram `{actor}`: one message's step, in seconds (on the batch
     /// fast path, its share of the batch's step).
     pub const HANDLER_DURATION: &str = "falcon_handler_duration_seconds";
