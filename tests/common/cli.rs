@@ -60,6 +60,17 @@ impl Running {
         env: &[(&str, String)],
     ) -> Result<Running> {
         ok(falcon(w, dir, &["streams", "apply"])?)?;
+        Self::spawn(w, dir, args, env)
+    }
+
+    /// Starts `falcon run` with `args` and `env`, provisioning nothing
+    /// first.
+    pub fn spawn(
+        w: &World,
+        dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<Running> {
         let log = dir.join(format!("run-{}.log", uuid::Uuid::now_v7().simple()));
         let mut cmd = command(w, dir);
         cmd.arg("run").args(args);

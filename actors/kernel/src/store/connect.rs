@@ -45,8 +45,9 @@ pub async fn connect(url: &str, sqlite: &SqliteSettings) -> Result<DatabaseConne
 /// the same throughput).
 const STATEMENT_CACHE: usize = 256;
 
-/// The directory of a relative or absolute SQLite file URL, to create it.
-fn sqlite_dir(url: &str) -> Option<String> {
+/// The file of a relative or absolute SQLite file URL (`None` for an
+/// in-memory database or another backend).
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
@@ -54,8 +55,13 @@ fn sqlite_dir(url: &str) -> Option<String> {
     if path.is_empty() || path == ":memory:" {
         return None;
     }
-    let dir = std::path::Path::new(path).parent()?;
-    let dir = dir.to_str()?;
+    Some(std::path::PathBuf::from(path))
+}
+
+/// The directory of a relative or absolute SQLite file URL, to create it.
+fn sqlite_dir(url: &str) -> Option<String> {
+    let file = sqlite_file(url)?;
+    let dir = file.parent()?.to_str()?;
     (!dir.is_empty()).then(|| dir.to_owned())
 }
 
