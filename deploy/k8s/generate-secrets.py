@@ -8,10 +8,9 @@
 KEYS_DIR is the directory `falcon auth init --dir KEYS_DIR` filled. With
 `--falcon BIN` this first runs `BIN auth init --dir KEYS_DIR`, passing again
 every client whose seed (`<name>.nk`) or password (`<name>.password`) is
-already there plus the `--client`/`--password-client` names given, so that
-regenerating never drops a client from the server's authorization (`auth
-init` writes the permissions of the clients it is given, and keeps every
-existing seed and key).
+already there plus the `--client`/`--password-client` names given (`auth
+init` itself also keeps every client already in the directory, and every
+existing seed and key), and refusing a name that is both.
 
 Writes, to stdout or to `-o FILE` (created owner-only), one YAML stream of
 Secrets in the namespace `falconpay` (standard library only, no kubectl):

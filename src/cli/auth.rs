@@ -15,7 +15,7 @@ use crate::output;
 #[derive(Debug, Subcommand)]
 pub enum AuthVerb {
     /// Write the keys and the server's authorization config (keeps existing
-    /// keys; rewrites the permissions).
+    /// keys and every client already issued; rewrites the permissions).
     Init(InitArgs),
 }
 

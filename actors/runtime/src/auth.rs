@@ -11,7 +11,9 @@
 //!
 //! Existing seeds and keys are kept (running it again only adds what is
 //! missing and rewrites the permissions), so a client added later does not
-//! rotate anyone else's credentials. Secrets are written owner-only.
+//! rotate anyone else's credentials, and every client already issued in
+//! the directory stays (delete its `.nk` or `.password` to revoke it).
+//! Secrets and a new directory are written owner-only.
 //!
 //! The permissions (docs/DESIGN.md, "Identities and permissions"):
 //! - an actor publishes only its own events (`falcon.evt.<actor>.>`) and
@@ -97,9 +99,23 @@ pub fn init_with(
     clients: &[String],
     password_clients: &[String],
 ) -> Result<Report, String> {
-    let all: Vec<String> = clients.iter().chain(password_clients).cloned().collect();
+    // Clients issued before stay: running it again without naming them
+    // must not revoke them.
+    let (kept_clients, kept_password_clients) = issued_clients(settings, dir)?;
+    let mut password_clients: Vec<String> = password_clients.to_vec();
+    for name in kept_password_clients {
+        if !password_clients.contains(&name) {
+            password_clients.push(name);
+        }
+    }
+    let mut all: Vec<String> = Vec::new();
+    for name in clients.iter().chain(&kept_clients).chain(&password_clients) {
+        if !all.contains(name) {
+            all.push(name.clone());
+        }
+    }
     let identities = plan(settings, &all)?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    create_private_dir(dir)?;
     let mut issued = Vec::new();
     let mut users = Vec::new();
     for (name, role, permissions) in identities {
@@ -146,6 +162,56 @@ pub fn init_with(
         signing_keys_created,
         server_conf,
     })
+}
+
+/// The clients a directory already holds credentials for: `<name>.nk`
+/// (nkey) and `<name>.password` files whose name is not an actor's or a
+/// role's.
+fn issued_clients(settings: &Settings, dir: &Path) -> Result<(Vec<String>, Vec<String>), String> {
+    let sec = &settings.security;
+    let roles = [&sec.provisioning, &sec.treasury, &sec.operator];
+    let (mut nkey, mut password) = (Vec::new(), Vec::new());
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((nkey, password)),
+        Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+            .path();
+        let (Some(stem), Some(ext)) = (
+            path.file_stem().and_then(|s| s.to_str()),
+            path.extension().and_then(|s| s.to_str()),
+        ) else {
+            continue;
+        };
+        let is_client = is_valid_id(stem)
+            && Actor::parse(stem).is_none()
+            && !roles.iter().any(|r| r.as_str() == stem);
+        match ext {
+            "nk" if is_client => nkey.push(stem.to_owned()),
+            "password" if is_client => password.push(stem.to_owned()),
+            _ => {}
+        }
+    }
+    nkey.sort();
+    password.sort();
+    Ok((nkey, password))
+}
+
+/// Creates the keys directory, owner-only (on Unix) when it is new.
+fn create_private_dir(dir: &Path) -> Result<(), String> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
 }
 
 /// Every identity with its role and permissions.
@@ -691,5 +757,32 @@ mod tests {
         let ring = falcon_kernel::signing::KeyRing::load(dir.path()).expect("the keys load");
         assert!(ring.required());
         assert!(plan(&Settings::default(), &["wallet".into()]).is_err());
+    }
+
+    #[test]
+    fn init_again_without_naming_earlier_clients_keeps_them() {
+        let parent = tempfile::tempdir().expect("a temp dir");
+        let dir = parent.path().join("keys");
+        let settings = Settings::default();
+        init_with(&settings, &dir, &["shop".into()], &["till".into()]).expect("init");
+        let conf = || std::fs::read_to_string(dir.join(SERVER_CONF)).expect("the conf");
+        let before = conf();
+        let again = init_with(&settings, &dir, &[], &[]).expect("init again");
+        let names: Vec<&str> = again.identities.iter().map(|i| i.name.as_str()).collect();
+        for kept in ["shop", "till"] {
+            assert!(names.contains(&kept), "{kept} was dropped: {names:?}");
+        }
+        assert!(again.identities.iter().all(|i| !i.created));
+        assert_eq!(conf(), before, "the permissions changed");
+        assert!(
+            !names.contains(&"nats-auth"),
+            "a file that is not a seed became a client"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dir).expect("made").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "the keys directory is owner-only");
+        }
     }
 }
