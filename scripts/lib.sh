@@ -21,6 +21,8 @@
 #   falcon_start_bg NAME LOG CMD...
 #                               start CMD in the background (output to LOG),
 #                               stopped (SIGTERM, 30 s) on exit; sets FALCON_BG_PID
+#   falcon_wait_http URL TIMEOUT_S
+#                               0 once URL answers 200, 1 after TIMEOUT_S
 #   falcon_stop_pid PID [NAME] [TIMEOUT_S]
 #                               SIGTERM, wait up to TIMEOUT_S (default 15),
 #                               then SIGKILL
@@ -112,6 +114,22 @@ falcon_start_bg() {
     FALCON_BG_PID=$!
     FALCON_LIVE_PIDS+="$FALCON_BG_PID "
     falcon_on_exit "falcon_stop_pid $FALCON_BG_PID $(printf '%q' "$name") 30"
+}
+
+falcon_wait_http() {
+    local url=${1:?usage: falcon_wait_http URL TIMEOUT_S} timeout=${2:?usage: falcon_wait_http URL TIMEOUT_S}
+    python3 - "$url" "$timeout" <<'PY'
+import sys, time, urllib.request
+url, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    try:
+        if urllib.request.urlopen(url, timeout=2).status == 200:
+            sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.2)
+sys.exit(1)
+PY
 }
 
 # ---------------------------------------------------------------------------

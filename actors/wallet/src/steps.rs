@@ -150,7 +150,10 @@ async fn write(
             }
         }
     }
-    for w in &d.wallets {
+    // In lock order (by key), as every writer.
+    let mut wallets: Vec<&wallet::Model> = d.wallets.iter().collect();
+    wallets.sort_by(|a, b| a.wallet_id.cmp(&b.wallet_id));
+    for w in wallets {
         match read.wallet(&w.wallet_id) {
             None => {
                 insert_new(

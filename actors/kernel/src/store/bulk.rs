@@ -41,6 +41,8 @@ where
     A: sea_orm::ActiveModelTrait + Send,
 {
     let expected = rows.len() as u64;
+    let mut rows = rows;
+    rows.sort_by_cached_key(|a| lock_order(a.get(key).into_value().as_ref()));
     let mut inserted = 0;
     for chunk in insert_chunks(rows) {
         inserted += match <A::Entity as EntityTrait>::insert_many(chunk)
@@ -59,6 +61,18 @@ where
         )));
     }
     Ok(())
+}
+
+/// The order every writer takes row locks in: by key. Inserts and guarded
+/// updates write a table's rows sorted by it (and every step writes its
+/// tables in one fixed order), so two transactions that touch the same rows
+/// wait for each other instead of deadlocking.
+pub(crate) fn lock_order(key: Option<&sea_orm::Value>) -> String {
+    match key {
+        Some(sea_orm::Value::String(Some(s))) => s.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
 }
 
 /// An SQL identifier, double-quoted (both SQLite and PostgreSQL).
@@ -114,6 +128,9 @@ where
     if rows.is_empty() {
         return Ok(());
     }
+    let mut sorted: Vec<(&E::Model, &E::Model)> = rows.to_vec();
+    sorted.sort_by_cached_key(|(_, after)| lock_order(Some(&after.get(key))));
+    let rows = &sorted[..];
     let backend = txn.get_database_backend();
     let table = E::default().table_name().to_owned();
     let width = 1 + set.len() + guard.len();

@@ -87,7 +87,10 @@ pub async fn claim_new(
         quote(Column::MsgId.as_str())
     );
     let mut claimed = std::collections::HashSet::with_capacity(batch.len());
-    let rows: Vec<Model> = batch.iter().map(|d| inbox_row(d, now)).collect();
+    let mut rows: Vec<Model> = batch.iter().map(|d| inbox_row(d, now)).collect();
+    // In lock order, as every writer (a redelivery may be claimed by two
+    // processes at once).
+    rows.sort_by(|a, b| (&a.consumer, &a.msg_id).cmp(&(&b.consumer, &b.msg_id)));
     for chunk in padded_chunks(&rows) {
         let mut sql = head.clone();
         let mut values = Vec::with_capacity(chunk.len() * columns.len());
