@@ -346,12 +346,16 @@ async fn metrics_health_and_logs_are_served() -> Result<()> {
         "database:payment",
         "database:wallet",
         "consumer:payment",
-        "consumer:payment-view",
+        "consumer:payment-0",
+        "consumer:payment-view-0",
         "consumer:wallet",
+        "consumer:wallet-0",
     ] {
         ensure!(names.contains(&want), "readiness lacks {want}: {names:?}");
     }
-    ensure!(!names.contains(&"consumer:risk") && !names.contains(&"database:risk"));
+    ensure!(
+        !names.iter().any(|n| n.starts_with("consumer:risk")) && !names.contains(&"database:risk")
+    );
 
     w.open_wallet("m-a", "USD").await?;
     w.open_wallet("m-b", "USD").await?;
@@ -458,11 +462,11 @@ async fn metrics_health_and_logs_are_served() -> Result<()> {
     }
     for consumer in [
         "payment-cmd",
-        "payment-evt",
-        "payment-view",
-        "risk-evt",
+        "payment-evt-0",
+        "payment-view-0",
+        "risk-evt-0",
         "wallet-cmd",
-        "wallet-evt",
+        "wallet-evt-0",
     ] {
         ensure!(
             metric(

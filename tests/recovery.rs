@@ -22,10 +22,15 @@ backend_tests!(
     saga_view_dead_letters_go_back_to_the_saga_view,
 );
 
+/// The first dead letter of any partition's durable of `consumer` (as its
+/// actor declares it: `payment-evt`).
 async fn first_letter(w: &World, consumer: &str) -> Result<DeadLetter> {
+    let durables = w.durables(consumer);
     eventually(|| async {
         let letters = dlq::list(&w.js, None).await?;
-        Ok(letters.into_iter().find(|l| l.origin.consumer == consumer))
+        Ok(letters
+            .into_iter()
+            .find(|l| durables.contains(&l.origin.consumer)))
     })
     .await
     .with_context(|| format!("no dead letter from {consumer}"))
@@ -327,7 +332,7 @@ async fn saga_view_dead_letters_go_back_to_the_saga_view(b: Backend) -> Result<(
     let mut reader = RangeReader::open(
         &w.js,
         falcon_schemas::subject::STREAM_EVT,
-        vec!["falcon.evt.*.*.p1".to_owned()],
+        falcon_schemas::subject::stored_filters(&["falcon.evt.*.*.p1".to_owned()]),
         Start::All,
         None,
     )
@@ -350,7 +355,7 @@ async fn saga_view_dead_letters_go_back_to_the_saga_view(b: Backend) -> Result<(
             subject: m.subject.clone(),
             stream: falcon_schemas::subject::STREAM_EVT.to_owned(),
             stream_seq: m.stream_seq,
-            consumer: view::CONSUMER.to_owned(),
+            consumer: w.durable(view::CONSUMER, "p1"),
             delivered: 10,
             msg_id,
             traceparent: None,

@@ -712,9 +712,13 @@ async fn exhausted_retries_are_dead_lettered(b: Backend) -> Result<()> {
     );
     let sent = w.publish_event(&orphan).await?;
     let letters = eventually(|| async {
-        let letters =
-            falcon_nats::read::read_filtered(&w.js, STREAM_DLQ, "falcon.dlq.payment-evt.>", 10)
-                .await?;
+        let letters = falcon_nats::read::read_filtered(
+            &w.js,
+            STREAM_DLQ,
+            &format!("falcon.dlq.{}.>", w.durable("payment-evt", "ghost")),
+            10,
+        )
+        .await?;
         Ok((!letters.is_empty()).then_some(letters))
     })
     .await?;

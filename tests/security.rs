@@ -182,7 +182,7 @@ async fn forged_events_of_every_type_move_nothing(b: Backend) -> Result<()> {
         let letters: Vec<_> = dlq::list(&w.js, None)
             .await?
             .into_iter()
-            .filter(|l| l.origin.consumer != "payment-view")
+            .filter(|l| !l.origin.consumer.starts_with("payment-view-"))
             .collect();
         Ok((letters.len() >= expected_letters).then_some(letters))
     })
@@ -213,7 +213,7 @@ async fn consumers_and_streams_are_out_of_reach(b: Backend) -> Result<()> {
     let wallet_evt =
         w.js.get_stream(STREAM_EVT)
             .await?
-            .consumer_info("wallet-evt")
+            .consumer_info("wallet-evt-0")
             .await?
             .config
             .clone();
@@ -253,12 +253,12 @@ async fn consumers_and_streams_are_out_of_reach(b: Backend) -> Result<()> {
                     "{name} shortened FALCON_EVT's retention"
                 );
                 ensure!(
-                    s.delete_consumer("wallet-evt").await.is_err(),
-                    "{name} deleted wallet-evt"
+                    s.delete_consumer("wallet-evt-0").await.is_err(),
+                    "{name} deleted wallet-evt-0"
                 );
                 let hijack = s
                     .create_consumer(consumer::pull::Config {
-                        durable_name: Some("wallet-evt".into()),
+                        durable_name: Some("wallet-evt-0".into()),
                         filter_subject: "falcon.evt.nothing".into(),
                         ..Default::default()
                     })
@@ -267,7 +267,7 @@ async fn consumers_and_streams_are_out_of_reach(b: Backend) -> Result<()> {
                 if name != "wallet" {
                     let pulled = async {
                         let c: consumer::PullConsumer = s
-                            .get_consumer("wallet-evt")
+                            .get_consumer("wallet-evt-0")
                             .await
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
                         let mut batch = c
@@ -306,7 +306,7 @@ async fn consumers_and_streams_are_out_of_reach(b: Backend) -> Result<()> {
     let after =
         w.js.get_stream(STREAM_EVT)
             .await?
-            .consumer_info("wallet-evt")
+            .consumer_info("wallet-evt-0")
             .await?
             .config
             .clone();
@@ -498,7 +498,9 @@ async fn bad_amounts_and_oversized_ids_are_refused(b: Backend) -> Result<()> {
             let letters = dlq::list(&w.js, None).await?;
             Ok(letters
                 .iter()
-                .find(|l| l.origin.subject == subject && l.origin.consumer == "wallet-evt")
+                .find(|l| {
+                    l.origin.subject == subject && l.origin.consumer.starts_with("wallet-evt-")
+                })
                 .map(|l| l.error.clone()))
         })
         .await?;
@@ -538,7 +540,7 @@ async fn forged_dead_letters_are_not_redriven(b: Backend) -> Result<()> {
             subject: "falcon.evt.payment.captured.px".into(),
             stream: STREAM_EVT.into(),
             stream_seq: *seq,
-            consumer: "wallet-evt".into(),
+            consumer: "wallet-evt-0".into(),
             delivered: 1,
             msg_id: Some(format!("forged-{seq}")),
             traceparent: None,
@@ -576,7 +578,10 @@ async fn unpublishable_events_are_set_aside(b: Backend) -> Result<()> {
     // refused by the server, for ever.
     let mut evt = w.js.get_stream(STREAM_EVT).await?;
     let small = evt
-        .get_last_raw_message_by_subject("falcon.evt.wallet.opened.small-1")
+        .get_last_raw_message_by_subject(&format!(
+            "falcon.evt.wallet.opened.small-1.{}",
+            falcon_schemas::subject::partition_of("small-1", w.settings.consumer.partitions)
+        ))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let size = small.payload.len();

@@ -86,6 +86,13 @@ impl Delivery {
         self.headers.as_ref()?.get(name).map(|v| v.as_str())
     }
 
+    /// The consumer as its actor declares it (the durable's name without
+    /// its partition: [`crate::topology::declared_name`]); what the inbox
+    /// keys a processed message by.
+    pub fn reader(&self) -> &str {
+        crate::topology::declared_name(&self.consumer)
+    }
+
     /// The publisher's `Nats-Msg-Id`, when set.
     pub fn msg_id(&self) -> Option<&str> {
         self.header(HEADER_MSG_ID)
@@ -329,7 +336,10 @@ fn to_delivery(consumer: Arc<str>, message: jetstream::Message) -> Result<Delive
     };
     Ok(Delivery {
         consumer,
-        subject: message.subject.to_string(),
+        // As published: a partitioned stream stores it with its partition.
+        subject: falcon_schemas::subject::logical(&message.subject)
+            .0
+            .to_owned(),
         payload: message.payload.clone(),
         headers: message.headers.clone(),
         stream,

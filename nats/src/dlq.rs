@@ -173,10 +173,7 @@ pub async fn get(js: &jetstream::Context, seq: u64) -> Result<Option<DeadLetter>
 /// otherwise make a replay run any body. `None` when the stream no longer
 /// holds that sequence. The origin's stream must be FALCON_CMD or
 /// FALCON_EVT.
-pub async fn original(
-    js: &jetstream::Context,
-    origin: &Origin,
-) -> Result<Option<(Origin, bytes::Bytes)>, Error> {
+pub async fn original(js: &jetstream::Context, origin: &Origin) -> Result<Option<Original>, Error> {
     if ![STREAM_CMD, STREAM_EVT].contains(&origin.stream.as_str()) {
         return Ok(None);
     }
@@ -184,7 +181,7 @@ pub async fn original(
         return Ok(None);
     };
     let verified = Origin {
-        subject: stored.subject,
+        subject: stored.published_subject().to_owned(),
         stream: origin.stream.clone(),
         stream_seq: origin.stream_seq,
         consumer: origin.consumer.clone(),
@@ -192,7 +189,22 @@ pub async fn original(
         msg_id: stored.msg_id,
         traceparent: stored.traceparent,
     };
-    Ok(Some((verified, stored.payload)))
+    Ok(Some(Original {
+        origin: verified,
+        payload: stored.payload,
+        stored_subject: stored.subject,
+    }))
+}
+
+/// A dead letter's original, re-read from its stream.
+#[derive(Debug, Clone)]
+pub struct Original {
+    /// Where it came from, as the stream has it (its published subject).
+    pub origin: Origin,
+    pub payload: Bytes,
+    /// Its subject as stored (with its partition), which the consumer's
+    /// filters match.
+    pub stored_subject: String,
 }
 
 pub async fn delete(js: &jetstream::Context, seq: u64) -> Result<bool, Error> {
@@ -264,7 +276,7 @@ async fn dead_letter_exhausted(js: &jetstream::Context, a: &MaxDeliveries) -> Re
         return Ok(()); // aged out or deleted since: nothing left to keep
     };
     let origin = Origin {
-        subject: original.subject,
+        subject: original.published_subject().to_owned(),
         stream: a.stream.clone(),
         stream_seq: a.stream_seq,
         consumer: a.consumer.clone(),
@@ -284,10 +296,18 @@ async fn dead_letter_exhausted(js: &jetstream::Context, a: &MaxDeliveries) -> Re
 /// the two headers FalconPay reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMessage {
+    /// As stored (a partitioned stream's has its partition as last token).
     pub subject: String,
     pub payload: Bytes,
     pub msg_id: Option<String>,
     pub traceparent: Option<String>,
+}
+
+impl RawMessage {
+    /// Its subject as published ([`falcon_schemas::subject::logical`]).
+    pub fn published_subject(&self) -> &str {
+        falcon_schemas::subject::logical(&self.subject).0
+    }
 }
 
 #[derive(serde::Deserialize)]

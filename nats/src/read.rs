@@ -12,6 +12,8 @@ use crate::Error;
 /// A message as stored in a stream.
 #[derive(Debug, Clone)]
 pub struct Stored {
+    /// Its subject as published (a partitioned stream's partition token
+    /// taken off: [`falcon_schemas::subject::logical`]).
     pub subject: String,
     pub payload: Bytes,
     pub headers: Option<async_nats::HeaderMap>,
@@ -131,7 +133,7 @@ impl RangeReader {
                 return Ok(out);
             }
             out.push(Stored {
-                subject: m.subject.to_string(),
+                subject: falcon_schemas::subject::logical(&m.subject).0.to_owned(),
                 payload: m.payload.clone(),
                 headers: m.headers.clone(),
                 stream_seq: seq,
@@ -164,8 +166,20 @@ pub async fn read_filtered(
     filter: &str,
     max: usize,
 ) -> Result<Vec<Stored>, Error> {
-    let mut reader =
-        RangeReader::open(js, stream, vec![filter.to_owned()], Start::All, None).await?;
+    read_matching(js, stream, vec![filter.to_owned()], max).await
+}
+
+/// Every message of `stream` matching any of `filters` (on subjects as
+/// published: [`falcon_schemas::subject::stored_filters`]), oldest first, at
+/// most `max`.
+pub async fn read_matching(
+    js: &jetstream::Context,
+    stream: &str,
+    filters: Vec<String>,
+    max: usize,
+) -> Result<Vec<Stored>, Error> {
+    let filters = falcon_schemas::subject::stored_filters(&filters);
+    let mut reader = RangeReader::open(js, stream, filters, Start::All, None).await?;
     let mut out = Vec::new();
     while out.len() < max {
         let page = reader.next_page(max - out.len()).await?;
@@ -178,20 +192,27 @@ pub async fn read_filtered(
     Ok(out)
 }
 
-/// Messages of `stream` matching `filter`, from the first, then live as
-/// they arrive.
+/// Messages of `stream` matching `filter` (on subjects as published:
+/// [`falcon_schemas::subject::stored_filters`]), from the first, then live
+/// as they arrive.
 pub async fn watch(
     js: &jetstream::Context,
     stream: &str,
     filter: &str,
 ) -> Result<impl Stream<Item = Result<Stored, Error>>, Error> {
+    let filters = falcon_schemas::subject::stored_filters(&[filter.to_owned()]);
+    let (filter_subject, filter_subjects) = match filters.as_slice() {
+        [one] => (one.clone(), Vec::new()),
+        many => (String::new(), many.to_vec()),
+    };
     let s = js
         .get_stream(stream)
         .await
         .map_err(|e| read_err(stream, e))?;
     let consumer = s
         .create_consumer(pull::OrderedConfig {
-            filter_subject: filter.to_owned(),
+            filter_subject,
+            filter_subjects,
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         })
@@ -203,7 +224,7 @@ pub async fn watch(
         let m = m.map_err(|e| read_err(&stream_name, e))?;
         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
         Ok(Stored {
-            subject: m.subject.to_string(),
+            subject: falcon_schemas::subject::logical(&m.subject).0.to_owned(),
             payload: m.payload.clone(),
             headers: m.headers.clone(),
             stream_seq: seq,

@@ -25,6 +25,8 @@ pub struct StreamSettings {
     /// history an actor has not read: publishers see the refusal and retry,
     /// and `falcon doctor` and the metrics show the stream near full.
     pub max_bytes: [i64; 3],
+    /// Partitions of FALCON_EVT (see [`partition_transform`]).
+    pub partitions: u32,
 }
 
 impl Default for StreamSettings {
@@ -34,7 +36,94 @@ impl Default for StreamSettings {
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
             max_bytes: [1 << 30, 4 << 30, 256 << 20],
+            partitions: DEFAULT_PARTITIONS,
         }
+    }
+}
+
+/// Partitions of the command and event streams unless configured.
+pub const DEFAULT_PARTITIONS: u32 = 4;
+
+/// The most partitions a stream may have.
+pub const MAX_PARTITIONS: u32 = 64;
+
+/// The subject transform that partitions FALCON_EVT: an event published on
+/// `falcon.evt.<aggregate>.<event>.<key>` is stored as
+/// `falcon.evt.<aggregate>.<event>.<key>.<p>`, `p` = `partition(n, key)`
+/// (FNV-1a of the key modulo `n`, [`falcon_schemas::subject::partition_of`]);
+/// the key is the saga id (or the wallet id of a wallet-only event), so one
+/// saga's events are in one partition, in the order published.
+///
+/// Commands are not partitioned: the broker sees only a command's
+/// principal, not its ids (they are in its body), and a client may rely on
+/// its commands being handled in the order stored (`wallet.open`, then a
+/// treasury's `wallet.deposit` to it). Each actor reads them through one
+/// consumer; there is one command per saga.
+pub fn partition_transform(prefix: &str, n: u32) -> stream::SubjectTransform {
+    stream::SubjectTransform {
+        source: format!("{prefix}.*.*.*"),
+        destination: format!(
+            "{prefix}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}.{{{{partition({n},3)}}}}"
+        ),
+    }
+}
+
+/// The consumer name an actor declares, from a partition's durable name:
+/// `wallet-evt-3` → `wallet-evt` (a name without a partition suffix comes
+/// back as it is). The inbox keys what a consumer processed by it, so that
+/// an effect stays once-only whatever the partitioning.
+pub fn declared_name(durable: &str) -> &str {
+    match durable.rsplit_once('-') {
+        Some((name, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => durable,
+    }
+}
+
+/// The specs on FALCON_EVT once per partition: `<name>-<p>` reading its
+/// filters' messages of partition `p` (`<filter>.<p>`), partition by
+/// partition, after the others (commands: unpartitioned) as they are.
+pub fn partitioned(specs: &[ConsumerSpec], n: u32) -> Vec<ConsumerSpec> {
+    for spec in specs {
+        assert_eq!(
+            declared_name(&spec.name),
+            spec.name,
+            "a declared consumer name must not end in -<digits>"
+        );
+    }
+    let (events, others): (Vec<&ConsumerSpec>, Vec<&ConsumerSpec>) =
+        specs.iter().partition(|s| s.stream == STREAM_EVT);
+    let whole = others.into_iter().cloned();
+    whole
+        .chain((0..n.max(1)).flat_map(move |p| {
+            events.clone().into_iter().map(move |spec| ConsumerSpec {
+                name: format!("{}-{p}", spec.name),
+                filter_subjects: spec
+                    .filter_subjects
+                    .iter()
+                    .map(|f| partition_filter(f, p))
+                    .collect(),
+                partition: Some(p),
+                ..spec.clone()
+            })
+        }))
+        .collect()
+}
+
+/// A filter on published subjects as the filter on partition `p`'s stored
+/// ones: `falcon.evt.wallet.funds_reserved.*` →
+/// `falcon.evt.wallet.funds_reserved.*.p`; a `>` filter is spelled out to
+/// the published depth first (`falcon.cmd.wallet.>` →
+/// `falcon.cmd.wallet.*.*.p`).
+fn partition_filter(filter: &str, p: u32) -> String {
+    // Published subjects are <prefix(2)>.<a>.<b>.<key>: 5 tokens.
+    const DEPTH: usize = 5;
+    match filter.strip_suffix(".>") {
+        Some(head) => {
+            let have = head.split('.').count();
+            let wild = DEPTH.saturating_sub(have).max(1);
+            format!("{head}{}.{p}", ".*".repeat(wild))
+        }
+        None => format!("{filter}.{p}"),
     }
 }
 
@@ -51,6 +140,9 @@ pub struct ConsumerSpec {
     pub max_deliver: i64,
     /// Messages delivered but not yet acked, at most.
     pub max_ack_pending: i64,
+    /// The partition it reads ([`partitioned`]); `None` for a spec as an
+    /// actor declares it, over every partition.
+    pub partition: Option<u32>,
 }
 
 /// What `apply` did to one stream or consumer.
@@ -101,6 +193,9 @@ pub fn stream_configs(settings: &StreamSettings) -> Vec<stream::Config> {
     .map(|((name, subject, description), max_bytes)| stream::Config {
         name: name.to_owned(),
         subjects: vec![subject.to_owned()],
+        subject_transform: (name == STREAM_EVT).then(|| {
+            partition_transform(subject.trim_end_matches(".>"), settings.partitions.max(1))
+        }),
         description: Some(description.to_owned()),
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
@@ -141,6 +236,7 @@ fn consumer_config(spec: &ConsumerSpec) -> consumer::pull::Config {
 
 fn same_stream(have: &stream::Config, want: &stream::Config) -> bool {
     have.subjects == want.subjects
+        && have.subject_transform == want.subject_transform
         && have.retention == want.retention
         && have.storage == want.storage
         && have.max_age == want.max_age
@@ -246,4 +342,58 @@ pub async fn apply(
         });
     }
     Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, filters: &[&str]) -> ConsumerSpec {
+        ConsumerSpec {
+            name: name.into(),
+            stream: if filters[0].starts_with("falcon.cmd") {
+                STREAM_CMD
+            } else {
+                STREAM_EVT
+            },
+            filter_subjects: filters.iter().map(|f| (*f).to_owned()).collect(),
+            ack_wait: Duration::from_secs(1),
+            max_deliver: 1,
+            max_ack_pending: 1,
+            partition: None,
+        }
+    }
+
+    #[test]
+    fn each_partition_reads_its_own_stored_subjects() {
+        let specs = [
+            spec("w-cmd", &["falcon.cmd.wallet.>"]),
+            spec("w-evt", &["falcon.evt.payment.requested.*"]),
+        ];
+        let parts = partitioned(&specs, 2);
+        let names: Vec<&str> = parts.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["w-cmd", "w-evt-0", "w-evt-1"]);
+        assert_eq!(parts[0].filter_subjects, ["falcon.cmd.wallet.>"]);
+        assert_eq!(parts[0].partition, None);
+        assert_eq!(
+            parts[1].filter_subjects,
+            ["falcon.evt.payment.requested.*.0"]
+        );
+        assert_eq!(parts[2].partition, Some(1));
+        for p in &parts {
+            assert_eq!(declared_name(&p.name), &p.name[..5]);
+        }
+        assert_eq!(declared_name("payment-view"), "payment-view");
+        assert_eq!(declared_name("a-"), "a-");
+    }
+
+    #[test]
+    fn the_transform_appends_the_partition_of_the_key() {
+        let t = partition_transform("falcon.evt", 8);
+        assert_eq!(t.source, "falcon.evt.*.*.*");
+        assert_eq!(
+            t.destination,
+            "falcon.evt.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}.{{partition(8,3)}}"
+        );
+    }
 }

@@ -286,17 +286,37 @@ impl World {
     }
 
     /// Waits until a durable consumer has nothing pending or unacked.
+    /// Waits until every partition's durable of `consumer` (a name as its
+    /// actor declares it: `wallet-evt`) has nothing pending.
     pub async fn wait_consumer_idle(&self, stream: &str, consumer: &str) -> Result<()> {
-        eventually(|| async {
-            let info = self
-                .js
-                .get_stream(stream)
-                .await?
-                .consumer_info(consumer)
-                .await?;
-            Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
-        })
-        .await
+        for durable in self.durables(consumer) {
+            eventually(|| async {
+                let info = self
+                    .js
+                    .get_stream(stream)
+                    .await?
+                    .consumer_info(&durable)
+                    .await?;
+                Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The durable of `consumer` (as its actor declares it: `wallet-evt`)
+    /// that reads the partition of `key` (a saga id, a wallet id, or a
+    /// command's principal).
+    pub fn durable(&self, consumer: &str, key: &str) -> String {
+        let p = falcon_schemas::subject::partition_of(key, self.settings.consumer.partitions);
+        format!("{consumer}-{p}")
+    }
+
+    /// Every partition's durable of `consumer`.
+    pub fn durables(&self, consumer: &str) -> Vec<String> {
+        (0..self.settings.consumer.partitions)
+            .map(|p| format!("{consumer}-{p}"))
+            .collect()
     }
 
     pub async fn stores(&self) -> Result<Stores> {

@@ -138,14 +138,15 @@ pub trait Loop: Send + Sync {
     fn reset(&self) -> BoxFuture<'_, Result<(), DbErr>>;
     /// Rows its read model holds.
     fn rows(&self) -> BoxFuture<'_, Result<u64, DbErr>>;
-    /// Its consumer loop as a supervised child.
-    fn child(&self, wiring: &Wiring, poke: Poke) -> ChildSpec;
+    /// Its consumer loops as supervised children, one per partition: named
+    /// `<label>-<partition>`, each reading that partition's consumers.
+    fn children(&self, wiring: &Wiring, poke: Poke) -> Vec<(String, ChildSpec)>;
 }
 
 /// A handler as a [`Loop`].
 pub fn loop_of<H: Handler>(handler: H, consumer: &ConsumerSettings) -> Arc<dyn Loop> {
     Arc::new(LoopOf {
-        specs: H::consumers(consumer),
+        specs: falcon_nats::topology::partitioned(&H::consumers(consumer), consumer.partitions),
         handler: Arc::new(handler),
     })
 }
@@ -197,24 +198,42 @@ impl<H: Handler> Loop for LoopOf<H> {
         Box::pin(self.handler.rows())
     }
 
-    fn child(&self, wiring: &Wiring, poke: Poke) -> ChildSpec {
-        let args = ConsumerArgs {
-            label: H::LABEL.to_owned(),
-            handler: self.handler.clone(),
-            js: wiring.js.clone(),
-            specs: self.specs.clone(),
-            batch_max: wiring.consumer.batch_max,
-            retry: wiring.consumer.retry(),
-            poke,
-            faults: wiring.faults.clone(),
-            stats: wiring.stats.clone(),
-            ring: wiring.ring.clone(),
-        };
-        ChildSpec::new(
-            wiring.child_name(H::LABEL),
-            Consumer::<H>::default,
-            move || args.clone(),
-        )
+    fn children(&self, wiring: &Wiring, poke: Poke) -> Vec<(String, ChildSpec)> {
+        let mut partitions: Vec<Option<u32>> = self.specs.iter().map(|s| s.partition).collect();
+        partitions.dedup();
+        partitions
+            .into_iter()
+            .map(|partition| {
+                let name = match partition {
+                    Some(p) => format!("{}-{p}", H::LABEL),
+                    None => H::LABEL.to_owned(),
+                };
+                let args = ConsumerArgs {
+                    label: H::LABEL.to_owned(),
+                    loop_name: name.clone(),
+                    handler: self.handler.clone(),
+                    js: wiring.js.clone(),
+                    specs: self
+                        .specs
+                        .iter()
+                        .filter(|s| s.partition == partition)
+                        .cloned()
+                        .collect(),
+                    batch_max: wiring.consumer.batch_max,
+                    retry: wiring.consumer.retry(),
+                    poke: poke.clone(),
+                    faults: wiring.faults.clone(),
+                    stats: wiring.stats.clone(),
+                    ring: wiring.ring.clone(),
+                };
+                let spec = ChildSpec::new(
+                    wiring.child_name(&name),
+                    Consumer::<H>::default,
+                    move || args.clone(),
+                );
+                (name, spec)
+            })
+            .collect()
     }
 }
 

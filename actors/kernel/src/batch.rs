@@ -201,7 +201,7 @@ async fn fast_path<H: Handler>(
     for (delivery, h) in batch.iter().zip(handlings) {
         // Not claimed now: the inbox holds it, or a copy earlier in this
         // batch claimed it.
-        if !claimed.remove(&(delivery.consumer.to_string(), delivery.inbox_key())) {
+        if !claimed.remove(&(delivery.reader().to_owned(), delivery.inbox_key())) {
             outcomes.push("duplicate");
             continue;
         }

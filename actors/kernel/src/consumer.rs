@@ -1,7 +1,9 @@
 //! The consumer loop as a ractor actor: pull a batch, handle it in one
 //! transaction, poke the relay, then ack/nak/term each message. One per
-//! [`Handler`] (an actor's steps, or a read model), reading all its
-//! durable consumers merged.
+//! [`Handler`] (an actor's steps, or a read model) and partition, reading
+//! that partition's durable consumers merged: the partitions' batches are
+//! in flight at once, and one saga's messages (one partition) stay in
+//! order.
 //!
 //! Shutdown: it waits for messages at most [`POLL_IDLE`] at a time, so a
 //! stop is taken between batches; an unsettled batch is redelivered after
@@ -41,6 +43,9 @@ impl<H> Default for Consumer<H> {
 pub struct ConsumerArgs<H> {
     /// What its metrics and spans call it: the actor, or `payment-view`.
     pub label: String,
+    /// This loop among its label's: `<label>-<partition>` (readiness and
+    /// chaos name it so).
+    pub loop_name: String,
     pub handler: Arc<H>,
     pub js: jetstream::Context,
     pub specs: Vec<ConsumerSpec>,
@@ -57,6 +62,7 @@ impl<H> Clone for ConsumerArgs<H> {
     fn clone(&self) -> Self {
         ConsumerArgs {
             label: self.label.clone(),
+            loop_name: self.loop_name.clone(),
             handler: self.handler.clone(),
             js: self.js.clone(),
             specs: self.specs.clone(),
@@ -124,7 +130,7 @@ impl<H: Handler> Actor for Consumer<H> {
         args: ConsumerArgs<H>,
     ) -> Result<ConsumerState<H>, ActorProcessingErr> {
         let source = Source::bind(&args.js, &args.specs, args.batch_max).await?;
-        args.stats.set_bound(&args.label, true);
+        args.stats.set_bound(&args.loop_name, true);
         myself.cast(ConsumerMsg::Poll)?;
         let meters = Meters::new(&args.label);
         Ok(ConsumerState {
@@ -139,7 +145,7 @@ impl<H: Handler> Actor for Consumer<H> {
         _myself: ActorRef<ConsumerMsg>,
         state: &mut ConsumerState<H>,
     ) -> Result<(), ActorProcessingErr> {
-        state.args.stats.set_bound(&state.args.label, false);
+        state.args.stats.set_bound(&state.args.loop_name, false);
         Ok(())
     }
 
@@ -153,7 +159,7 @@ impl<H: Handler> Actor for Consumer<H> {
             let batch = match batch {
                 Ok(batch) => batch,
                 Err(e) => {
-                    state.args.stats.set_bound(&state.args.label, false);
+                    state.args.stats.set_bound(&state.args.loop_name, false);
                     return Err(e.into());
                 }
             };

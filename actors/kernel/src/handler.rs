@@ -117,6 +117,7 @@ pub fn consumer_spec(
         ack_wait: Duration::from_millis(s.ack_wait_ms),
         max_deliver: s.max_deliver,
         max_ack_pending: s.max_ack_pending,
+        partition: None,
     }
 }
 

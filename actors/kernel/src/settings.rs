@@ -24,6 +24,11 @@ pub struct ConsumerSettings {
     pub nak_delay_ms: u64,
     /// The longest such delay, in ms. Default 30000.
     pub nak_delay_ms_max: u64,
+    /// Partitions of the command and event streams: each actor reads each
+    /// partition through its own durable consumers, in its own batch loop
+    /// (docs/DESIGN.md, "Partitions"). Default 4, at most 64. Changing it is
+    /// an operation: see the README.
+    pub partitions: u32,
 }
 
 impl ConsumerSettings {
@@ -63,6 +68,7 @@ impl Default for ConsumerSettings {
             max_ack_pending: 10_000,
             nak_delay_ms: 500,
             nak_delay_ms_max: 30_000,
+            partitions: falcon_nats::topology::DEFAULT_PARTITIONS,
         }
     }
 }

@@ -546,24 +546,24 @@ mod tests {
         assert!(allowed(
             &wallet,
             "publish",
-            "$JS.API.CONSUMER.MSG.NEXT.FALCON_EVT.wallet-evt"
+            "$JS.API.CONSUMER.MSG.NEXT.FALCON_EVT.wallet-evt-0"
         ));
         assert!(!allowed(
             &wallet,
             "publish",
-            "$JS.API.CONSUMER.MSG.NEXT.FALCON_EVT.payment-evt"
+            "$JS.API.CONSUMER.MSG.NEXT.FALCON_EVT.payment-evt-0"
         ));
         assert!(!allowed(
             &wallet,
             "publish",
-            "$JS.API.CONSUMER.DELETE.FALCON_EVT.wallet-evt"
+            "$JS.API.CONSUMER.DELETE.FALCON_EVT.wallet-evt-0"
         ));
         assert!(!allowed(
             &wallet,
             "publish",
             "$JS.API.STREAM.UPDATE.FALCON_EVT"
         ));
-        assert!(!allowed(&wallet, "publish", "falcon.dlq.payment-evt.x"));
+        assert!(!allowed(&wallet, "publish", "falcon.dlq.payment-evt-0.x"));
         assert!(!allowed(&wallet, "subscribe", "_INBOX_payment.x"));
         assert!(allowed(&wallet, "subscribe", "_INBOX_wallet.x"));
         // Replays and rebuilds read through ephemeral consumers.
@@ -580,12 +580,12 @@ mod tests {
         assert!(allowed(
             &wallet,
             "publish",
-            "$JS.API.CONSUMER.MSG.NEXT.FALCON_EVT.wallet-evt"
+            "$JS.API.CONSUMER.MSG.NEXT.FALCON_EVT.wallet-evt-0"
         ));
         assert!(!allowed(
             &wallet,
             "publish",
-            "$JS.API.CONSUMER.DELETE.FALCON_EVT.payment-evt"
+            "$JS.API.CONSUMER.DELETE.FALCON_EVT.payment-evt-0"
         ));
     }
 
@@ -616,7 +616,7 @@ mod tests {
         assert!(!allowed(
             &alice,
             "publish",
-            "$JS.API.CONSUMER.CREATE.FALCON_EVT.wallet-evt.x"
+            "$JS.API.CONSUMER.CREATE.FALCON_EVT.wallet-evt-0.x"
         ));
         assert!(allowed(
             &alice,
@@ -627,7 +627,7 @@ mod tests {
         assert!(!allowed(
             &wallet,
             "publish",
-            "$JS.API.CONSUMER.CREATE.FALCON_EVT.wallet-evt.falcon.evt.>"
+            "$JS.API.CONSUMER.CREATE.FALCON_EVT.wallet-evt-0.falcon.evt.>"
         ));
         assert!(!allowed(
             &alice,
@@ -642,12 +642,12 @@ mod tests {
         assert!(!allowed(
             &alice,
             "publish",
-            "$JS.API.CONSUMER.MSG.NEXT.FALCON_EVT.wallet-evt"
+            "$JS.API.CONSUMER.MSG.NEXT.FALCON_EVT.wallet-evt-0"
         ));
         assert!(!allowed(
             &alice,
             "publish",
-            "$JS.API.CONSUMER.DELETE.FALCON_EVT.wallet-evt"
+            "$JS.API.CONSUMER.DELETE.FALCON_EVT.wallet-evt-0"
         ));
         assert!(!allowed(
             &alice,
@@ -662,9 +662,9 @@ mod tests {
         assert!(!allowed(
             &alice,
             "publish",
-            "$JS.ACK.FALCON_EVT.wallet-evt.1.1.1.1.1"
+            "$JS.ACK.FALCON_EVT.wallet-evt-0.1.1.1.1.1"
         ));
-        assert!(!allowed(&alice, "publish", "falcon.dlq.wallet-evt.x"));
+        assert!(!allowed(&alice, "publish", "falcon.dlq.wallet-evt-0.x"));
         assert!(!allowed(&alice, "subscribe", "falcon.evt.>"));
         let treasury = perms("treasury");
         assert!(allowed(
@@ -690,7 +690,7 @@ mod tests {
         assert!(allowed(
             &prov,
             "publish",
-            "$JS.API.CONSUMER.DURABLE.CREATE.FALCON_EVT.wallet-evt"
+            "$JS.API.CONSUMER.DURABLE.CREATE.FALCON_EVT.wallet-evt-0"
         ));
         assert!(!allowed(
             &prov,
@@ -711,7 +711,7 @@ mod tests {
                 "$JS.API.STREAM.UPDATE.FALCON_EVT",
                 "$JS.API.STREAM.DELETE.FALCON_EVT",
                 "$JS.API.STREAM.PURGE.FALCON_EVT",
-                "$JS.API.CONSUMER.DELETE.FALCON_EVT.wallet-evt",
+                "$JS.API.CONSUMER.DELETE.FALCON_EVT.wallet-evt-0",
             ] {
                 assert!(!allowed(&p, "publish", s), "{name} may {s}");
             }

@@ -30,20 +30,38 @@ pub async fn serve(client: async_nats::Client, node: String, instance: String) {
             .into_iter()
             .filter(|n| n.starts_with(&prefix) && !n.ends_with("/supervisor"))
             .collect();
-        let victim = if target == "any" {
+        // A target names a child (`wallet-relay`, `wallet-2`) or an actor's
+        // loop label (`wallet`): every partition's loop of it.
+        let victims: Vec<String> = if target == "any" {
             names
                 .get(rand::random_range(0..names.len().max(1)))
                 .cloned()
+                .into_iter()
+                .collect()
         } else {
-            Some(format!("{prefix}{target}")).filter(|n| names.contains(n))
+            let exact = format!("{prefix}{target}");
+            let loops = format!("{exact}-");
+            names
+                .iter()
+                .filter(|n| {
+                    **n == exact
+                        || n.strip_prefix(&loops)
+                            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .cloned()
+                .collect()
         };
-        let killed = victim.and_then(|name| {
-            ractor::registry::where_is(name.clone()).map(|cell| {
-                tracing::warn!(actor = %name, "chaos: killing");
-                cell.kill();
-                name
+        let killed_all: Vec<String> = victims
+            .into_iter()
+            .filter_map(|name| {
+                ractor::registry::where_is(name.clone()).map(|cell| {
+                    tracing::warn!(actor = %name, "chaos: killing");
+                    cell.kill();
+                    name
+                })
             })
-        });
+            .collect();
+        let killed = (!killed_all.is_empty()).then(|| killed_all.join(","));
         if let Some(reply) = msg.reply {
             let body = serde_json::json!({ "node": node, "instance": instance, "killed": killed });
             let _ = client.publish(reply, body.to_string().into()).await;

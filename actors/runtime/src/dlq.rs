@@ -120,7 +120,7 @@ pub async fn replay(
             ),
         });
     };
-    let Some((origin, payload)) = falcon_nats::dlq::original(js, &letter.origin).await? else {
+    let Some(original) = falcon_nats::dlq::original(js, &letter.origin).await? else {
         return Ok(Replay::Refused {
             seq,
             reason: format!(
@@ -130,12 +130,13 @@ pub async fn replay(
             ),
         });
     };
+    let (origin, payload) = (original.origin, original.payload);
     let reads = handler.consumers().iter().any(|c| {
         c.name == origin.consumer
             && c.stream == origin.stream
             && c.filter_subjects
                 .iter()
-                .any(|f| subject_matches(f, &origin.subject))
+                .any(|f| subject_matches(f, &original.stored_subject))
     });
     if !reads {
         return Ok(Replay::Refused {
@@ -166,7 +167,7 @@ pub async fn replay(
     let actor = entry.actor().as_str();
     let db = handler.db().clone();
     let delivery = Delivery::detached(&letter.origin, letter.payload.clone());
-    let seen = inbox::Entity::find_by_id((delivery.consumer.to_string(), delivery.inbox_key()))
+    let seen = inbox::Entity::find_by_id((delivery.reader().to_owned(), delivery.inbox_key()))
         .one(&db)
         .await
         .map_err(Error::database(actor))?

@@ -120,7 +120,9 @@ pub async fn check_streams(
                 continue;
             }
             let seen: HashSet<String> = inbox::Entity::find()
-                .filter(inbox::Column::Consumer.eq(spec.name.as_str()))
+                .filter(
+                    inbox::Column::Consumer.eq(falcon_nats::topology::declared_name(&spec.name)),
+                )
                 .all(db)
                 .await
                 .map_err(Error::database(actor.as_str()))?

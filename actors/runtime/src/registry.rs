@@ -139,20 +139,23 @@ impl<A: ActorDef> Registered for Entry<A> {
     }
 
     fn consumers(&self, consumer: &ConsumerSettings) -> Vec<ConsumerSpec> {
-        A::consumers(consumer)
+        falcon_nats::topology::partitioned(&A::consumers(consumer), consumer.partitions)
     }
 
     fn parts(&self, settings: &Settings, db: &DatabaseConnection) -> Result<Parts, Error> {
         let parts = A::parts(&(self.settings)(settings), db, &settings.consumer)?;
-        let declared: Vec<String> = A::consumers(&settings.consumer)
+        let mut declared: Vec<String> = self
+            .consumers(&settings.consumer)
             .into_iter()
             .map(|c| c.name)
             .collect();
-        let run: Vec<String> = parts
+        let mut run: Vec<String> = parts
             .loops
             .iter()
             .flat_map(|l| l.consumers().iter().map(|c| c.name.clone()))
             .collect();
+        declared.sort();
+        run.sort();
         assert_eq!(
             declared,
             run,

@@ -173,10 +173,7 @@ pub async fn redeliver(
         .loops
         .iter()
         .filter(|l| l.read_model().is_none())
-        .find_map(|l| {
-            let spec = l.consumers().iter().find(|s| s.stream == stream)?.clone();
-            Some((l.clone(), spec))
-        })
+        .find_map(|l| Some((l.clone(), over_partitions(&**l, stream)?)))
         .ok_or_else(|| Error::Config(format!("{actor} does not consume {stream}")))?;
     let range = Range {
         js,
@@ -190,6 +187,31 @@ pub async fn redeliver(
     let report = feed(&*handler, &range).await?;
     publish_outbox(settings, actor, db, &ring).await?;
     Ok(report)
+}
+
+/// A loop's consumer of `stream` over every partition, as a replay reads
+/// it: one range in stream order, with the filters its actor declares (on
+/// subjects as published, so it also reads what was stored before
+/// partitioning), under the declared name its inbox rows carry.
+fn over_partitions(l: &dyn Loop, stream: &str) -> Option<ConsumerSpec> {
+    let first = l.consumers().iter().find(|s| s.stream == stream)?;
+    let declared: Vec<String> = first
+        .filter_subjects
+        .iter()
+        .map(|f| match first.partition {
+            Some(p) => f
+                .strip_suffix(&format!(".{p}"))
+                .unwrap_or(f.as_str())
+                .to_owned(),
+            None => f.clone(),
+        })
+        .collect();
+    Some(ConsumerSpec {
+        name: falcon_nats::topology::declared_name(&first.name).to_owned(),
+        filter_subjects: falcon_schemas::subject::stored_filters(&declared),
+        partition: None,
+        ..first.clone()
+    })
 }
 
 /// The read models `--rebuild` knows, from the registry.
@@ -227,22 +249,29 @@ pub async fn rebuild(
 ) -> Result<(Report, u64), Error> {
     let handler = read_model_loop(settings, model).await?;
     let actor = handler.actor().as_str();
-    let spec = handler
+    let first = handler
         .consumers()
         .first()
-        .cloned()
+        .ok_or_else(|| Error::Config(format!("{model} has no consumer")))?;
+    let spec = over_partitions(&*handler, first.stream)
         .ok_or_else(|| Error::Config(format!("{model} has no consumer")))?;
     if !force {
         let stream = js
             .get_stream(spec.stream)
             .await
             .map_err(|e| Error::Nats(falcon_nats::Error::topology("reading", spec.stream, e)))?;
-        if let Ok(info) = stream.consumer_info(&spec.name).await {
-            if info.num_waiting > 0 {
-                return Err(Error::Config(format!(
-                    "{} is being consumed live ({} pull requests waiting): stop `falcon run` for the {actor} actor first, or use --force",
-                    spec.name, info.num_waiting
-                )));
+        for durable in handler
+            .consumers()
+            .iter()
+            .filter(|c| c.stream == spec.stream)
+        {
+            if let Ok(info) = stream.consumer_info(&durable.name).await {
+                if info.num_waiting > 0 {
+                    return Err(Error::Config(format!(
+                        "{} is being consumed live ({} pull requests waiting): stop `falcon run` for the {actor} actor first, or use --force",
+                        durable.name, info.num_waiting
+                    )));
+                }
             }
         }
     }

@@ -43,7 +43,14 @@ pub async fn apply_topology(
     settings: &Settings,
 ) -> Result<Vec<falcon_nats::topology::Change>, Error> {
     let specs = consumer_specs(settings, &Actor::ALL);
-    Ok(falcon_nats::topology::apply(js, &settings.streams.to_stream_settings(), &specs).await?)
+    Ok(falcon_nats::topology::apply(
+        js,
+        &settings
+            .streams
+            .to_stream_settings(settings.consumer.partitions),
+        &specs,
+    )
+    .await?)
 }
 
 /// Provisions the topology at start as the provisioning identity, when this
@@ -191,8 +198,10 @@ impl Runtime {
                     Some(_) => Poke::new(String::new()),
                     None => poke.clone(),
                 };
-                children.push(l.child(&wiring, poke));
-                loops.push(l.label().to_owned());
+                for (name, child) in l.children(&wiring, poke) {
+                    children.push(child);
+                    loops.push(name);
+                }
             }
             for timer in &parts.timers {
                 children.push(timer(&instance, poke.clone()));

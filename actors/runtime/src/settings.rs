@@ -170,12 +170,15 @@ impl Default for StreamsSettings {
 }
 
 impl StreamsSettings {
-    pub fn to_stream_settings(&self) -> StreamSettings {
+    /// The streams as provisioned, with `partitions` (`consumer.partitions`:
+    /// the consumers and the streams' transforms must agree).
+    pub fn to_stream_settings(&self, partitions: u32) -> StreamSettings {
         StreamSettings {
             max_age: Duration::from_secs(self.max_age_s),
             duplicate_window: Duration::from_secs(self.duplicate_window_s),
             replicas: self.replicas,
             max_bytes: [self.cmd_max_bytes, self.evt_max_bytes, self.dlq_max_bytes],
+            partitions,
         }
     }
 }
@@ -218,7 +221,7 @@ impl Settings {
         const DAY_S: u64 = 86_400;
         const DAY_MS: u64 = DAY_S * 1000;
         let (s, c, r) = (&self.streams, &self.consumer, &self.relay);
-        let checks: [(&str, u64, u64, u64); 15] = [
+        let checks: [(&str, u64, u64, u64); 16] = [
             (
                 "streams.max_age_s",
                 s.max_age_s,
@@ -251,6 +254,12 @@ impl Settings {
                 1 << 50,
             ),
             ("consumer.batch_max", c.batch_max as u64, 1, 10_000),
+            (
+                "consumer.partitions",
+                u64::from(c.partitions),
+                1,
+                u64::from(falcon_nats::topology::MAX_PARTITIONS),
+            ),
             ("consumer.ack_wait_ms", c.ack_wait_ms, 100, DAY_MS),
             (
                 "consumer.max_deliver",

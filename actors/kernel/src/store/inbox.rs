@@ -55,7 +55,7 @@ pub async fn claim(
 pub fn inbox_row(delivery: &Delivery, now: DateTime<Utc>) -> Model {
     Model {
         msg_id: delivery.inbox_key(),
-        consumer: delivery.consumer.to_string(),
+        consumer: delivery.reader().to_owned(),
         stream: delivery.stream.clone(),
         stream_seq: i64::try_from(delivery.stream_seq).unwrap_or(i64::MAX),
         subject: delivery.subject.clone(),
