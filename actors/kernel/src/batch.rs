@@ -135,6 +135,9 @@ async fn handle<H: Handler>(
         Ok(txn) => txn,
         Err(e) => return all_nak(&e),
     };
+    if let Err(e) = handler.lock(&txn, batch).await {
+        tracing::debug!(actor = label, error = %e, "careful path: rows not locked up front");
+    }
     let mut dispositions = Vec::with_capacity(batch.len());
     let mut ended = Vec::new();
     for (delivery, handling) in batch.iter().zip(&handlings) {

@@ -62,6 +62,21 @@ pub trait Handler: Send + Sync + 'static {
         out: &mut Outbox,
     ) -> impl Future<Output = Result<(), StepError>> + Send;
 
+    /// The careful path's first act, in its transaction before any message
+    /// (its savepoints): lock, in one global order, the shared rows the
+    /// batch's messages will write, so that two batches in flight at once
+    /// (two partitions, two processes) wait for each other instead of
+    /// deadlocking over rows they would otherwise lock message by message.
+    /// By default nothing; an error only means the messages lock as they
+    /// go (it is logged, not fatal).
+    fn lock(
+        &self,
+        _txn: &DatabaseTransaction,
+        _batch: &[Delivery],
+    ) -> impl Future<Output = Result<(), StepError>> + Send {
+        async { Ok(()) }
+    }
+
     /// The fast path's step: every new message of a batch, in delivery
     /// order, in the batch transaction without savepoints. By default each
     /// runs [`Handler::apply`] inside its span; an actor whose step can be

@@ -118,6 +118,17 @@ impl Handler for Wallet {
         steps::apply(txn, &Message::decode(delivery)?, &self.policy, out).await
     }
 
+    /// The careful path locks every wallet (and circulation row) the
+    /// batch's decodable messages touch, in key order, as the fast path's
+    /// read does ([`Book::read`]).
+    async fn lock(&self, txn: &DatabaseTransaction, batch: &[Delivery]) -> Result<(), StepError> {
+        let messages: Vec<Message> = batch
+            .iter()
+            .filter_map(|d| Message::decode(d).ok())
+            .collect();
+        Book::read(txn, &messages).await.map(|_| ())
+    }
+
     /// Every batch runs set-based over the rows it touches ([`Book`]); a
     /// message that cannot be decoded or fails its step sends the batch to
     /// the careful path, where it fails alone.

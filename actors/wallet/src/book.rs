@@ -21,7 +21,9 @@ use sea_orm::{ConnectionTrait, EntityTrait, IntoActiveModel};
 use crate::decide::{self, Decision, Policy, Rows};
 use crate::entity::{circulation, deposit, hold, ledger_entry, refund, wallet};
 use crate::message::Message;
-use falcon_kernel::store::{insert_all_new, insert_chunks, rows_by_key, update_guarded, Outbox};
+use falcon_kernel::store::{
+    insert_all_new, insert_chunks, rows_by_key, rows_by_key_locked, update_guarded, Outbox,
+};
 use falcon_kernel::StepError;
 
 /// A row as read (`None`: not in the table) and as the batch leaves it.
@@ -128,11 +130,15 @@ impl Book {
                 .values()
                 .flat_map(|h| [h.wallet_id.as_str(), h.to_wallet.as_str()]),
         );
-        let wallets =
-            rows_by_key::<wallet::Entity, _>(txn, wallet::Column::WalletId, wallet_ids, |w| {
-                w.wallet_id.clone()
-            })
-            .await?;
+        // Wallets are what every partition's sagas share: locked as read,
+        // in key order (the circulation rows, read last, too).
+        let wallets = rows_by_key_locked::<wallet::Entity, _>(
+            txn,
+            wallet::Column::WalletId,
+            wallet_ids,
+            |w| w.wallet_id.clone(),
+        )
+        .await?;
         let refunds = rows_by_key::<refund::Entity, _>(
             txn,
             refund::Column::RefundId,
@@ -156,7 +162,7 @@ impl Book {
             |d| d.reference.clone(),
         )
         .await?;
-        let circulation = rows_by_key::<circulation::Entity, _>(
+        let circulation = rows_by_key_locked::<circulation::Entity, _>(
             txn,
             circulation::Column::Currency,
             deposits_of().map(|c| c.amount.currency().code()),

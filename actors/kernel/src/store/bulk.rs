@@ -209,13 +209,52 @@ where
     E: EntityTrait,
     C: sea_orm::ColumnTrait,
 {
-    use sea_orm::QueryFilter;
+    read_by_key::<E, C>(txn, column, keys, key_of, false).await
+}
+
+/// As [`rows_by_key`], and on PostgreSQL the rows are locked (`FOR
+/// UPDATE`) as they are read, in key order: for rows that many batches
+/// write at once (a wallet every partition's sagas pay from). A batch then
+/// waits for the one before it instead of finding its guarded update
+/// failed, and two batches never lock the same rows in opposite orders.
+/// SQLite has one writer at a time already: a plain read.
+pub async fn rows_by_key_locked<'k, E, C>(
+    txn: &impl ConnectionTrait,
+    column: C,
+    keys: impl Iterator<Item = &'k str>,
+    key_of: impl Fn(&E::Model) -> String,
+) -> Result<std::collections::HashMap<String, E::Model>, DbErr>
+where
+    E: EntityTrait,
+    C: sea_orm::ColumnTrait,
+{
+    let lock = txn.get_database_backend() == DbBackend::Postgres;
+    read_by_key::<E, C>(txn, column, keys, key_of, lock).await
+}
+
+async fn read_by_key<'k, E, C>(
+    txn: &impl ConnectionTrait,
+    column: C,
+    keys: impl Iterator<Item = &'k str>,
+    key_of: impl Fn(&E::Model) -> String,
+    lock: bool,
+) -> Result<std::collections::HashMap<String, E::Model>, DbErr>
+where
+    E: EntityTrait,
+    C: sea_orm::ColumnTrait,
+{
+    use sea_orm::{QueryFilter, QueryOrder, QuerySelect};
     let mut keys: Vec<&str> = keys.collect();
     keys.sort_unstable();
     keys.dedup();
     let mut rows = std::collections::HashMap::with_capacity(keys.len());
     for chunk in padded_chunks(&keys) {
-        let found = E::find().filter(column.is_in(chunk)).all(txn).await?;
+        let query = E::find().filter(column.is_in(chunk));
+        let found = if lock {
+            query.order_by_asc(column).lock_exclusive().all(txn).await?
+        } else {
+            query.all(txn).await?
+        };
         rows.extend(found.into_iter().map(|r| (key_of(&r), r)));
     }
     Ok(rows)

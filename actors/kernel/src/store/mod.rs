@@ -10,7 +10,8 @@ pub mod migration;
 pub mod outbox;
 
 pub use bulk::{
-    insert_all_new, insert_chunks, padded_chunks, rows_by_key, update_guarded, IN_CHUNK,
+    insert_all_new, insert_chunks, padded_chunks, rows_by_key, rows_by_key_locked, update_guarded,
+    IN_CHUNK,
 };
 pub use connect::{connect, memory_db};
 pub use gate::{begin_write, write_gate, WriteGate, WriteTxn};
