@@ -41,8 +41,10 @@ impl Default for StreamSettings {
     }
 }
 
-/// Partitions of the command and event streams unless configured.
-pub const DEFAULT_PARTITIONS: u32 = 4;
+/// Partitions of the event stream unless configured: one (see
+/// docs/BENCHMARKS.md, "Partitions and several processes": on sagas that
+/// share hot wallets, more partitions only cut batches smaller).
+pub const DEFAULT_PARTITIONS: u32 = 1;
 
 /// The most partitions a stream may have.
 pub const MAX_PARTITIONS: u32 = 64;

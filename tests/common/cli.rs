@@ -40,6 +40,10 @@ pub fn command(w: &World, dir: &std::path::Path) -> Command {
         .env(
             "FALCON__RELAY__INTERVAL_MS",
             w.settings.relay.interval_ms.to_string(),
+        )
+        .env(
+            "FALCON__CONSUMER__PARTITIONS",
+            w.settings.consumer.partitions.to_string(),
         );
     cmd
 }

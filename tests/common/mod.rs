@@ -93,6 +93,9 @@ impl World {
         settings.consumer.ack_wait_ms = 1_500;
         settings.consumer.nak_delay_ms = 100;
         settings.relay.interval_ms = 200;
+        // Partitioned, so that every test runs the partitioned paths (a
+        // loop and a durable per partition, one saga in one partition).
+        settings.consumer.partitions = 4;
         tweak(&mut settings);
         let connect = |name: String| {
             let settings = settings.clone();

@@ -26,8 +26,8 @@ pub struct ConsumerSettings {
     pub nak_delay_ms_max: u64,
     /// Partitions of the command and event streams: each actor reads each
     /// partition through its own durable consumers, in its own batch loop
-    /// (docs/DESIGN.md, "Partitions"). Default 4, at most 64. Changing it is
-    /// an operation: see the README.
+    /// (docs/DESIGN.md, "Partitions"). Default 1, at most 64. Changing it is
+    /// an operation: see docs/DESIGN.md.
     pub partitions: u32,
 }
 
