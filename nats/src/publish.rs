@@ -64,23 +64,36 @@ pub async fn publish(js: &jetstream::Context, msg: &OutMsg) -> Result<Published,
     confirm(&msg.subject, ack).await
 }
 
+/// Acks a [`publish_all`] keeps in flight at most: below async-nats's own
+/// bound on pending acks per context (5,000 by default), past which a
+/// publish waits for an ack that is only awaited after every publish, for
+/// ever.
+pub const PUBLISH_WINDOW: usize = 1024;
+
 /// Publishes every message, then waits for all the acks together: one round
-/// trip for the batch, not one per message. The results are in input order.
+/// trip per [`PUBLISH_WINDOW`] messages, not one per message. The results
+/// are in input order.
 pub async fn publish_all(
     js: &jetstream::Context,
     msgs: &[OutMsg],
 ) -> Vec<Result<Published, Error>> {
-    let mut pending = Vec::with_capacity(msgs.len());
-    for msg in msgs {
-        pending.push(send(js, msg).await);
-    }
-    join_all(msgs.iter().zip(pending).map(|(msg, sent)| async move {
-        match sent {
-            Ok(ack) => confirm(&msg.subject, ack).await,
-            Err(e) => Err(e),
+    let mut results = Vec::with_capacity(msgs.len());
+    for window in msgs.chunks(PUBLISH_WINDOW) {
+        let mut pending = Vec::with_capacity(window.len());
+        for msg in window {
+            pending.push(send(js, msg).await);
         }
-    }))
-    .await
+        results.extend(
+            join_all(window.iter().zip(pending).map(|(msg, sent)| async move {
+                match sent {
+                    Ok(ack) => confirm(&msg.subject, ack).await,
+                    Err(e) => Err(e),
+                }
+            }))
+            .await,
+        );
+    }
+    results
 }
 
 /// Whether a publish failed in a way no retry can mend: the message is
