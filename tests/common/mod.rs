@@ -71,6 +71,11 @@ impl World {
         let keys = tempfile::tempdir()?;
         let mut settings = Settings::default();
         settings.security.keys_dir = keys.path().display().to_string();
+        // Partitioned, so that every test runs the partitioned paths (a
+        // loop and a durable per partition, one saga in one partition);
+        // before `auth init`, whose permissions name each partition's
+        // durables.
+        settings.consumer.partitions = 4;
         let issued = falcon_runtime::auth::init_with(
             &settings,
             keys.path(),
@@ -93,9 +98,6 @@ impl World {
         settings.consumer.ack_wait_ms = 1_500;
         settings.consumer.nak_delay_ms = 100;
         settings.relay.interval_ms = 200;
-        // Partitioned, so that every test runs the partitioned paths (a
-        // loop and a durable per partition, one saga in one partition).
-        settings.consumer.partitions = 4;
         tweak(&mut settings);
         let connect = |name: String| {
             let settings = settings.clone();
