@@ -282,6 +282,12 @@ async fn doctor_says_whether_acks_are_durable() -> Result<()> {
         check(&report, "security", "signatures").map(|c| c.1),
         Some(true)
     );
+    // The generated permissions name every partition's consumers.
+    assert_eq!(
+        check(&report, "security", "permissions").map(|c| c.1),
+        Some(true),
+        "{report}"
+    );
     assert_eq!(
         check(&report, "checks", "jetstream sync_interval"),
         Some(("always".into(), true))

@@ -79,6 +79,35 @@ pub async fn security(settings: &Settings) -> Vec<Check> {
         ),
         Err(e) => check("signatures", "keys missing".into(), false, Some(e)),
     });
+    // The generated permissions name every partition's durable consumers:
+    // after a change of `consumer.partitions` they must be generated again.
+    match falcon_runtime::auth::unnamed_consumers(settings, &settings.keys_dir()) {
+        None => {}
+        Some(Ok(missing)) if missing.is_empty() => checks.push(check(
+            "permissions",
+            format!(
+                "{} names every consumer ({} partitions)",
+                falcon_runtime::auth::SERVER_CONF,
+                settings.consumer.partitions
+            ),
+            true,
+            None,
+        )),
+        Some(Ok(missing)) => checks.push(check(
+            "permissions",
+            format!(
+                "{} does not name {}",
+                falcon_runtime::auth::SERVER_CONF,
+                missing.join(", ")
+            ),
+            false,
+            Some(format!(
+                "consumer.partitions is {} since `falcon auth init` ran: run it again and reload the servers' authorization",
+                settings.consumer.partitions
+            )),
+        )),
+        Some(Err(e)) => checks.push(check("permissions", "unreadable".into(), false, Some(e))),
+    }
     checks
 }
 

@@ -214,6 +214,29 @@ fn create_private_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))
 }
 
+/// The durable consumers the settings would run that the authorization in
+/// `dir` (`nats-auth.conf`, as `auth init` wrote it) does not name: non-empty
+/// when `consumer.partitions` changed since (each partition's durable is
+/// named in its actor's permissions, so an actor could not pull it nor
+/// dead-letter from it). `None` when `dir` holds no `nats-auth.conf`.
+pub fn unnamed_consumers(settings: &Settings, dir: &Path) -> Option<Result<Vec<String>, String>> {
+    let path = dir.join(SERVER_CONF);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(Err(format!("cannot read {}: {e}", path.display()))),
+    };
+    Some(Ok(REGISTRY
+        .iter()
+        .flat_map(|r| r.consumers(&settings.consumer))
+        .filter(|c| {
+            let pull = format!("\"$JS.API.CONSUMER.MSG.NEXT.{}.{}\"", c.stream, c.name);
+            !text.contains(&pull)
+        })
+        .map(|c| c.name)
+        .collect()))
+}
+
 /// Every identity with its role and permissions.
 pub fn plan(settings: &Settings, clients: &[String]) -> Result<Vec<(String, Role, Value)>, String> {
     let sec = &settings.security;
@@ -757,6 +780,36 @@ mod tests {
         let ring = falcon_kernel::signing::KeyRing::load(dir.path()).expect("the keys load");
         assert!(ring.required());
         assert!(plan(&Settings::default(), &["wallet".into()]).is_err());
+    }
+
+    #[test]
+    fn more_partitions_than_the_permissions_name_are_found() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut settings = Settings::default();
+        assert!(unnamed_consumers(&settings, dir.path()).is_none());
+        settings.consumer.partitions = 2;
+        init(&settings, dir.path(), &[]).expect("init");
+        let named = unnamed_consumers(&settings, dir.path()).expect("a conf");
+        assert_eq!(named, Ok(Vec::new()));
+        settings.consumer.partitions = 3;
+        let mut missing = unnamed_consumers(&settings, dir.path())
+            .expect("a conf")
+            .expect("readable");
+        missing.sort();
+        assert_eq!(
+            missing,
+            [
+                "payment-evt-2",
+                "payment-view-2",
+                "risk-evt-2",
+                "wallet-evt-2"
+            ]
+        );
+        init(&settings, dir.path(), &[]).expect("init again");
+        assert_eq!(
+            unnamed_consumers(&settings, dir.path()).expect("a conf"),
+            Ok(Vec::new())
+        );
     }
 
     #[test]
