@@ -400,10 +400,20 @@ def prove(label, port, keys, ids, stranger, falcon, work):
                 p.pub(a, f"falcon.cmd.{kind}.{actor}", False)
             p.pub(a, f"falcon.cmd.wallet.deposit.{TREASURY}", False)
             p.pub(a, "falcon.ctl.node-1.kill.payment", False)
+            # Membership beats: its own actor's only.
+            for other in ACTORS:
+                p.pub(a, f"falcon.member.{other}", other == actor,
+                      payload=b'{"instance":"perm-check"}')
+                p.sub(a, f"falcon.member.{other}", other == actor)
+            p.sub(a, "falcon.member.>", False)
             for (stream, name), owner in durables.items():
                 mine = owner == actor
                 p.pub(a, f"falcon.dlq.{name}.falcon.evt.x", mine)
                 p.pub(a, f"$JS.ACK.{stream}.{name}.1.1.1.1.1", mine)
+                if mine:
+                    p.api(a, f"$JS.API.CONSUMER.UNPIN.{stream}.{name}", {"group": "owner"}, ok=False)
+                else:
+                    p.pub(a, f"$JS.API.CONSUMER.UNPIN.{stream}.{name}", False)
                 if mine:
                     # A real pull: answered (a message, or 404 no messages).
                     p.api(a, f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
@@ -494,7 +504,11 @@ def prove(label, port, keys, ids, stranger, falcon, work):
                 p.pub(cl, f"$JS.API.STREAM.MSG.GET.{stream}", False)
                 p.pub(cl, f"$JS.API.DIRECT.GET.{stream}", False)
             p.pub(cl, "$JS.API.CONSUMER.DURABLE.CREATE.FALCON_EVT.perm-new", False)
+            for actor in ACTORS:
+                p.pub(cl, f"falcon.member.{actor}", False)
+                p.sub(cl, f"falcon.member.{actor}", False)
             for (stream, dname) in durables:
+                p.pub(cl, f"$JS.API.CONSUMER.UNPIN.{stream}.{dname}", False)
                 p.pub(cl, f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{dname}", False)
                 p.pub(cl, f"$JS.API.CONSUMER.DELETE.{stream}.{dname}", False)
                 p.pub(cl, f"$JS.API.CONSUMER.CREATE.{stream}.{dname}", False)

@@ -15,18 +15,21 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use bytes::Bytes;
 use falcon_schemas::subject::{HEADER_MSG_ID, HEADER_TRACEPARENT};
+use futures::future::join_all;
 use futures::stream::{BoxStream, SelectAll};
 use futures::StreamExt;
 
 use crate::error::Cause;
-use crate::topology::ConsumerSpec;
+use crate::topology::{ConsumerSpec, OWNER_GROUP};
 use crate::Error;
 
-/// Idle heartbeat asked of the server on each pull; a missed one is logged
-/// and the pull renewed.
-const HEARTBEAT: Duration = Duration::from_secs(5);
-/// How long one pull request waits for messages before a new one is sent.
-const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// How long one pull request waits for messages before a new one is sent:
+/// a third of the owner timeout, so an owner renews its pin at least twice
+/// before the server would give it to another process (and an idle
+/// heartbeat, a third of that again, tells a dead pull from a quiet one).
+fn pull_expires(owner_timeout: Duration) -> Duration {
+    (owner_timeout / 3).max(Duration::from_millis(300))
+}
 
 /// One delivered message, with what the handler needs to know of it.
 #[derive(Debug, Clone)]
@@ -152,16 +155,71 @@ pub enum Settled {
 /// A pulled message (or pull error) with the consumer it came through.
 type Tagged = (Arc<str>, Result<jetstream::Message, String>);
 
-/// Messages from one or more durable pull consumers, merged.
+/// Messages from one or more durable pull consumers, merged, read through
+/// their [`OWNER_GROUP`]: while another process is pinned as a consumer's
+/// reader this one's pulls wait on standby and receive nothing.
 pub struct Source {
     js: jetstream::Context,
     max_deliver: Arc<HashMap<String, i64>>,
+    /// `(stream, durable)` of each consumer read.
+    consumers: Vec<(&'static str, String)>,
     names: Vec<String>,
     messages: SelectAll<BoxStream<'static, Tagged>>,
     batch_max: usize,
+    /// Whether a message arrived since binding: the server delivers only to
+    /// the pinned reader, so this process has held a pin.
+    pinned: bool,
+}
+
+/// The durable consumers `specs` names, each checked to exist.
+async fn consumers_of(
+    js: &jetstream::Context,
+    specs: &[ConsumerSpec],
+) -> Result<Vec<jetstream::consumer::PullConsumer>, Error> {
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let consume_err = |e: Cause| Error::Consume {
+            consumer: spec.name.clone(),
+            source: e,
+        };
+        let consumer: jetstream::consumer::PullConsumer = js
+            .get_stream(spec.stream)
+            .await
+            .map_err(|e| consume_err(e.into()))?
+            .get_consumer(&spec.name)
+            .await
+            .map_err(consume_err)?;
+        out.push(consumer);
+    }
+    Ok(out)
 }
 
 impl Source {
+    /// Checks that the durable consumers exist (provisioned by
+    /// `topology::apply`) without pulling from them: what a process that
+    /// does not own them (yet) checks.
+    pub async fn check(js: &jetstream::Context, specs: &[ConsumerSpec]) -> Result<(), Error> {
+        consumers_of(js, specs).await.map(drop)
+    }
+
+    /// Binds as the consumers' owner: releases whatever pin they have (a
+    /// dead owner's, or this process's own from before a restart), so this
+    /// process's pulls are pinned at once rather than after the owner
+    /// timeout, then [`Source::bind`]s.
+    pub async fn take_over(
+        js: &jetstream::Context,
+        specs: &[ConsumerSpec],
+        batch_max: usize,
+    ) -> Result<Source, Error> {
+        consumers_of(js, specs).await?;
+        for spec in specs {
+            if let Err(e) = unpin(js, spec.stream, &spec.name).await {
+                tracing::debug!(consumer = %spec.name, error = %e, "unpinning before taking over");
+            }
+        }
+        Source::bind(js, specs, batch_max).await
+    }
+
     /// Binds to existing durable consumers (provisioned by
     /// `topology::apply`); pulls up to `batch_max` messages per request.
     pub async fn bind(
@@ -171,26 +229,20 @@ impl Source {
     ) -> Result<Source, Error> {
         let batch_max = batch_max.max(1);
         let mut messages = SelectAll::new();
-        for spec in specs {
-            let consume_err = |e: Cause| Error::Consume {
-                consumer: spec.name.clone(),
-                source: e,
-            };
-            let consumer: jetstream::consumer::PullConsumer = js
-                .get_stream(spec.stream)
-                .await
-                .map_err(|e| consume_err(e.into()))?
-                .get_consumer(&spec.name)
-                .await
-                .map_err(consume_err)?;
+        for (spec, consumer) in specs.iter().zip(consumers_of(js, specs).await?) {
+            let expires = pull_expires(spec.owner_timeout);
             let stream: pull::Stream = consumer
                 .stream()
+                .group(OWNER_GROUP)
                 .max_messages_per_batch(batch_max)
-                .heartbeat(HEARTBEAT)
-                .expires(PULL_EXPIRES)
+                .heartbeat(expires / 3)
+                .expires(expires)
                 .messages()
                 .await
-                .map_err(|e| consume_err(e.into()))?;
+                .map_err(|e| Error::Consume {
+                    consumer: spec.name.clone(),
+                    source: e.into(),
+                })?;
             let name: Arc<str> = Arc::from(spec.name.as_str());
             let tagged = stream.map(move |m| (name.clone(), m.map_err(|e| e.to_string())));
             messages.push(tagged.boxed());
@@ -203,10 +255,42 @@ impl Source {
                     .map(|s| (s.name.clone(), s.max_deliver))
                     .collect(),
             ),
+            consumers: specs.iter().map(|s| (s.stream, s.name.clone())).collect(),
             names: specs.iter().map(|s| s.name.clone()).collect(),
             messages,
             batch_max,
+            pinned: false,
         })
+    }
+
+    /// Stops reading, so that another process can own these consumers:
+    /// messages already received are nak'd at once (they go to the next
+    /// owner now, not after `ack_wait`), the pulls end, and when this
+    /// process held the pin it is released, so the next owner's waiting
+    /// pull is pinned at once instead of after the owner timeout. Returns
+    /// how many messages were handed back.
+    pub async fn release(mut self) -> usize {
+        let mut handed_back = Vec::new();
+        while let Some(Some((_, item))) = futures::FutureExt::now_or_never(self.messages.next()) {
+            if let Ok(message) = item {
+                handed_back.push(message);
+            }
+        }
+        drop(self.messages);
+        let naks = handed_back.iter().map(|m| m.ack_with(AckKind::Nak(None)));
+        for result in join_all(naks).await {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "handing a message back; it comes back after ack_wait");
+            }
+        }
+        if self.pinned || !handed_back.is_empty() {
+            for (stream, name) in &self.consumers {
+                if let Err(e) = unpin(&self.js, stream, name).await {
+                    tracing::debug!(consumer = %name, error = %e, "unpinning; the next owner is pinned after the owner timeout");
+                }
+            }
+        }
+        handed_back.len()
     }
 
     /// What acks, naks and terms this source's messages; cheap to clone and
@@ -240,7 +324,10 @@ impl Source {
                 });
             };
             match item {
-                Ok(message) => batch.push(to_delivery(consumer, message)?),
+                Ok(message) => {
+                    self.pinned = true;
+                    batch.push(to_delivery(consumer, message)?);
+                }
                 Err(e) if e.contains("heartbeat") => {
                     tracing::warn!(consumer = %consumer, error = %e, "pull interrupted; renewing");
                 }
@@ -324,6 +411,15 @@ impl Settler {
             })
             .map(|()| settled)
     }
+}
+
+/// Releases the pin of `durable`'s [`OWNER_GROUP`].
+async fn unpin(js: &jetstream::Context, stream: &str, durable: &str) -> Result<(), Cause> {
+    js.get_stream_no_info(stream)
+        .await?
+        .unpin_consumer(durable, OWNER_GROUP)
+        .await?;
+    Ok(())
 }
 
 fn to_delivery(consumer: Arc<str>, message: jetstream::Message) -> Result<Delivery, Error> {

@@ -14,8 +14,11 @@ use serde::Serialize;
 
 /// Oldest server FalconPay runs on: 2.10 brought multi-subject consumer
 /// filters (2.9 silently ignores them, so every actor would receive every
-/// event), 2.10.23 the durability fixes a money system needs.
-pub const VERSION_MIN: (u64, u64, u64) = (2, 10, 23);
+/// event), 2.10.23 the durability fixes a money system needs, 2.11 the
+/// `pinned_client` priority groups that give each consumer one owner
+/// (docs/DESIGN.md, "One owner per partition"); 2.12 is the oldest release
+/// the tests run on.
+pub const VERSION_MIN: (u64, u64, u64) = (2, 12, 0);
 
 /// Refuses a server version older than [`VERSION_MIN`] (or one that is not
 /// a version), with one line saying why; `falcon run` calls it at start.

@@ -145,7 +145,18 @@ pub struct ConsumerSpec {
     /// The partition it reads ([`partitioned`]); `None` for a spec as an
     /// actor declares it, over every partition.
     pub partition: Option<u32>,
+    /// How long the server keeps a process pinned as this consumer's one
+    /// reader once it stops pulling ([`OWNER_GROUP`]): the longest a dead
+    /// owner's partition waits for a survivor.
+    pub owner_timeout: Duration,
 }
+
+/// The priority group every durable is read through. Its policy is
+/// `pinned_client`: the server delivers a consumer's messages to one pull
+/// client at a time, the pinned one, and pins another only when that one
+/// has not pulled for [`ConsumerSpec::owner_timeout`] or is unpinned
+/// (docs/DESIGN.md, "One owner per partition").
+pub const OWNER_GROUP: &str = "owner";
 
 /// What `apply` did to one stream or consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +243,9 @@ fn consumer_config(spec: &ConsumerSpec) -> consumer::pull::Config {
         max_ack_pending: spec.max_ack_pending,
         filter_subject,
         filter_subjects,
+        priority_policy: consumer::PriorityPolicy::PinnedClient,
+        priority_groups: vec![OWNER_GROUP.to_owned()],
+        priority_timeout: spec.owner_timeout,
         ..Default::default()
     }
 }
@@ -268,6 +282,9 @@ fn same_consumer(have: &consumer::Config, want: &consumer::pull::Config) -> bool
         && have.max_deliver == want.max_deliver
         && have.max_ack_pending == want.max_ack_pending
         && have.ack_policy == want.ack_policy
+        && have.priority_policy == want.priority_policy
+        && have.priority_groups == want.priority_groups
+        && have.priority_timeout == want.priority_timeout
 }
 
 fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
@@ -363,6 +380,7 @@ mod tests {
             max_deliver: 1,
             max_ack_pending: 1,
             partition: None,
+            owner_timeout: Duration::from_secs(5),
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 /// Oldest server the tests accept (multi-filter consumers, durability fixes).
-const VERSION_MIN: (u32, u32, u32) = (2, 10, 23);
+const VERSION_MIN: (u32, u32, u32) = (2, 12, 0);
 
 pub struct NatsServer {
     child: Child,

@@ -225,6 +225,7 @@ impl<H: Handler> Loop for LoopOf<H> {
                     faults: wiring.faults.clone(),
                     stats: wiring.stats.clone(),
                     ring: wiring.ring.clone(),
+                    owners: wiring.owners.clone(),
                 };
                 let spec = ChildSpec::new(
                     wiring.child_name(&name),
@@ -249,6 +250,8 @@ pub struct Wiring {
     pub faults: Arc<Faults>,
     /// The keys events are signed and checked with.
     pub ring: Arc<KeyRing>,
+    /// Which of the actor's loops this process owns.
+    pub owners: Arc<crate::owner::Owners>,
 }
 
 impl Wiring {

@@ -5,12 +5,19 @@
 //! in flight at once, and one saga's messages (one partition) stay in
 //! order.
 //!
+//! Ownership: a loop pulls only while this process owns it
+//! ([`crate::owner`]); otherwise it stands by, its consumers checked to
+//! exist. Losing ownership releases the consumers between batches
+//! ([`Source::release`]), so the new owner starts at once.
+//!
 //! Shutdown: it waits for messages at most [`POLL_IDLE`] at a time, so a
-//! stop is taken between batches; an unsettled batch is redelivered after
-//! `ack_wait` and its inbox rows make it a no-op. Failure (a panic, or an
+//! stop is taken between batches, and the consumers are released; an
+//! unsettled batch is redelivered after `ack_wait` and its inbox rows make
+//! it a no-op. Failure (a panic, or an
 //! error re-binding the consumers) reaches the root supervisor, which
 //! starts it again.
 
+use std::collections::BTreeSet;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,10 +27,12 @@ use falcon_nats::{ConsumerSpec, Settled, Source};
 use futures::future::join_all;
 use metrics::{Counter, Histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::watch;
 
 use crate::batch::run_batch;
 use crate::faults::{FaultPoint, Faults};
 use crate::handler::Handler;
+use crate::owner::Owners;
 use crate::relay::Poke;
 use crate::signing::KeyRing;
 use crate::stats::Stats;
@@ -56,6 +65,8 @@ pub struct ConsumerArgs<H> {
     pub stats: Arc<Stats>,
     /// The signing keys events are checked with.
     pub ring: Arc<KeyRing>,
+    /// Which of its actor's loops this process owns.
+    pub owners: Arc<Owners>,
 }
 
 impl<H> Clone for ConsumerArgs<H> {
@@ -72,13 +83,16 @@ impl<H> Clone for ConsumerArgs<H> {
             faults: self.faults.clone(),
             stats: self.stats.clone(),
             ring: self.ring.clone(),
+            owners: self.owners.clone(),
         }
     }
 }
 
 pub struct ConsumerState<H> {
     args: ConsumerArgs<H>,
-    source: Source,
+    /// Bound while this process owns the loop.
+    source: Option<Source>,
+    owned: watch::Receiver<BTreeSet<String>>,
     meters: Meters,
 }
 
@@ -129,13 +143,21 @@ impl<H: Handler> Actor for Consumer<H> {
         myself: ActorRef<ConsumerMsg>,
         args: ConsumerArgs<H>,
     ) -> Result<ConsumerState<H>, ActorProcessingErr> {
-        let source = Source::bind(&args.js, &args.specs, args.batch_max).await?;
-        args.stats.set_bound(&args.loop_name, true);
+        let source = if args.owners.owns(&args.loop_name) {
+            Some(Source::take_over(&args.js, &args.specs, args.batch_max).await?)
+        } else {
+            Source::check(&args.js, &args.specs).await?;
+            None
+        };
+        args.stats
+            .set_bound(&args.loop_name, true, source.is_some());
         myself.cast(ConsumerMsg::Poll)?;
         let meters = Meters::new(&args.label);
+        let owned = args.owners.watch();
         Ok(ConsumerState {
             args,
             source,
+            owned,
             meters,
         })
     }
@@ -145,7 +167,13 @@ impl<H: Handler> Actor for Consumer<H> {
         _myself: ActorRef<ConsumerMsg>,
         state: &mut ConsumerState<H>,
     ) -> Result<(), ActorProcessingErr> {
-        state.args.stats.set_bound(&state.args.loop_name, false);
+        state
+            .args
+            .stats
+            .set_bound(&state.args.loop_name, false, false);
+        if let Some(source) = state.source.take() {
+            source.release().await;
+        }
         Ok(())
     }
 
@@ -155,11 +183,37 @@ impl<H: Handler> Actor for Consumer<H> {
         _msg: ConsumerMsg,
         state: &mut ConsumerState<H>,
     ) -> Result<(), ActorProcessingErr> {
-        if let Ok(batch) = tokio::time::timeout(POLL_IDLE, state.source.next_batch()).await {
+        let owns = state.args.owners.owns(&state.args.loop_name);
+        let a = &state.args;
+        match (owns, state.source.take()) {
+            (true, Some(source)) => state.source = Some(source),
+            (true, None) => {
+                tracing::info!(actor = %a.label, consumer = %a.loop_name, "taking the loop over");
+                state.source = Some(Source::take_over(&a.js, &a.specs, a.batch_max).await?);
+                a.stats.set_bound(&a.loop_name, true, true);
+            }
+            (false, Some(source)) => {
+                let handed_back = source.release().await;
+                tracing::info!(actor = %a.label, consumer = %a.loop_name, handed_back, "handing the loop over");
+                a.stats.set_bound(&a.loop_name, true, false);
+            }
+            (false, None) => {}
+        }
+        let Some(source) = state.source.as_mut() else {
+            // Standing by: wake when the assignment changes, or to look at
+            // the mailbox.
+            let _ = tokio::time::timeout(POLL_IDLE, state.owned.changed()).await;
+            myself.cast(ConsumerMsg::Poll)?;
+            return Ok(());
+        };
+        if let Ok(batch) = tokio::time::timeout(POLL_IDLE, source.next_batch()).await {
             let batch = match batch {
                 Ok(batch) => batch,
                 Err(e) => {
-                    state.args.stats.set_bound(&state.args.loop_name, false);
+                    state
+                        .args
+                        .stats
+                        .set_bound(&state.args.loop_name, false, false);
                     return Err(e.into());
                 }
             };
@@ -170,7 +224,7 @@ impl<H: Handler> Actor for Consumer<H> {
             let dispositions = run_batch(&*a.handler, &a.label, &batch, a.retry, &a.ring).await;
             a.faults.trip(H::ACTOR, FaultPoint::AfterCommit, &batch);
             a.poke.poke();
-            let settler = state.source.settler();
+            let settler = source.settler();
             let settled = join_all(
                 batch
                     .iter()

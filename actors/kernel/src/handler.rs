@@ -133,6 +133,7 @@ pub fn consumer_spec(
         max_deliver: s.max_deliver,
         max_ack_pending: s.max_ack_pending,
         partition: None,
+        owner_timeout: Duration::from_millis(s.owner_timeout_ms),
     }
 }
 

@@ -17,6 +17,7 @@
 //!   gives an actor ([`handler::events_for`], [`handler::decode_event`]);
 //! - [`batch`]: one batch, one transaction (fast path, then careful path);
 //! - [`consumer`]: the consumer loop as a ractor actor;
+//! - [`owner`]: one owner per consumer loop, spread over the processes;
 //! - [`relay`]: the outbox relay as a ractor actor;
 //! - [`supervisor`]: the root supervisor and its restart policy;
 //! - [`store`]: connecting, the SQLite write gate, inbox, outbox, bulk SQL,
@@ -38,6 +39,7 @@ pub mod consumer;
 pub mod error;
 pub mod faults;
 pub mod handler;
+pub mod owner;
 pub mod relay;
 pub mod settings;
 pub mod signing;

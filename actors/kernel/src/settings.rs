@@ -29,6 +29,11 @@ pub struct ConsumerSettings {
     /// (docs/DESIGN.md, "Partitions"). Default 1, at most 64. Changing it is
     /// an operation: see docs/DESIGN.md.
     pub partitions: u32,
+    /// Each consumer loop is run by one process at a time, its owner; when
+    /// the owner stops pulling (it died, or lost the broker), another
+    /// process takes the loop over after this, in ms (docs/DESIGN.md, "One
+    /// owner per partition"). Default 5000, from 1000 to 60000.
+    pub owner_timeout_ms: u64,
 }
 
 impl ConsumerSettings {
@@ -69,6 +74,7 @@ impl Default for ConsumerSettings {
             nak_delay_ms: 500,
             nak_delay_ms_max: 30_000,
             partitions: falcon_nats::topology::DEFAULT_PARTITIONS,
+            owner_timeout_ms: 5_000,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Counters a test or an operator can watch: messages settled, consumer
 //! loops bound, restarts.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -15,7 +15,8 @@ pub struct Stats {
     pub acked: AtomicU64,
     pub nakked: AtomicU64,
     pub dead_lettered: AtomicU64,
-    bound: Mutex<HashSet<String>>,
+    /// Each bound loop, and whether this process owns it (or stands by).
+    bound: Mutex<HashMap<String, bool>>,
 }
 
 impl Default for Stats {
@@ -41,13 +42,15 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Marks a consumer loop as bound to its JetStream consumers (or not).
-    pub fn set_bound(&self, label: &str, bound: bool) {
-        let mut set = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+    /// Marks a consumer loop as bound (its JetStream consumers exist and it
+    /// runs), and as pulling them as their owner or standing by; or as not
+    /// bound.
+    pub fn set_bound(&self, label: &str, bound: bool, owner: bool) {
+        let mut map = self.bound.lock().unwrap_or_else(|p| p.into_inner());
         if bound {
-            set.insert(label.to_owned());
+            map.insert(label.to_owned(), owner);
         } else {
-            set.remove(label);
+            map.remove(label);
         }
     }
 
@@ -56,7 +59,18 @@ impl Stats {
         self.bound
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(label)
+            .contains_key(label)
+    }
+
+    /// Whether this process pulls the consumer loop `label` now, as its
+    /// owner.
+    pub fn is_owner(&self, label: &str) -> bool {
+        self.bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(label)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Counts one restart of a child.

@@ -174,7 +174,7 @@ impl Actor for Supervisor {
             // A consumer loop that panicked never ran its `post_stop`: it is
             // not bound until its restart binds again (readiness says so).
             if let Some((_, label)) = name.rsplit_once('/') {
-                state.stats.set_bound(label, false);
+                state.stats.set_bound(label, false, false);
             }
             tracing::error!(child = %name, reason = %why, "child ended; restarting");
             state.schedule_restart(&myself, name);

@@ -385,12 +385,18 @@ fn actor_permissions(actor: Actor, own: &[ConsumerSpec]) -> Value {
             format!("$JS.API.STREAM.MSG.DELETE.{STREAM_DLQ}"),
         ],
     );
+    // Its processes' membership beats (docs/DESIGN.md, "One owner per
+    // partition"): only its own identity says who runs it.
+    let members = falcon_kernel::owner::subject(actor);
+    allow_publish(&mut p, [members.clone()]);
+    push(&mut p, ["subscribe", "allow"], [members]);
     for c in own {
         allow_publish(
             &mut p,
             [
                 format!("falcon.dlq.{}.>", c.name),
                 format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", c.stream, c.name),
+                format!("$JS.API.CONSUMER.UNPIN.{}.{}", c.stream, c.name),
                 format!("$JS.ACK.{}.{}.>", c.stream, c.name),
             ],
         );

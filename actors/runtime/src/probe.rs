@@ -79,10 +79,15 @@ impl Probe {
         }
         for label in &self.loops {
             let ok = self.stats.is_bound(label);
+            let detail = match (ok, self.stats.is_owner(label)) {
+                (false, _) => "not bound",
+                (true, true) => "bound, owner",
+                (true, false) => "bound, standby (another process owns it)",
+            };
             checks.push(Check {
                 name: format!("consumer:{label}"),
                 ok,
-                detail: if ok { "bound" } else { "not bound" }.into(),
+                detail: detail.into(),
             });
         }
         Readiness {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use falcon_kernel::actor::{Gauges, Wiring};
 use falcon_kernel::faults::Faults;
+use falcon_kernel::owner::Owners;
 use falcon_kernel::relay::{drain, Poke, RelayArgs};
 use falcon_kernel::signing::KeyRing;
 use falcon_kernel::stats::Stats;
@@ -117,6 +118,8 @@ pub struct Runtime {
     faults: Arc<Faults>,
     stores: Stores,
     instance: String,
+    /// Each actor's view of its members, with the connection it beats on.
+    members: Vec<(Arc<Owners>, async_nats::Client)>,
 }
 
 impl Runtime {
@@ -154,19 +157,11 @@ impl Runtime {
         let stores = Stores::open(settings, actors).await?;
         let stats = Arc::new(Stats::default());
         let faults = Arc::new(Faults::default());
-        let base = Wiring {
-            js: js.clone(),
-            instance: instance.clone(),
-            consumer: settings.consumer.clone(),
-            relay: settings.relay.clone(),
-            stats: stats.clone(),
-            faults: faults.clone(),
-            ring: ring.clone(),
-        };
         let mut children = Vec::new();
         let mut loops = Vec::new();
         let mut gauges: Vec<Arc<dyn Gauges>> = Vec::new();
         let mut watchers = Vec::new();
+        let mut members = Vec::new();
         for entry in REGISTRY {
             let Some(db) = stores.get(entry.actor()) else {
                 continue;
@@ -175,9 +170,16 @@ impl Runtime {
             else {
                 continue;
             };
+            let owners = Owners::new(entry.actor(), &instance);
             let wiring = Wiring {
                 js: jetstream::new(actor_client.clone()),
-                ..base.clone()
+                instance: instance.clone(),
+                consumer: settings.consumer.clone(),
+                relay: settings.relay.clone(),
+                stats: stats.clone(),
+                faults: faults.clone(),
+                ring: ring.clone(),
+                owners: owners.clone(),
             };
             let own: Vec<(String, String)> = entry
                 .consumers(&settings.consumer)
@@ -192,6 +194,7 @@ impl Runtime {
             let parts = entry.parts(settings, db)?;
             let (relay, poke) = wiring.relay(entry.actor(), db);
             children.push(relay);
+            let mut units = Vec::new();
             for l in &parts.loops {
                 // A read model publishes nothing: its loop wakes no relay.
                 let poke = match l.read_model() {
@@ -200,9 +203,13 @@ impl Runtime {
                 };
                 for (name, child) in l.children(&wiring, poke) {
                     children.push(child);
-                    loops.push(name);
+                    units.push(name);
                 }
             }
+            owners.set_units(units.clone());
+            loops.extend(units);
+            watchers.push(tokio::spawn(owners.clone().run(actor_client.clone())));
+            members.push((owners, actor_client.clone()));
             for timer in &parts.timers {
                 children.push(timer(&instance, poke.clone()));
             }
@@ -253,6 +260,7 @@ impl Runtime {
             faults,
             stores,
             instance,
+            members,
         })
     }
 
@@ -283,6 +291,11 @@ impl Runtime {
     pub async fn shutdown(self) -> usize {
         for w in &self.watchers {
             w.abort();
+        }
+        // The other processes take this one's loops now; its pins are
+        // released as each loop stops.
+        for (owners, client) in &self.members {
+            owners.leave(client).await;
         }
         self.sampler.abort();
         if let Some(chaos) = &self.chaos {

@@ -221,7 +221,7 @@ impl Settings {
         const DAY_S: u64 = 86_400;
         const DAY_MS: u64 = DAY_S * 1000;
         let (s, c, r) = (&self.streams, &self.consumer, &self.relay);
-        let checks: [(&str, u64, u64, u64); 16] = [
+        let checks: [(&str, u64, u64, u64); 17] = [
             (
                 "streams.max_age_s",
                 s.max_age_s,
@@ -261,6 +261,12 @@ impl Settings {
                 u64::from(falcon_nats::topology::MAX_PARTITIONS),
             ),
             ("consumer.ack_wait_ms", c.ack_wait_ms, 100, DAY_MS),
+            (
+                "consumer.owner_timeout_ms",
+                c.owner_timeout_ms,
+                1_000,
+                60_000,
+            ),
             (
                 "consumer.max_deliver",
                 c.max_deliver.max(0) as u64,
