@@ -364,7 +364,7 @@ mod tests {
 
     #[test]
     fn beats_from_the_wire_are_bounded_and_checked() {
-        let ok = Beat::parse(br#"{"instance":"n1-0a1b2c3d"}"#).unwrap();
+        let ok = Beat::parse(br#"{"instance":"n1-0a1b2c3d"}"#).expect("a beat");
         assert_eq!(ok.instance, "n1-0a1b2c3d");
         assert!(!ok.leaving);
         for bad in [
