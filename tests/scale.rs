@@ -3,7 +3,7 @@
 mod common;
 
 use anyhow::{ensure, Context, Result};
-use common::cli::{http_get, Running};
+use common::cli::{falcon, http_get, ok, Running};
 use common::{eventually, Backend, World};
 
 backend_tests!(
@@ -54,17 +54,7 @@ async fn publish_all_outlasts_the_clients_ack_window() -> Result<()> {
 async fn three_processes_start_at_once_on_fresh_databases(b: Backend) -> Result<()> {
     let w = World::new(b).await?;
     let dir = tempfile::tempdir()?;
-    let mut running = Vec::new();
-    let mut bases = Vec::new();
-    for i in 0..3 {
-        let port = common::nats::free_port()?;
-        bases.push(format!("http://127.0.0.1:{port}"));
-        let env = vec![
-            ("FALCON__HTTP__LISTEN", format!("127.0.0.1:{port}")),
-            ("FALCON__NODE", format!("start-{i}")),
-        ];
-        running.push(Running::spawn(&w, dir.path(), &[], &env)?);
-    }
+    let (running, bases) = processes(&w, dir.path(), "start")?;
     for (base, run) in bases.iter().zip(&running) {
         eventually(|| async {
             Ok(http_get(&format!("{base}/health/ready"))
@@ -98,6 +88,23 @@ async fn three_processes_start_at_once_on_fresh_databases(b: Backend) -> Result<
         ensure!(!stderr.contains("duplicate key"), "{stderr}");
     }
     Ok(())
+}
+
+/// Three `falcon run` processes, nodes `<node>-<i>`, each with its HTTP
+/// endpoints on a port of its own: the processes and their base URLs.
+fn processes(w: &World, dir: &std::path::Path, node: &str) -> Result<(Vec<Running>, Vec<String>)> {
+    let mut running = Vec::new();
+    let mut bases = Vec::new();
+    for i in 0..3 {
+        let port = common::nats::free_port()?;
+        bases.push(format!("http://127.0.0.1:{port}"));
+        let env = vec![
+            ("FALCON__HTTP__LISTEN", format!("127.0.0.1:{port}")),
+            ("FALCON__NODE", format!("{node}-{i}")),
+        ];
+        running.push(Running::spawn(w, dir, &[], &env)?);
+    }
+    Ok((running, bases))
 }
 
 /// The loops a process reports on `/health/ready`, each with whether it
@@ -148,17 +155,8 @@ async fn settled_owners(bases: &[&str]) -> Result<std::collections::BTreeMap<Str
 async fn a_killed_process_hands_its_loops_to_the_survivors(b: Backend) -> Result<()> {
     let w = World::new(b).await?;
     let dir = tempfile::tempdir()?;
-    let mut running = Vec::new();
-    let mut bases = Vec::new();
-    for i in 0..3 {
-        let port = common::nats::free_port()?;
-        bases.push(format!("http://127.0.0.1:{port}"));
-        let env = vec![
-            ("FALCON__HTTP__LISTEN", format!("127.0.0.1:{port}")),
-            ("FALCON__NODE", format!("own-{i}")),
-        ];
-        running.push(Running::start(&w, dir.path(), &[], &env)?);
-    }
+    ok(falcon(&w, dir.path(), &["streams", "apply"])?)?;
+    let (mut running, bases) = processes(&w, dir.path(), "own")?;
     let all: Vec<&str> = bases.iter().map(String::as_str).collect();
     let before = settled_owners(&all).await?;
     let victim = 0;
