@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A guided tour of FalconPay on one machine: a local JetStream server, the
-# payment, risk and wallet actors in one `falcon run`, SQLite databases, and
+# payment, risk, wallet and reconciliation actors in one `falcon run`, SQLite databases, and
 # the `falcon` CLI as a client.
 #
 #   scripts/demo.sh
@@ -32,7 +32,7 @@
 #      duplicate, and a payment from a wallet that client does not own
 #   4. a capture the settlement provider declines: the held funds are
 #      released (compensation) and the payment fails
-#   5. balances, saga list, two saga timelines, `falcon verify`
+#   5. balances, saga list, two saga timelines, `falcon verify`, `falcon recon`
 #   6. what operators watch: one more payment, /health/ready and a few lines
 #      of /metrics
 
@@ -143,13 +143,17 @@ export FALCON__NATS__URL=$NATS_URL
 export FALCON__PAYMENT__DATABASE_URL="sqlite://$DEMO_DIR/payment.db?mode=rwc"
 export FALCON__RISK__DATABASE_URL="sqlite://$DEMO_DIR/risk.db?mode=rwc"
 export FALCON__WALLET__DATABASE_URL="sqlite://$DEMO_DIR/wallet.db?mode=rwc"
+export FALCON__RECON__DATABASE_URL="sqlite://$DEMO_DIR/recon.db?mode=rwc"
+# Reconcile every 2 s what has been quiet for 1 s (defaults: 60 s, 300 s).
+export FALCON__RECON__INTERVAL_S=2
+export FALCON__RECON__SETTLE_S=1
 export FALCON__PROVIDER__DECLINE_BPS=0
 # /metrics and /health on a free port (the default, 9464, may be taken).
 HTTP_PORT=$(falcon_free_port)
 export FALCON__HTTP__LISTEN=127.0.0.1:$HTTP_PORT
 export FALCON__HTTP__SAMPLE_INTERVAL_MS=500
 note "FALCON__NATS__URL=$FALCON__NATS__URL"
-note "databases: $DEMO_DIR/{payment,risk,wallet}.db"
+note "databases: $DEMO_DIR/{payment,risk,wallet,recon}.db"
 
 falcon streams apply
 start_actors main
@@ -256,6 +260,10 @@ falcon saga show pay-declined
 
 section "Invariants"
 falcon verify
+
+section "Reconciliation"
+note "the wallet ledger against the payments' states (the built-in simulator keeps no settlement list, so the provider is not compared: provider none)"
+falcon recon --runs 3
 
 section "6. What operators watch"
 note "this process was restarted after section 4: its counters start at zero; one more payment, then its numbers"

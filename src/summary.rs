@@ -34,6 +34,13 @@ pub fn line(data: &EventData) -> String {
             p.amount, p.currency, p.from_wallet, p.to_wallet
         ),
         EventData::RiskApproved(r) => format!("approved (score {})", r.score),
+        EventData::ReconMismatch(m) => format!(
+            "mismatch {} of {}{}: {}",
+            m.kind,
+            m.difference_minor,
+            m.currency.map(|c| format!(" {c}")).unwrap_or_default(),
+            m.message
+        ),
         EventData::RiskRejected(r) => {
             let reasons: Vec<&str> = r.risk_reasons.iter().map(|x| x.as_str()).collect();
             format!("rejected (score {}): {}", r.score, reasons.join(", "))

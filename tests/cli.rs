@@ -29,8 +29,9 @@ async fn streams_apply_is_idempotent() -> Result<()> {
             .map(|c| c["action"].as_str().unwrap_or_default().to_owned())
             .collect()
     };
-    // Two command consumers, four event consumers per partition.
-    let consumers = 2 + 4 * w.settings.consumer.partitions as usize;
+    // Two command consumers, five event consumers per partition (payment,
+    // the saga view, risk, wallet, recon).
+    let consumers = 2 + 5 * w.settings.consumer.partitions as usize;
     assert_eq!(
         actions(&first).len(),
         3 + consumers,
@@ -54,6 +55,103 @@ async fn streams_apply_is_idempotent() -> Result<()> {
     assert_eq!(
         info.storage,
         async_nats::jetstream::stream::StorageType::File
+    );
+    Ok(())
+}
+
+/// An install provisioned before consumers had an owner (no priority group)
+/// is upgraded in place by `streams apply`: the durable keeps its place in
+/// the stream (ack floor, pending messages) and gains the `owner` group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_apply_upgrades_a_durable_made_without_an_owner() -> Result<()> {
+    use async_nats::jetstream::consumer::{self, PriorityPolicy};
+    let w = World::new(Backend::Sqlite).await?;
+    let dir = tempfile::tempdir()?;
+    let provisioning = w.connect_as("provisioning").await?;
+    let wallet = w.connect_as("wallet").await?;
+    let stream = provisioning.get_stream("FALCON_CMD").await?;
+    let pinned = stream.consumer_info("wallet-cmd").await?.config.clone();
+    assert_eq!(pinned.priority_policy, PriorityPolicy::PinnedClient);
+    // The durable as the earlier release made it.
+    let old = consumer::pull::Config {
+        durable_name: pinned.durable_name.clone(),
+        description: pinned.description.clone(),
+        ack_policy: pinned.ack_policy,
+        ack_wait: pinned.ack_wait,
+        max_deliver: pinned.max_deliver,
+        max_ack_pending: pinned.max_ack_pending,
+        filter_subject: pinned.filter_subject.clone(),
+        filter_subjects: pinned.filter_subjects.clone(),
+        ..Default::default()
+    };
+    stream.create_consumer(old).await?;
+    assert_eq!(
+        stream
+            .consumer_info("wallet-cmd")
+            .await?
+            .config
+            .priority_policy,
+        PriorityPolicy::None
+    );
+    // Five commands; the old reader handles (acks) two of them.
+    for i in 0..5 {
+        let body = format!(r#"{{"wallet_id":"upgrade-{i}","owner":"o","currency":"USD"}}"#);
+        w.client
+            .publish(
+                falcon_schemas::CommandKind::WalletOpen.subject(common::CLIENT),
+                body.into(),
+            )
+            .await?
+            .await?;
+    }
+    let reader: consumer::PullConsumer = wallet
+        .get_stream("FALCON_CMD")
+        .await?
+        .get_consumer("wallet-cmd")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut batch = reader.fetch().max_messages(2).messages().await?;
+    let mut acked = 0;
+    while let Some(m) = futures::StreamExt::next(&mut batch).await {
+        m.map_err(|e| anyhow::anyhow!("{e}"))?
+            .double_ack()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        acked += 1;
+    }
+    assert_eq!(acked, 2);
+    let before = stream.consumer_info("wallet-cmd").await?.clone();
+
+    let out = json(&ok(falcon(
+        &w,
+        dir.path(),
+        &["--json", "streams", "apply"],
+    )?)?)?;
+    let changed: Vec<String> = out
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["action"] != "unchanged")
+        .map(|c| format!("{} {}", c["name"], c["action"]))
+        .collect();
+    assert_eq!(
+        changed,
+        vec!["\"FALCON_CMD/wallet-cmd\" \"updated\"".to_owned()],
+        "{out}"
+    );
+
+    let after = stream.consumer_info("wallet-cmd").await?.clone();
+    assert_eq!(after.config.priority_policy, PriorityPolicy::PinnedClient);
+    assert_eq!(after.config.priority_groups, vec!["owner".to_owned()]);
+    assert_eq!(after.config.priority_timeout, pinned.priority_timeout);
+    assert_eq!(
+        after.ack_floor.stream_sequence,
+        before.ack_floor.stream_sequence
+    );
+    assert_eq!(after.num_pending, before.num_pending);
+    assert_eq!(
+        after.num_pending, 3,
+        "the three unhandled commands wait for the owner"
     );
     Ok(())
 }

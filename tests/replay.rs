@@ -1,5 +1,8 @@
 //! Replay: a stream range re-delivered to one actor is applied exactly
-//! once; the saga view rebuilt from FALCON_EVT alone gives the same answer.
+//! once; the saga view rebuilt from the saga history and FALCON_EVT gives
+//! the same answer; and once the stream no longer holds a saga's events,
+//! `saga show`, `saga list` and a rebuild answer from the history the
+//! payment database kept.
 
 mod common;
 
@@ -16,7 +19,8 @@ use falcon_schemas::EventType;
 
 backend_tests!(
     replayed_range_is_applied_exactly_once,
-    rebuilt_saga_view_is_the_same
+    rebuilt_saga_view_is_the_same,
+    sagas_outlive_the_stream,
 );
 
 async fn replayed_range_is_applied_exactly_once(b: Backend) -> Result<()> {
@@ -155,5 +159,75 @@ async fn rebuilt_saga_view_is_the_same(b: Backend) -> Result<()> {
         "risk had processed everything: {ranged}"
     );
     assert_eq!(view::list(&db, None, None, 100).await?, before);
+    Ok(())
+}
+
+/// The stream ages out: the same databases under a broker whose FALCON_EVT
+/// holds nothing (a fresh server, as after the retention passed). `saga
+/// show` gives each saga's whole timeline from the kept history, a rebuild
+/// of the saga view folds it back, and `saga list` answers for every saga.
+async fn sagas_outlive_the_stream(b: Backend) -> Result<()> {
+    let w = World::new(b).await?;
+    let rt = w.start().await?;
+    w.open_wallet("alice", "USD").await?;
+    w.open_wallet("bob", "USD").await?;
+    w.deposit("alice", "100.00", "USD").await?;
+    let ok_end = w.pay("ok", "alice", "bob", "10.00", "USD").await?;
+    assert_eq!(ok_end.event_type(), EventType::PaymentCompleted);
+    let poor = w.pay("poor", "alice", "bob", "500.00", "USD").await?;
+    assert_eq!(poor.event_type(), EventType::PaymentFailed);
+    w.wait_consumer_idle(STREAM_EVT, view::CONSUMER).await?;
+    let dir = tempfile::tempdir()?;
+    let live: Vec<serde_json::Value> = ["ok", "poor"]
+        .iter()
+        .map(|id| {
+            json(&ok(falcon(
+                &w,
+                dir.path(),
+                &["--json", "saga", "show", id],
+            )?)?)
+        })
+        .collect::<Result<_>>()?;
+    let live_list = json(&ok(falcon(&w, dir.path(), &["--json", "saga", "list"])?)?)?;
+    rt.shutdown().await;
+
+    let aged = common::NatsServer::start_with(common::NatsOptions {
+        auth: Some(w.keys.path().join(falcon_runtime::auth::SERVER_CONF)),
+        ..Default::default()
+    })
+    .await?;
+    let on_aged = |args: &[&str]| -> Result<std::process::Output> {
+        Ok(common::cli::command(&w, dir.path())
+            .env("FALCON__NATS__URL", aged.url())
+            .args(args)
+            .output()?)
+    };
+    ok(on_aged(&["--as", "provisioning", "streams", "apply"])?)?;
+    for (id, before) in ["ok", "poor"].iter().zip(&live) {
+        let after = json(&ok(on_aged(&["--json", "saga", "show", id])?)?)?;
+        let ids = |t: &serde_json::Value| -> Vec<serde_json::Value> {
+            t["steps"]
+                .as_array()
+                .map(|s| s.iter().map(|e| e["event_id"].clone()).collect())
+                .unwrap_or_default()
+        };
+        assert!(!ids(before).is_empty(), "{before}");
+        assert_eq!(ids(&after), ids(before), "{id}: {after}");
+        assert_eq!(after["state"], before["state"], "{id}");
+    }
+    let rebuilt = json(&ok(on_aged(&[
+        "--json",
+        "replay",
+        "--rebuild",
+        "saga-view",
+        "--force",
+    ])?)?)?;
+    assert_eq!(
+        rebuilt["sagas"],
+        live_list.as_array().map_or(0, Vec::len),
+        "{rebuilt}"
+    );
+    let list = json(&ok(on_aged(&["--json", "saga", "list"])?)?)?;
+    assert_eq!(list, live_list, "the sagas after the stream aged out");
     Ok(())
 }

@@ -8,7 +8,8 @@ use common::{eventually, Backend, World};
 
 backend_tests!(
     three_processes_start_at_once_on_fresh_databases,
-    a_killed_process_hands_its_loops_to_the_survivors
+    a_killed_process_hands_its_loops_to_the_survivors,
+    two_relays_over_one_outbox_publish_every_row
 );
 
 /// More messages than async-nats keeps acks in flight for (5,000) in one
@@ -46,6 +47,81 @@ async fn publish_all_outlasts_the_clients_ack_window() -> Result<()> {
         "{} distinct stream sequences of {n}",
         seqs.len()
     );
+    Ok(())
+}
+
+/// Two relays (two processes) drain one actor's outbox at the same time.
+/// Every row is published and marked. On PostgreSQL each relay claims the
+/// rows it publishes (`FOR UPDATE SKIP LOCKED`), so together they publish
+/// each row exactly once; on SQLite (one writer per file) a row both read
+/// may go out twice, which the broker's duplicate window absorbs.
+async fn two_relays_over_one_outbox_publish_every_row(b: Backend) -> Result<()> {
+    use falcon_kernel::relay::{drain, Poke, RelayArgs};
+    use falcon_kernel::store::outbox;
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
+
+    let postgres = matches!(b, Backend::Postgres(_));
+    let w = World::new(b).await?;
+    let stores = w.stores().await?;
+    let db = stores
+        .get(falcon_sagas::Actor::Wallet)
+        .context("the wallet's database")?
+        .clone();
+    let n: usize = 3_000;
+    let now = chrono::Utc::now();
+    let rows: Vec<outbox::ActiveModel> = (0..n)
+        .map(|i| outbox::ActiveModel {
+            event_id: Set(format!("relay-race-{i}")),
+            subject: Set(format!("falcon.evt.wallet.funds_released.relay-race-{i}")),
+            payload: Set(format!(r#"{{"race":{i}}}"#)),
+            traceparent: Set(None),
+            created_at: Set(now),
+            published_at: Set(None),
+            ..Default::default()
+        })
+        .collect();
+    for chunk in rows.chunks(500) {
+        outbox::Entity::insert_many(chunk.to_vec())
+            .exec(&db)
+            .await?;
+    }
+    // Each relay as its own process would run it: its own connection as
+    // the wallet (the only identity that may publish its events).
+    let ring = std::sync::Arc::new(w.ring()?);
+    let mut relays = Vec::new();
+    for name in ["relay-a", "relay-b"] {
+        relays.push(RelayArgs {
+            actor: falcon_sagas::Actor::Wallet,
+            ring: ring.clone(),
+            db: db.clone(),
+            js: w.connect_as("wallet").await?,
+            batch_max: 100,
+            interval: std::time::Duration::ZERO,
+            poke: Poke::new(name.into()),
+        });
+    }
+    let (a, b) = (&relays[0], &relays[1]);
+    let (pa, pb) = tokio::try_join!(drain(a), drain(b))?;
+    let unpublished = outbox::Entity::find()
+        .filter(outbox::Column::PublishedAt.is_null())
+        .count(&db)
+        .await?;
+    ensure!(unpublished == 0, "{unpublished} rows left unpublished");
+    ensure!(pa + pb >= n, "{pa} + {pb} publishes for {n} rows");
+    if postgres {
+        ensure!(
+            pa + pb == n,
+            "two relays published {pa} + {pb} times for {n} rows: a row went out twice"
+        );
+    }
+    let stored =
+        w.js.get_stream("FALCON_EVT")
+            .await?
+            .info()
+            .await?
+            .state
+            .messages;
+    ensure!(stored == n as u64, "{stored} events stored for {n} rows");
     Ok(())
 }
 
@@ -125,14 +201,24 @@ async fn loops_of(base: &str) -> Result<Vec<(String, bool)>> {
     Ok(out)
 }
 
-/// Which process (by index in `bases`) owns each loop, once every loop
+/// Which process (by index in `procs`) owns each loop, once every loop
 /// has exactly one owner among them and each of them owns at least one.
-async fn settled_owners(bases: &[&str]) -> Result<std::collections::BTreeMap<String, usize>> {
-    eventually(|| async {
+/// When that never happens, the error says what each process last
+/// reported and what their logs say about the loops they owned.
+async fn settled_owners(
+    procs: &[(&str, &Running)],
+) -> Result<std::collections::BTreeMap<String, usize>> {
+    let seen = std::sync::Mutex::new(String::new());
+    let settled = eventually(|| async {
         let mut owners: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
-        for (i, base) in bases.iter().enumerate() {
-            let Ok(loops) = loops_of(base).await else {
-                return Ok(None);
+        let mut report = String::new();
+        for (i, (base, _)) in procs.iter().enumerate() {
+            let loops = match loops_of(base).await {
+                Ok(loops) => loops,
+                Err(e) => {
+                    report.push_str(&format!("process {i}: {e:#}\n"));
+                    continue;
+                }
             };
             for (l, owns) in loops {
                 let entry = owners.entry(l).or_default();
@@ -141,12 +227,26 @@ async fn settled_owners(bases: &[&str]) -> Result<std::collections::BTreeMap<Str
                 }
             }
         }
+        report.push_str(&format!("owners: {owners:?}\n"));
+        *seen.lock().unwrap_or_else(|p| p.into_inner()) = report;
         let one_each = owners.values().all(|o| o.len() == 1);
-        let everyone = (0..bases.len()).all(|i| owners.values().any(|o| o == &[i]));
+        let everyone = (0..procs.len()).all(|i| owners.values().any(|o| o == &[i]));
         Ok((one_each && everyone).then(|| owners.into_iter().map(|(l, o)| (l, o[0])).collect()))
     })
-    .await
-    .context("the loops never had one owner each, spread over every process")
+    .await;
+    settled.with_context(|| {
+        let mut why = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (i, (_, run)) in procs.iter().enumerate() {
+            let log = run.stderr();
+            let owned: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("loops owned") || l.contains("ERROR") || l.contains("WARN"))
+                .collect();
+            let tail = owned.len().saturating_sub(12);
+            why.push_str(&format!("process {i} log:\n{}\n", owned[tail..].join("\n")));
+        }
+        format!("the loops never had one owner each, spread over every process\n{why}")
+    })
 }
 
 /// Three processes share the loops, one owner each. One is killed with
@@ -157,7 +257,7 @@ async fn a_killed_process_hands_its_loops_to_the_survivors(b: Backend) -> Result
     let dir = tempfile::tempdir()?;
     ok(falcon(&w, dir.path(), &["streams", "apply"])?)?;
     let (mut running, bases) = processes(&w, dir.path(), "own")?;
-    let all: Vec<&str> = bases.iter().map(String::as_str).collect();
+    let all: Vec<(&str, &Running)> = bases.iter().map(String::as_str).zip(&running).collect();
     let before = settled_owners(&all).await?;
     let victim = 0;
     let lost: Vec<&String> = before
@@ -185,7 +285,14 @@ async fn a_killed_process_hands_its_loops_to_the_survivors(b: Backend) -> Result
     ensure!(killed.success(), "kill -KILL {pid}");
     running[victim].child.wait().await?;
 
-    let survivors: Vec<&str> = all.iter().copied().filter(|b| *b != all[victim]).collect();
+    let survivors: Vec<(&str, &Running)> = bases
+        .iter()
+        .map(String::as_str)
+        .zip(&running)
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, p)| p)
+        .collect();
     let after = settled_owners(&survivors).await?;
     ensure!(
         after.keys().eq(before.keys()),

@@ -33,7 +33,7 @@ import sys
 
 import yaml
 
-GROUPS = ("payment", "risk", "wallet")
+GROUPS = ("payment", "risk", "wallet", "recon")
 PROVISIONING = "provisioning"
 AUTH_FILE = "nats-auth.conf"
 

@@ -26,7 +26,10 @@ Every actor Deployment:
     a port the container declares;
   * stops within terminationGracePeriodSeconds > FALCON__SHUTDOWN__GRACE_MS;
   * is covered by a PodDisruptionBudget and a HorizontalPodAutoscaler
-    (minReplicas >= 2) that select it.
+    (minReplicas >= 2, maxReplicas <= FALCON__CONSUMER__PARTITIONS: a pod
+    beyond that owns no loop) that select it; a group of FIXED_REPLICAS
+    (recon) instead by a PodDisruptionBudget and no HPA, with `replicas`
+    set, from 1 to its maximum.
 Across objects:
   * every Service selects pods and names ports they declare; the
     ServiceMonitor selects Services that have its endpoint port;
@@ -52,7 +55,13 @@ from secrets_layout import generator
 NAMESPACE = "falconpay"
 FALCON_IMAGE = re.compile(r"^falconpay/falcon:[0-9A-Za-z._-]+$")
 FALCON_UID = 10001
-GROUPS = ("payment", "risk", "wallet")
+GROUPS = ("payment", "risk", "wallet", "recon")
+# Groups that run a fixed number of replicas, at most this many, and no
+# HorizontalPodAutoscaler: the reconciliation actor reconciles in one pod
+# at a time (a lease in its database) and nothing waits for it, so one
+# replica is its default, a second one a standby for failover, and more
+# would only stand by too.
+FIXED_REPLICAS = {"recon": 2}
 PROVISIONING = "provisioning"
 
 # What generate-secrets.py writes from `falcon auth init`'s directory, and
@@ -306,10 +315,28 @@ def main(paths):
         hpas = [h for h in docs if h["kind"] == "HorizontalPodAutoscaler"
                 and h["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                                     "name": d["metadata"]["name"]}]
+        group = labels.get("app.kubernetes.io/component")
+        if group in FIXED_REPLICAS:
+            most = FIXED_REPLICAS[group]
+            if hpas:
+                problem(where(d), f"{len(hpas)} HorizontalPodAutoscalers target it; the {group} "
+                                  "group runs a fixed number of replicas")
+            n = d["spec"].get("replicas")
+            if not isinstance(n, int) or not 1 <= n <= most:
+                problem(where(d), f"replicas {n!r}: the {group} group needs it set, 1 to {most}")
+            continue
         if len(hpas) != 1:
             problem(where(d), f"{len(hpas)} HorizontalPodAutoscalers target it, expected 1")
         elif hpas[0]["spec"].get("minReplicas", 1) < 2:
             problem(where(hpas[0]), "minReplicas below 2")
+        else:
+            # Each consumer loop has one owner: a pod beyond the partitions'
+            # count owns none of an actor's event loops and only stands by.
+            partitions = int(config_value(config, "FALCON__CONSUMER__PARTITIONS") or 1)
+            most = hpas[0]["spec"].get("maxReplicas", 1)
+            if most > partitions:
+                problem(where(hpas[0]), f"maxReplicas {most} above consumer.partitions {partitions}: "
+                        "the pods beyond it would own no loop")
         if "replicas" in d["spec"] and hpas:
             problem(where(d), "sets replicas although an HPA owns the count")
 

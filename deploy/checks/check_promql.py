@@ -55,6 +55,15 @@ METRICS = {
     "falcon_stream_bytes": ("gauge", {"stream"}),
     "falcon_stream_max_bytes": ("gauge", {"stream"}),
     "falcon_events_unauthenticated_total": ("counter", {"actor"}),
+    "falcon_captures_resolved_total": ("counter", {"outcome"}),
+    "falcon_rows_pruned_total": ("counter", {"actor", "table"}),
+    # The reconciliation actor (actors/recon): mismatches opened by kind,
+    # those open after the last run, runs by outcome (ok, error), and when
+    # the last run finished (Unix seconds).
+    "falcon_recon_mismatches_total": ("counter", {"kind"}),
+    "falcon_recon_mismatches_open": ("gauge", set()),
+    "falcon_recon_runs_total": ("counter", {"outcome"}),
+    "falcon_recon_last_run_timestamp_seconds": ("gauge", set()),
 }
 
 # Labels Prometheus adds to every scraped series (target labels).

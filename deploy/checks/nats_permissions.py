@@ -63,7 +63,7 @@ import nkeys
 TIMEOUT_S = 5.0
 STREAMS = ("FALCON_CMD", "FALCON_EVT", "FALCON_DLQ")
 RECORD = ("FALCON_CMD", "FALCON_EVT")   # never deleted or purged
-ACTORS = ("payment", "risk", "wallet")
+ACTORS = ("payment", "risk", "wallet", "recon")
 PROVISIONING, TREASURY, OPERATOR = "provisioning", "treasury", "operator"
 CLIENTS = ("client", "alice")           # nkey clients
 PLAIN = "plain"                         # a password client
@@ -389,7 +389,7 @@ def prove(label, port, keys, ids, stranger, falcon, work):
 
         # --- actors ---------------------------------------------------------
         own_evt = {"payment": "payment.requested.perm-p2", "risk": "risk.approved.perm-p2",
-                   "wallet": "wallet.funds_reserved.perm-p2"}
+                   "wallet": "wallet.funds_reserved.perm-p2", "recon": "recon.mismatch.perm-p2"}
         for actor in ACTORS:
             a = c[actor]
             p.pub(a, f"falcon.evt.{own_evt[actor]}", True)

@@ -16,11 +16,12 @@ Writes, to stdout or to `-o FILE` (created owner-only), one YAML stream of
 Secrets in the namespace `falconpay` (standard library only, no kubectl):
 
   falconpay-<actor>-keys       for each actor (one `<actor>.key` in KEYS_DIR
-                               each: payment, risk, wallet): the actor's own
-                               seed `<actor>.nk` and every actor's signing
-                               key `<actor>.key` (its own signs; all verify).
-                               No other identity's seed: mounted by that
-                               actor group's pods only (40-42-*.yaml).
+                               each: payment, risk, wallet, recon): the
+                               actor's own seed `<actor>.nk` and every
+                               actor's signing key `<actor>.key` (its own
+                               signs; all verify). No other identity's seed:
+                               mounted by that actor group's pods only
+                               (40-43-*.yaml).
   falconpay-provisioning-keys  `provisioning.nk` only: the streams Job
                                (30-streams-job.yaml), `falcon streams apply`.
   falconpay-nats-auth          `nats-auth.conf`: the servers' authorization
@@ -86,6 +87,35 @@ def existing_clients(keys_dir, provisioning=PROVISIONING):
     return nkey, password
 
 
+def configured_partitions():
+    """consumer.partitions as the cluster runs it: FALCON__CONSUMER__PARTITIONS
+    in 10-config.yaml beside this script (1 when it is not set there)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "10-config.yaml")
+    try:
+        with open(path) as fh:
+            m = re.search(r'^\s*FALCON__CONSUMER__PARTITIONS:\s*"?(\d+)"?\s*$', fh.read(), re.M)
+    except OSError:
+        return 1
+    return int(m.group(1)) if m else 1
+
+
+def check_partitions(keys_dir, partitions):
+    """The permissions name each partition's durables: a nats-auth.conf made
+    for fewer partitions than the pods run would refuse their pulls."""
+    path = os.path.join(keys_dir, SERVER_CONF)
+    try:
+        with open(path) as fh:
+            conf = fh.read()
+    except OSError:
+        return  # reported as a missing file with the Secrets
+    last = f"FALCON_EVT.risk-evt-{partitions - 1}"
+    if last not in conf:
+        sys.exit(f"generate-secrets.py: {path} does not name partition {partitions - 1}'s consumers "
+                 f"(10-config.yaml sets consumer.partitions = {partitions}); run it again with --falcon BIN "
+                 f"(it passes the partitions to auth init), or `FALCON__CONSUMER__PARTITIONS={partitions} "
+                 f"falcon auth init --dir {keys_dir}`")
+
+
 def run_auth_init(falcon, keys_dir, clients, password_clients, provisioning):
     old_nkey, old_password = (existing_clients(keys_dir, provisioning)
                               if os.path.isdir(keys_dir) else ([], []))
@@ -99,8 +129,11 @@ def run_auth_init(falcon, keys_dir, clients, password_clients, provisioning):
         cmd += ["--client", c]
     for c in password:
         cmd += ["--password-client", c]
+    # The permissions name each partition's durables: the partitions the
+    # pods run with (10-config.yaml).
+    env = dict(os.environ, FALCON__CONSUMER__PARTITIONS=str(configured_partitions()))
     # Its table goes to stderr: stdout is the Secrets.
-    run = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+    run = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, env=env)
     if run.returncode != 0:
         sys.exit(f"generate-secrets.py: {' '.join(cmd)} failed (exit {run.returncode})")
 
@@ -162,6 +195,7 @@ def main():
     if not names:
         sys.exit(f"generate-secrets.py: no <actor>.key in {args.keys_dir}: not a `falcon auth init` directory")
 
+    check_partitions(args.keys_dir, configured_partitions())
     plan = layout(names, args.provisioning)
     for client in args.client_secret:
         files = [f for f in (f"{client}.nk", f"{client}.password")

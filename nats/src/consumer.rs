@@ -211,7 +211,8 @@ impl Source {
         specs: &[ConsumerSpec],
         batch_max: usize,
     ) -> Result<Source, Error> {
-        consumers_of(js, specs).await?;
+        // `bind` checks that the consumers exist; an unpin of a missing one
+        // only fails quietly.
         for spec in specs {
             if let Err(e) = unpin(js, spec.stream, &spec.name).await {
                 tracing::debug!(consumer = %spec.name, error = %e, "unpinning before taking over");

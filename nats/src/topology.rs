@@ -12,9 +12,10 @@ use crate::Error;
 /// Settings shared by the three streams.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamSettings {
-    /// How long messages are kept (retention by limits, so replay stays
-    /// possible). Default 7 days.
-    pub max_age: Duration,
+    /// How long each stream keeps its messages (retention by limits, so
+    /// replay stays possible): FALCON_CMD, FALCON_EVT, FALCON_DLQ. Default
+    /// 7 days each.
+    pub max_age: [Duration; 3],
     /// JetStream drops a message whose `Nats-Msg-Id` it saw within this
     /// window. Default 2 minutes (the contract's minimum).
     pub duplicate_window: Duration,
@@ -32,7 +33,7 @@ pub struct StreamSettings {
 impl Default for StreamSettings {
     fn default() -> Self {
         StreamSettings {
-            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_age: [Duration::from_secs(7 * 24 * 3600); 3],
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
             max_bytes: [1 << 30, 4 << 30, 256 << 20],
@@ -202,29 +203,31 @@ pub fn stream_configs(settings: &StreamSettings) -> Vec<stream::Config> {
         ),
     ]
     .into_iter()
-    .zip(settings.max_bytes)
-    .map(|((name, subject, description), max_bytes)| stream::Config {
-        name: name.to_owned(),
-        subjects: vec![subject.to_owned()],
-        subject_transform: (name == STREAM_EVT).then(|| {
-            partition_transform(subject.trim_end_matches(".>"), settings.partitions.max(1))
-        }),
-        description: Some(description.to_owned()),
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        max_age: settings.max_age,
-        duplicate_window: settings.duplicate_window,
-        num_replicas: settings.replicas,
-        allow_direct: true,
-        max_bytes,
-        discard: stream::DiscardPolicy::New,
-        // Commands and events are the record: no identity may delete or
-        // purge them through the API (dead letters may be purged once
-        // handled).
-        deny_delete: name != STREAM_DLQ,
-        deny_purge: name != STREAM_DLQ,
-        ..Default::default()
-    })
+    .zip(settings.max_bytes.into_iter().zip(settings.max_age))
+    .map(
+        |((name, subject, description), (max_bytes, max_age))| stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subject.to_owned()],
+            subject_transform: (name == STREAM_EVT).then(|| {
+                partition_transform(subject.trim_end_matches(".>"), settings.partitions.max(1))
+            }),
+            description: Some(description.to_owned()),
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age,
+            duplicate_window: settings.duplicate_window,
+            num_replicas: settings.replicas,
+            allow_direct: true,
+            max_bytes,
+            discard: stream::DiscardPolicy::New,
+            // Commands and events are the record: no identity may delete or
+            // purge them through the API (dead letters may be purged once
+            // handled).
+            deny_delete: name != STREAM_DLQ,
+            deny_purge: name != STREAM_DLQ,
+            ..Default::default()
+        },
+    )
     .collect()
 }
 

@@ -5,22 +5,26 @@ use std::time::Duration;
 
 use falcon_schemas::EventType;
 
-/// The actors that take saga steps.
+/// FalconPay's actors: the three that take saga steps, and the
+/// reconciliation actor, which takes none (it reads what they publish and
+/// the provider's settlements, and publishes the mismatches it finds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Actor {
     Payment,
     Risk,
     Wallet,
+    Recon,
 }
 
 impl Actor {
-    pub const ALL: [Actor; 3] = [Actor::Payment, Actor::Risk, Actor::Wallet];
+    pub const ALL: [Actor; 4] = [Actor::Payment, Actor::Risk, Actor::Wallet, Actor::Recon];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             Actor::Payment => "payment",
             Actor::Risk => "risk",
             Actor::Wallet => "wallet",
+            Actor::Recon => "recon",
         }
     }
 

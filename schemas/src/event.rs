@@ -85,6 +85,100 @@ pub struct PaymentFailedData {
     pub compensated: bool,
 }
 
+/// What a reconciliation found disagreeing for one payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MismatchKind {
+    /// A completed payment with no standing charge at the provider.
+    ProviderMissing,
+    /// A standing charge at the provider for a payment that failed, or
+    /// that FalconPay never completed.
+    ProviderUnexpected,
+    /// The provider charged another amount or currency than the payment's.
+    ProviderAmount,
+    /// A completed payment whose transfer the wallet ledger does not hold.
+    WalletMissing,
+    /// A transfer in the wallet ledger for a payment that failed, or that
+    /// FalconPay never completed.
+    WalletUnexpected,
+    /// The wallet moved another amount than the payment's.
+    WalletAmount,
+    /// The refunds the payment records and those the wallet moved differ.
+    RefundDiffers,
+}
+
+impl MismatchKind {
+    pub const ALL: [MismatchKind; 7] = [
+        MismatchKind::ProviderMissing,
+        MismatchKind::ProviderUnexpected,
+        MismatchKind::ProviderAmount,
+        MismatchKind::WalletMissing,
+        MismatchKind::WalletUnexpected,
+        MismatchKind::WalletAmount,
+        MismatchKind::RefundDiffers,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MismatchKind::ProviderMissing => "provider_missing",
+            MismatchKind::ProviderUnexpected => "provider_unexpected",
+            MismatchKind::ProviderAmount => "provider_amount",
+            MismatchKind::WalletMissing => "wallet_missing",
+            MismatchKind::WalletUnexpected => "wallet_unexpected",
+            MismatchKind::WalletAmount => "wallet_amount",
+            MismatchKind::RefundDiffers => "refund_differs",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MismatchKind> {
+        MismatchKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for MismatchKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `recon.mismatch`: the wallet ledger, the payment's state and the
+/// provider's settlement disagree for one payment. Amounts are in minor
+/// units of `currency`; a source that holds nothing is null.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MismatchData {
+    /// The payment id; for a provider record whose key is no payment id,
+    /// `provider-<seq>` (the record's sequence at the provider).
+    pub key: String,
+    pub kind: MismatchKind,
+    /// The payment's currency, or the provider's when only it knows one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<Currency>,
+    /// `completed`, `failed`, or null when no outcome of the payment was
+    /// seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_state: Option<String>,
+    /// The payment's amount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_minor: Option<i64>,
+    /// What the wallet ledger moved for the payment (or, for
+    /// `refund_differs`, refunded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallet_minor: Option<i64>,
+    /// The provider's record: `charged`, `declined`, `voided`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<String>,
+    /// What the provider's record is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_minor: Option<i64>,
+    /// How much money the sources are apart, at least 0.
+    pub difference_minor: i64,
+    pub message: String,
+    /// What the actor did about it: `voided` (a standing charge for a
+    /// failed payment, voided at the provider); null for nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+}
+
 /// A refund saga event. `from_wallet` and `to_wallet` are the original
 /// payment's: the refund moves `amount` from `to_wallet` back to `from_wallet`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +324,7 @@ events! {
     FundsReleased => ("wallet", "funds_released", FailureData),
     RefundCommitted => ("wallet", "refund_committed", RefundData),
     RefundDeclined => ("wallet", "refund_declined", RefundFailureData),
+    ReconMismatch => ("recon", "mismatch", MismatchData),
 }
 
 impl EventData {
@@ -252,6 +347,7 @@ impl EventData {
             PaymentRejected(d) | WalletRejected(d) => &d.key,
             WalletOpened(d) => &d.wallet_id,
             WalletDeposited(d) => &d.wallet_id,
+            ReconMismatch(d) => &d.key,
         }
     }
 
@@ -413,7 +509,7 @@ mod tests {
             EventType::FundsReserved.type_str(),
             "falcon.wallet.funds_reserved.v1"
         );
-        assert_eq!(EventType::ALL.len(), 20);
+        assert_eq!(EventType::ALL.len(), 21);
     }
 
     #[test]

@@ -70,6 +70,7 @@ const FILES: &[(&str, &str)] = embed![
     "evt.wallet.funds_released.json",
     "evt.wallet.refund_committed.json",
     "evt.wallet.refund_declined.json",
+    "evt.recon.mismatch.json",
 ];
 
 /// Every schema file as `(file name, text)`: the four command schemas,

@@ -31,7 +31,17 @@
 #   --short          a small run (150 payments, a few faults, 15-30 s)
 #   --payments N     payments to drive (default 150 short, 2000 full)
 #   --rate R         new payments per second (default 15 short, 50 full)
-#   --keep           keep the temporary directory
+#   --keep           keep the temporary directory (and the PostgreSQL
+#                    databases of --db postgres)
+#   --db sqlite|postgres
+#                    SQLite files in the temporary directory (default), or
+#                    fresh PostgreSQL databases on FALCON_PG_HOST:FALCON_PG_PORT
+#                    (default 127.0.0.1:5432, user postgres, trust auth),
+#                    dropped at the end
+#   --partitions N   consumer.partitions of every process (default: the
+#                    setting's, 1; FALCON__CONSUMER__PARTITIONS also works)
+#   --processes N    `falcon run` processes at once (scenario 5 only;
+#                    default 2)
 #
 # Environment: FALCON_BIN (a built falcon; otherwise `cargo build --release`),
 # FALCON_NATS_SERVER, CARGO_TARGET_DIR (see scripts/lib.sh),
@@ -64,7 +74,8 @@ chaos_init() {
     shift
     CHAOS_SHORT=0
     CHAOS_KEEP=0
-    local payments='' rate=''
+    local payments='' rate='' db=sqlite partitions=''
+    CHAOS_PROCESSES=2
     while (($#)); do
         case $1 in
         --short) CHAOS_SHORT=1 ;;
@@ -73,6 +84,12 @@ chaos_init() {
         --rate) rate=${2:?--rate R}; shift ;;
         --rate=*) rate=${1#*=} ;;
         --keep) CHAOS_KEEP=1 ;;
+        --db) db=${2:?--db sqlite|postgres}; shift ;;
+        --db=*) db=${1#*=} ;;
+        --partitions) partitions=${2:?--partitions N}; shift ;;
+        --partitions=*) partitions=${1#*=} ;;
+        --processes) CHAOS_PROCESSES=${2:?--processes N}; shift ;;
+        --processes=*) CHAOS_PROCESSES=${1#*=} ;;
         -h | --help) chaos__usage; exit 0 ;;
         *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
         esac
@@ -86,6 +103,12 @@ chaos_init() {
         CHAOS_SETTLE_S=${FALCON_CHAOS_SETTLE_S:-240}
     fi
     [[ $CHAOS_PAYMENTS =~ ^[1-9][0-9]*$ ]] || { echo "--payments: a positive integer" >&2; exit 2; }
+    [[ $db == sqlite || $db == postgres ]] || { echo "--db: sqlite or postgres" >&2; exit 2; }
+    [[ -z $partitions || $partitions =~ ^[1-9][0-9]*$ ]] || { echo "--partitions: a positive integer" >&2; exit 2; }
+    [[ $CHAOS_PROCESSES =~ ^[2-9]$ ]] || { echo "--processes: 2 to 9" >&2; exit 2; }
+    CHAOS_DB=$db
+    [[ -z $partitions ]] || export FALCON__CONSUMER__PARTITIONS=$partitions
+    CHAOS_EXTRA+=("db=$db" "partitions=${FALCON__CONSUMER__PARTITIONS:-1}")
     CHAOS_MODE=$([[ $CHAOS_SHORT == 1 ]] && echo short || echo full)
     # Seconds the load takes at the chosen rate: the chaos is spread over it.
     # Unpaced (--rate 0) the publishing is over in a moment and the actors
@@ -106,9 +129,19 @@ chaos_init() {
 
     mkdir -p "$CHAOS_WORK/db"
     export NO_COLOR=1
-    export FALCON__PAYMENT__DATABASE_URL="sqlite://$CHAOS_WORK/db/payment.db?mode=rwc"
-    export FALCON__RISK__DATABASE_URL="sqlite://$CHAOS_WORK/db/risk.db?mode=rwc"
-    export FALCON__WALLET__DATABASE_URL="sqlite://$CHAOS_WORK/db/wallet.db?mode=rwc"
+    local a name
+    for a in payment risk wallet recon; do
+        if [[ $db == postgres ]]; then
+            falcon_ensure_postgres || chaos_fail "--db postgres: PostgreSQL is not reachable"
+            name="falcon_chaos_${a}_$(date +%s)_$$"
+            psql -q "$FALCON_PG_URL" -c "CREATE DATABASE $name" || chaos_fail "creating database $name"
+            ((CHAOS_KEEP)) ||
+                falcon_on_exit "psql -q $(printf '%q' "$FALCON_PG_URL") -c 'DROP DATABASE IF EXISTS $name WITH (FORCE)' >/dev/null 2>&1 || true"
+            export "FALCON__${a^^}__DATABASE_URL=${FALCON_PG_URL%/*}/$name"
+        else
+            export "FALCON__${a^^}__DATABASE_URL=sqlite://$CHAOS_WORK/db/$a.db?mode=rwc"
+        fi
+    done
     export FALCON__CHAOS__ENABLED=true
     # No HTTP endpoint: several `falcon run` may share this machine.
     export FALCON__HTTP__LISTEN=${FALCON__HTTP__LISTEN-}

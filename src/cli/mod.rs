@@ -10,6 +10,7 @@ mod config;
 mod dlq;
 mod doctor;
 mod pay;
+mod recon;
 mod refund;
 mod replay;
 mod run;
@@ -89,6 +90,8 @@ pub enum Verb {
     Doctor(doctor::DoctorArgs),
     /// Check the money invariants; non-zero exit when one fails.
     Verify(verify::VerifyArgs),
+    /// The reconciliation actor's last runs and its open mismatches.
+    Recon(recon::ReconArgs),
     /// The effective configuration.
     #[command(subcommand)]
     Config(config::ConfigVerb),
@@ -145,6 +148,7 @@ pub async fn dispatch(cli: Cli, settings: &Settings) -> Result<ExitCode> {
         Verb::Chaos(verb) => chaos::run(settings, verb, json).await,
         Verb::Doctor(args) => doctor::run(settings, args, json).await,
         Verb::Verify(args) => verify::run(settings, args, json).await,
+        Verb::Recon(args) => recon::run(settings, args, json).await,
         Verb::Config(verb) => config::run(settings, verb, json),
         // The bench alone needs the --config path: the `falcon run` it may
         // spawn must read the same file.

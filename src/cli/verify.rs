@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
+use falcon_kernel::verify::LISTED_PER_KIND_MAX;
 use falcon_runtime::runtime::Stores;
 use falcon_runtime::{invariants, Settings};
 
@@ -41,6 +42,9 @@ pub async fn run(settings: &Settings, _args: VerifyArgs, json: bool) -> Result<E
                 v.invariant, v.code, v.detail
             );
         }
+        for (code, n) in &report.unlisted {
+            println!("VIOLATION {code}: {n} more not listed (the first {LISTED_PER_KIND_MAX} are)");
+        }
         println!(
             "{}",
             if report.ok() {
@@ -53,10 +57,7 @@ pub async fn run(settings: &Settings, _args: VerifyArgs, json: bool) -> Result<E
     if report.ok() {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!(
-            "falcon: {} money invariant violation(s)",
-            report.violations.len()
-        );
+        eprintln!("falcon: {} money invariant violation(s)", report.found());
         Ok(ExitCode::FAILURE)
     }
 }

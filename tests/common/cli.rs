@@ -30,6 +30,10 @@ pub fn command(w: &World, dir: &std::path::Path) -> Command {
             "FALCON__WALLET__DATABASE_URL",
             &w.settings.wallet.database_url,
         )
+        .env(
+            "FALCON__RECON__DATABASE_URL",
+            &w.settings.recon.database_url,
+        )
         .env_remove("RUST_LOG")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env("FALCON__HTTP__LISTEN", "")

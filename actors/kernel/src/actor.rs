@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::faults::Faults;
 use crate::handler::Handler;
 use crate::relay::{Poke, Relay, RelayArgs};
-use crate::settings::{ConsumerSettings, RelaySettings, Retry};
+use crate::settings::{ConsumerSettings, RelaySettings, RetentionSettings, Retry};
 use crate::signing::KeyRing;
 use crate::stats::Stats;
 use crate::supervisor::ChildSpec;
@@ -136,6 +136,10 @@ pub trait Loop: Send + Sync {
     ) -> BoxFuture<'a, Vec<Disposition>>;
     /// Empties its read model before a rebuild.
     fn reset(&self) -> BoxFuture<'_, Result<(), DbErr>>;
+    /// Folds what its actor kept of the stream back into its read model,
+    /// after the reset and before the stream is replayed; the events
+    /// folded.
+    fn restore(&self) -> BoxFuture<'_, Result<u64, DbErr>>;
     /// Rows its read model holds.
     fn rows(&self) -> BoxFuture<'_, Result<u64, DbErr>>;
     /// Its consumer loops as supervised children, one per partition: named
@@ -194,6 +198,10 @@ impl<H: Handler> Loop for LoopOf<H> {
         Box::pin(self.handler.reset())
     }
 
+    fn restore(&self) -> BoxFuture<'_, Result<u64, DbErr>> {
+        Box::pin(self.handler.restore())
+    }
+
     fn rows(&self) -> BoxFuture<'_, Result<u64, DbErr>> {
         Box::pin(self.handler.rows())
     }
@@ -246,6 +254,7 @@ pub struct Wiring {
     pub instance: String,
     pub consumer: ConsumerSettings,
     pub relay: RelaySettings,
+    pub retention: RetentionSettings,
     pub stats: Arc<Stats>,
     pub faults: Arc<Faults>,
     /// The keys events are signed and checked with.
@@ -285,5 +294,20 @@ impl Wiring {
             },
         );
         (spec, poke)
+    }
+
+    /// The pruner of `actor`'s database (its inbox and outbox rows past
+    /// their retention).
+    pub fn pruner(&self, actor: Actor, db: &DatabaseConnection) -> ChildSpec {
+        let (db, retention) = (db.clone(), self.retention.clone());
+        ChildSpec::new(
+            self.child_name(&format!("{}-pruner", actor.as_str())),
+            || crate::prune::Pruner,
+            move || crate::prune::PrunerArgs {
+                actor,
+                db: db.clone(),
+                retention: retention.clone(),
+            },
+        )
     }
 }

@@ -46,6 +46,13 @@ pub trait Handler: Send + Sync + 'static {
         async { Ok(()) }
     }
 
+    /// A read model's history kept by its actor beyond the stream's
+    /// retention, folded back in after [`Handler::reset`] and before the
+    /// stream is replayed; returns the events folded. By default none.
+    fn restore(&self) -> impl Future<Output = Result<u64, DbErr>> + Send {
+        async { Ok(0) }
+    }
+
     /// How many rows a read model holds.
     fn rows(&self) -> impl Future<Output = Result<u64, DbErr>> + Send {
         async { Ok(0) }

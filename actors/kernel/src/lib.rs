@@ -19,6 +19,7 @@
 //! - [`consumer`]: the consumer loop as a ractor actor;
 //! - [`owner`]: one owner per consumer loop, spread over the processes;
 //! - [`relay`]: the outbox relay as a ractor actor;
+//! - [`prune`]: the pruner of inbox and outbox rows past their retention;
 //! - [`supervisor`]: the root supervisor and its restart policy;
 //! - [`store`]: connecting, the SQLite write gate, inbox, outbox, bulk SQL,
 //!   migration helpers;
@@ -36,10 +37,12 @@
 pub mod actor;
 pub mod batch;
 pub mod consumer;
+pub mod endpoint;
 pub mod error;
 pub mod faults;
 pub mod handler;
 pub mod owner;
+pub mod prune;
 pub mod relay;
 pub mod settings;
 pub mod signing;

@@ -18,8 +18,11 @@ use chrono::Utc;
 use falcon_nats::publish::publish_all;
 use falcon_nats::OutMsg;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::sea_query::{Expr, LockBehavior, LockType};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
 
 use crate::signing::KeyRing;
 use crate::store::{outbox, write_gate};
@@ -105,72 +108,101 @@ impl Actor for Relay {
 
 /// Publishes unpublished rows, oldest first, until none are left or a
 /// publish fails (the next run retries).
+///
+/// On PostgreSQL several processes run a relay over one outbox: each claims
+/// the rows it publishes (`FOR UPDATE SKIP LOCKED`, in a transaction that
+/// ends with their mark), so two relays never publish the same rows at
+/// once and neither waits for the other. A claim ends with its transaction:
+/// rows a crashed relay had claimed are claimed again by the next. SQLite
+/// has one writer per file, and its relay reads and marks without a claim.
 pub async fn drain(s: &RelayArgs) -> Result<usize, sea_orm::DbErr> {
     let mut total = 0;
     loop {
-        let rows = outbox::Entity::find()
-            .filter(outbox::Column::PublishedAt.is_null())
-            .filter(outbox::Column::SetAside.is_null())
-            .order_by_asc(outbox::Column::Id)
-            .limit(s.batch_max)
-            .all(&s.db)
-            .await?;
-        if rows.is_empty() {
-            return Ok(total);
-        }
-        // Rows that can never be published are set aside, so the rest
-        // flows: unsignable ones here, too large ones once the server says.
-        let mut aside = Vec::new();
-        let mut sendable = Vec::with_capacity(rows.len());
-        let mut msgs = Vec::with_capacity(rows.len());
-        for r in &rows {
-            match s.ring.sign(s.actor, &r.subject, r.payload.as_bytes()) {
-                Ok(payload) => {
-                    sendable.push(r);
-                    msgs.push(OutMsg {
-                        subject: r.subject.clone(),
-                        msg_id: r.event_id.clone(),
-                        traceparent: r.traceparent.clone(),
-                        payload: Bytes::from(payload),
-                    });
-                }
-                Err(e) => aside.push((r.id, format!("cannot be signed: {e}"))),
-            }
-        }
-        let results = publish_all(&s.js, &msgs).await;
-        let mut published = Vec::with_capacity(rows.len());
-        let mut failed = None;
-        for (row, result) in sendable.iter().zip(results) {
-            match result {
-                Ok(_) => published.push(row.id),
-                Err(e) => match falcon_nats::publish::never_publishable(&e) {
-                    Some(why) => aside.push((row.id, why)),
-                    None => {
-                        failed.get_or_insert(e);
-                    }
-                },
-            }
-        }
-        set_aside(s, &rows, aside).await?;
-        if !published.is_empty() {
-            total += published.len();
-            metrics::counter!(names::RELAY_PUBLISHED, "actor" => s.actor.as_str())
-                .increment(published.len() as u64);
-            let _turn = write_gate(&s.db).await;
-            outbox::Entity::update_many()
-                .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
-                .filter(outbox::Column::Id.is_in(published))
-                .exec(&s.db)
-                .await?;
-        }
-        if let Some(e) = failed {
-            tracing::warn!(actor = s.actor.as_str(), error = %e, "outbox publish failed; will retry");
-            return Ok(total);
-        }
-        if u64::try_from(rows.len()).unwrap_or(u64::MAX) < s.batch_max {
+        let (published, more) = if s.db.get_database_backend() == DbBackend::Postgres {
+            let txn = s.db.begin().await?;
+            let done = drain_batch(s, &txn, true).await?;
+            txn.commit().await?;
+            done
+        } else {
+            drain_batch(s, &s.db, false).await?
+        };
+        total += published;
+        if !more {
             return Ok(total);
         }
     }
+}
+
+/// One batch of [`drain`] on `conn`: the rows it published, and whether
+/// another batch may be waiting.
+async fn drain_batch(
+    s: &RelayArgs,
+    conn: &impl ConnectionTrait,
+    claim: bool,
+) -> Result<(usize, bool), sea_orm::DbErr> {
+    let mut query = outbox::Entity::find()
+        .filter(outbox::Column::PublishedAt.is_null())
+        .filter(outbox::Column::SetAside.is_null())
+        .order_by_asc(outbox::Column::Id)
+        .limit(s.batch_max);
+    if claim {
+        query = query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+    }
+    let rows = query.all(conn).await?;
+    if rows.is_empty() {
+        return Ok((0, false));
+    }
+    // Rows that can never be published are set aside, so the rest
+    // flows: unsignable ones here, too large ones once the server says.
+    let mut aside = Vec::new();
+    let mut sendable = Vec::with_capacity(rows.len());
+    let mut msgs = Vec::with_capacity(rows.len());
+    for r in &rows {
+        match s.ring.sign(s.actor, &r.subject, r.payload.as_bytes()) {
+            Ok(payload) => {
+                sendable.push(r);
+                msgs.push(OutMsg {
+                    subject: r.subject.clone(),
+                    msg_id: r.event_id.clone(),
+                    traceparent: r.traceparent.clone(),
+                    payload: Bytes::from(payload),
+                });
+            }
+            Err(e) => aside.push((r.id, format!("cannot be signed: {e}"))),
+        }
+    }
+    let results = publish_all(&s.js, &msgs).await;
+    let mut published = Vec::with_capacity(rows.len());
+    let mut failed = None;
+    for (row, result) in sendable.iter().zip(results) {
+        match result {
+            Ok(_) => published.push(row.id),
+            Err(e) => match falcon_nats::publish::never_publishable(&e) {
+                Some(why) => aside.push((row.id, why)),
+                None => {
+                    failed.get_or_insert(e);
+                }
+            },
+        }
+    }
+    set_aside(s, conn, &rows, aside).await?;
+    let count = published.len();
+    if !published.is_empty() {
+        metrics::counter!(names::RELAY_PUBLISHED, "actor" => s.actor.as_str())
+            .increment(count as u64);
+        let _turn = write_gate(&s.db).await;
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::PublishedAt, Expr::value(Utc::now()))
+            .filter(outbox::Column::Id.is_in(published))
+            .exec(conn)
+            .await?;
+    }
+    if let Some(e) = failed {
+        tracing::warn!(actor = s.actor.as_str(), error = %e, "outbox publish failed; will retry");
+        return Ok((count, false));
+    }
+    let full = u64::try_from(rows.len()).unwrap_or(u64::MAX) >= s.batch_max;
+    Ok((count, full))
 }
 
 /// Marks rows that can never be published, with why; counted and logged
@@ -178,6 +210,7 @@ pub async fn drain(s: &RelayArgs) -> Result<usize, sea_orm::DbErr> {
 /// verify` until an operator deals with them.
 async fn set_aside(
     s: &RelayArgs,
+    conn: &impl ConnectionTrait,
     rows: &[outbox::Model],
     aside: Vec<(i64, String)>,
 ) -> Result<(), sea_orm::DbErr> {
@@ -193,7 +226,7 @@ async fn set_aside(
         outbox::Entity::update_many()
             .col_expr(outbox::Column::SetAside, Expr::value(why))
             .filter(outbox::Column::Id.eq(id))
-            .exec(&s.db)
+            .exec(conn)
             .await?;
     }
     Ok(())

@@ -98,6 +98,37 @@ impl Default for RelaySettings {
     }
 }
 
+/// How long inbox and outbox rows are kept (docs/DESIGN.md, "Data that
+/// lasts"): the `[retention]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// A processed message's inbox row is deleted this long after, in
+    /// seconds; a copy of the message arriving later is caught by its
+    /// business key instead. At least `streams.duplicate_window_s` and an
+    /// hour; 0 keeps the rows for ever. Default 86400 (a day).
+    pub inbox_keep_s: u64,
+    /// A published outbox row is deleted this long after publication, in
+    /// seconds (unpublished and set-aside rows are kept). 0 keeps them for
+    /// ever. Default 3600.
+    pub outbox_keep_s: u64,
+    /// How often each database is pruned, in seconds. Default 60.
+    pub interval_s: u64,
+    /// Rows deleted per statement, at most. Default 5000.
+    pub batch_max: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            inbox_keep_s: 86_400,
+            outbox_keep_s: 3_600,
+            interval_s: 60,
+            batch_max: 5_000,
+        }
+    }
+}
+
 /// How SQLite databases are opened (PostgreSQL ignores this).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

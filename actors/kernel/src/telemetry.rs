@@ -76,6 +76,21 @@ pub mod names {
     pub const RELAY_PUBLISHED: &str = "falcon_relay_published_total";
     /// Counter: actors restarted by the supervisor.
     pub const ACTOR_RESTARTS: &str = "falcon_actor_restarts_total";
+    /// Counter `{actor, table}`: inbox and outbox rows pruned past their
+    /// retention.
+    pub const ROWS_PRUNED: &str = "falcon_rows_pruned_total";
+    /// Counter `{outcome}`: captures in doubt resolved by closing their key
+    /// at the provider (`charged`: it had charged, completed; `declined`;
+    /// `closed`: never charged, compensated).
+    pub const CAPTURES_RESOLVED: &str = "falcon_captures_resolved_total";
+    /// Counter `{kind}`: mismatches the reconciliation actor opened.
+    pub const RECON_MISMATCHES: &str = "falcon_recon_mismatches_total";
+    /// Gauge: mismatches open after the last reconciliation run.
+    pub const RECON_OPEN: &str = "falcon_recon_mismatches_open";
+    /// Counter `{outcome}` (`ok`, `error`): reconciliation runs.
+    pub const RECON_RUNS: &str = "falcon_recon_runs_total";
+    /// Gauge: when the last reconciliation run finished, in Unix seconds.
+    pub const RECON_LAST_RUN: &str = "falcon_recon_last_run_timestamp_seconds";
 }
 
 /// A payment saga reaching its end, recorded once its step has committed.

@@ -39,7 +39,7 @@ impl Fresh {
             None => {
                 let dir = tempfile::tempdir().expect("a temporary directory");
                 let url = format!("sqlite://{}/{actor}.db?mode=rwc", dir.path().display());
-                let db = crate::store::connect(&url, &SqliteSettings::default())
+                let db = crate::store::connect(&url, &SqliteSettings::default(), 8)
                     .await
                     .expect("a SQLite file");
                 Fresh {
@@ -58,10 +58,13 @@ impl Fresh {
                 conn.execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
                     .await
                     .expect("a database of its own");
-                let db =
-                    crate::store::connect(&with_database(admin, &name), &SqliteSettings::default())
-                        .await
-                        .expect("the new database");
+                let db = crate::store::connect(
+                    &with_database(admin, &name),
+                    &SqliteSettings::default(),
+                    8,
+                )
+                .await
+                .expect("the new database");
                 Fresh {
                     db,
                     backend: "postgres",

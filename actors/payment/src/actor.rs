@@ -17,7 +17,7 @@ use falcon_sagas::{Actor, State};
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
 
 use crate::entity::{payment, refund};
-use crate::provider::{Resilient, Simulator};
+use crate::provider::{HttpProvider, Resilient, SettlementProvider, Simulator};
 use crate::settings::PaymentConfig;
 use crate::view::SagaView;
 use crate::{deadline, view, Payment, RefundState};
@@ -54,15 +54,16 @@ impl ActorDef for PaymentActor {
         db: &DatabaseConnection,
         consumer: &ConsumerSettings,
     ) -> Result<Parts, Error> {
-        let handler = handler(settings, db.clone());
+        let handler = handler(settings, db.clone())?;
         let gauges = Arc::new(PaymentGauges {
             provider: handler.provider().clone(),
             db: db.clone(),
             stuck_after: Duration::from_secs(settings.saga.stuck_after_s),
         });
         let (db, saga) = (db.clone(), settings.saga.clone());
+        let provider = handler.provider().clone();
         let sweeper: Timer = Box::new(move |instance, poke| {
-            let (db, saga) = (db.clone(), saga.clone());
+            let (db, saga, provider) = (db.clone(), saga.clone(), provider.clone());
             ChildSpec::new(
                 format!("{instance}/payment-deadlines"),
                 || deadline::Sweeper,
@@ -71,6 +72,8 @@ impl ActorDef for PaymentActor {
                     interval: Duration::from_millis(saga.sweep_interval_ms),
                     batch_max: saga.sweep_batch_max,
                     poke: poke.clone(),
+                    provider: provider.clone(),
+                    doubt: Duration::from_secs(saga.capture_doubt_s),
                 },
             )
         });
@@ -104,14 +107,26 @@ impl ActorDef for PaymentActor {
     }
 }
 
-/// The payment actor's steps: the provider simulator behind retry and a
-/// circuit breaker, the saga deadline from config.
-pub fn handler(settings: &PaymentConfig, db: DatabaseConnection) -> Payment {
-    let provider = Arc::new(Resilient::new(
-        Arc::new(Simulator::new(&settings.provider)),
-        &settings.provider,
-    ));
-    Payment::new(db, provider, Duration::from_secs(settings.saga.deadline_s))
+/// The payment actor's steps: the provider (at `provider.url`, or the
+/// simulator) behind retry and a circuit breaker, the saga deadline from
+/// config.
+pub fn handler(settings: &PaymentConfig, db: DatabaseConnection) -> Result<Payment, Error> {
+    let p = &settings.provider;
+    let port: Arc<dyn SettlementProvider> = if p.url.is_empty() {
+        Arc::new(Simulator::new(p))
+    } else {
+        let key = p.api_key().map_err(Error::Config)?;
+        Arc::new(
+            HttpProvider::new(&p.url, key, Duration::from_millis(p.timeout_ms))
+                .map_err(Error::Config)?,
+        )
+    };
+    let provider = Arc::new(Resilient::new(port, p));
+    Ok(Payment::new(
+        db,
+        provider,
+        Duration::from_secs(settings.saga.deadline_s),
+    ))
 }
 
 /// The breaker's state and the sagas stuck past `saga.stuck_after_s`.

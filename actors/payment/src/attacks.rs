@@ -30,7 +30,9 @@ use sea_orm_migration::MigratorTrait;
 
 use self::backend::{backends, empty, migrated, Fresh};
 use crate::entity::{payment, refund, RefundState};
-use crate::provider::{CaptureRequest, ProviderError, Resilient, Settlement, SettlementProvider};
+use crate::provider::{
+    CaptureRequest, Held, ProviderError, Resilient, Settlement, SettlementProvider,
+};
 use crate::settings::ProviderSettings;
 use crate::testing::{insert_p1, p1, row_of, PRINCIPAL};
 use crate::{Payment, SOURCE};
@@ -46,6 +48,13 @@ impl SettlementProvider for Counting {
         Ok(Settlement {
             settlement_id: format!("s-{}", request.payment_id),
         })
+    }
+    async fn lookup(&self, _key: &str) -> Result<Option<Held>, ProviderError> {
+        Ok(None)
+    }
+
+    async fn close(&self, _request: &CaptureRequest) -> Result<Held, ProviderError> {
+        Ok(Held::Voided)
     }
 }
 
@@ -255,6 +264,157 @@ async fn a_funds_reserved_that_disagrees_with_the_payment_is_poison() {
         }
         assert_eq!(provider.0.load(Ordering::SeqCst), 1);
         assert_eq!(row_of(&fresh.db).await.saga_state(), Some(State::Captured));
+    }
+}
+
+/// A `funds_reserved` for a payment past capture (a duplicate, a replay of
+/// the stream, a dead letter redriven, a saga the deadline compensated)
+/// asks the provider nothing, on either path, and moves nothing.
+#[tokio::test]
+async fn a_funds_reserved_past_capture_asks_no_provider() {
+    // The payment saga's states from `Captured` to `Failed`.
+    let past: Vec<State> = State::ALL
+        .into_iter()
+        .skip_while(|s| *s != State::Captured)
+        .take_while(|s| *s != State::Rejected)
+        .collect();
+    assert_eq!(past.len(), 6, "{past:?}");
+    for backend in backends() {
+        for (seq, state) in (1..).zip(past.iter().copied()) {
+            let fresh = migrated(&backend).await;
+            let (handler, provider) = payment_actor(&fresh, state).await;
+            let d = event(EventData::FundsReserved(p1()), seq);
+            let careful_events = careful(&handler, &d).await.expect("a no-op");
+            let fast_events = fast(&handler, &d).await.expect("a no-op");
+            assert!(
+                careful_events.is_empty() && fast_events.is_empty(),
+                "{state:?} on {}: {careful_events:?} {fast_events:?}",
+                fresh.backend
+            );
+            assert_eq!(
+                provider.0.load(Ordering::SeqCst),
+                0,
+                "{state:?}: the provider was asked, on {}",
+                fresh.backend
+            );
+            assert_eq!(row_of(&fresh.db).await.saga_state(), Some(state));
+        }
+    }
+}
+
+/// A provider in an outage until `up`, that runs the deadline sweeper (a
+/// day late) while each capture is in flight, and records what it swept.
+struct SweepsWhileCapturing {
+    db: sea_orm::DatabaseConnection,
+    up: std::sync::atomic::AtomicBool,
+    swept: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl SettlementProvider for SweepsWhileCapturing {
+    async fn capture(&self, request: &CaptureRequest) -> Result<Settlement, ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.swept
+            .fetch_add(sweep_a_day_late(&self.db).await, Ordering::SeqCst);
+        if !self.up.load(Ordering::SeqCst) {
+            return Err(ProviderError::unavailable("outage"));
+        }
+        Ok(Settlement {
+            settlement_id: format!("s-{}", request.payment_id),
+        })
+    }
+    async fn lookup(&self, _key: &str) -> Result<Option<Held>, ProviderError> {
+        Ok(None)
+    }
+
+    async fn close(&self, _request: &CaptureRequest) -> Result<Held, ProviderError> {
+        Ok(Held::Voided)
+    }
+}
+
+/// What the deadline sweeper compensates a day from now.
+async fn sweep_a_day_late(db: &sea_orm::DatabaseConnection) -> usize {
+    let late = Utc::now() + chrono::Duration::days(1);
+    crate::deadline::sweep(db, late, 100)
+        .await
+        .expect("a sweep")
+}
+
+/// Once a payment is marked capturing (before the provider is asked), its
+/// deadline no longer compensates it: not while the call is in flight, not
+/// through a provider outage, not after; the provider's answer, asked again
+/// by the payment id, captures it. Without the mark the same sweep
+/// compensates.
+#[tokio::test]
+async fn a_payment_being_captured_is_not_compensated_by_its_deadline() {
+    for backend in backends() {
+        let control = migrated(&backend).await;
+        insert_p1(&control.db, State::Requested).await;
+        assert_eq!(
+            sweep_a_day_late(&control.db).await,
+            1,
+            "unmarked, the deadline compensates, on {}",
+            control.backend
+        );
+
+        let fresh = migrated(&backend).await;
+        insert_p1(&fresh.db, State::Requested).await;
+        let provider = Arc::new(SweepsWhileCapturing {
+            db: fresh.db.clone(),
+            up: std::sync::atomic::AtomicBool::new(false),
+            swept: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
+        });
+        let handler = Payment::new(
+            fresh.db.clone(),
+            Arc::new(Resilient::new(
+                provider.clone(),
+                &ProviderSettings {
+                    retry_attempts_max: 1,
+                    ..Default::default()
+                },
+            )),
+            std::time::Duration::from_secs(60),
+        );
+        let d = event(EventData::FundsReserved(p1()), 1);
+        // The outage: the capture waits (a transient error, nak'd).
+        let outage = careful(&handler, &d).await;
+        assert!(
+            matches!(outage, Err(StepError::Transient(_))),
+            "{outage:?} on {}",
+            fresh.backend
+        );
+        let marked = row_of(&fresh.db).await;
+        assert_eq!(marked.saga_state(), Some(State::Requested));
+        let first_mark = marked.capture_started_at.expect("marked capturing");
+        assert_eq!(
+            sweep_a_day_late(&fresh.db).await,
+            0,
+            "a payment marked capturing was compensated, on {}",
+            fresh.backend
+        );
+        // The provider is back: the redelivery asks again and captures.
+        provider.up.store(true, Ordering::SeqCst);
+        let events = careful(&handler, &d).await.expect("captured");
+        assert!(
+            matches!(&events[..], [EventData::PaymentCaptured(_)]),
+            "{events:?}"
+        );
+        let row = row_of(&fresh.db).await;
+        assert_eq!(row.saga_state(), Some(State::Captured));
+        assert_eq!(
+            row.capture_started_at,
+            Some(first_mark),
+            "the first mark is kept"
+        );
+        assert_eq!(provider.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            provider.swept.load(Ordering::SeqCst),
+            0,
+            "the deadline compensated a payment while its capture was in flight, on {}",
+            fresh.backend
+        );
     }
 }
 
@@ -487,5 +647,244 @@ async fn the_migration_adds_the_principal_columns() {
         let row = row_of(db).await;
         assert_eq!(row.principal, None);
         assert_eq!(row.data().expect("data").principal, None);
+    }
+}
+
+/// `p1` marked capturing a minute ago, its deadline past: a capture in
+/// doubt, as a provider outage or a dead capturing process leaves it.
+async fn in_doubt(db: &sea_orm::DatabaseConnection) {
+    insert_p1(db, State::Approved).await;
+    let a_minute_ago = Utc::now() - chrono::Duration::minutes(1);
+    payment::Entity::update_many()
+        .col_expr(
+            payment::Column::CaptureStartedAt,
+            sea_orm::sea_query::Expr::value(a_minute_ago),
+        )
+        .col_expr(
+            payment::Column::DeadlineAt,
+            sea_orm::sea_query::Expr::value(a_minute_ago),
+        )
+        .exec(db)
+        .await
+        .expect("marked");
+}
+
+/// The event types the outbox holds, oldest first.
+async fn outbox_types(db: &sea_orm::DatabaseConnection) -> Vec<String> {
+    use falcon_kernel::store::outbox;
+    use sea_orm::QueryOrder;
+    outbox::Entity::find()
+        .order_by_asc(outbox::Column::Id)
+        .all(db)
+        .await
+        .expect("the outbox")
+        .into_iter()
+        .map(|r| r.subject)
+        .collect()
+}
+
+/// A capture in doubt is settled by what the provider holds for its key,
+/// never guessed: a charge completes it, a key never charged is closed
+/// (a capture still on its way then charges nothing) and the saga is
+/// compensated, and a provider that does not answer leaves it waiting. A
+/// capture not yet in doubt, or not past its deadline, is left alone.
+#[tokio::test]
+async fn a_capture_in_doubt_is_settled_by_the_providers_record() {
+    use crate::provider::Simulator;
+    let doubt = std::time::Duration::from_secs(30);
+    for backend in backends() {
+        let settings = ProviderSettings {
+            retry_attempts_max: 1,
+            ..Default::default()
+        };
+        // Charged before the outage hid the answer: completed.
+        let charged = migrated(&backend).await;
+        in_doubt(&charged.db).await;
+        let sim = Arc::new(Simulator::new(&settings));
+        let request = CaptureRequest {
+            payment_id: "p1".into(),
+            amount: falcon_schemas::Money::from_minor(1250, crate::testing::usd()),
+        };
+        sim.capture(&request).await.expect("charged");
+        let provider = Resilient::new(sim.clone(), &settings);
+        let moved = crate::deadline::resolve(&charged.db, &provider, Utc::now(), doubt, 10)
+            .await
+            .expect("resolved");
+        assert_eq!(moved, 1, "on {}", charged.backend);
+        let row = row_of(&charged.db).await;
+        assert_eq!(
+            row.saga_state(),
+            Some(State::Captured),
+            "on {}",
+            charged.backend
+        );
+        assert!(row.settlement_id.is_some());
+        assert_eq!(
+            outbox_types(&charged.db).await,
+            ["falcon.evt.payment.captured.p1"]
+        );
+        assert_eq!(sim.charges().len(), 1, "charged once");
+
+        // Never charged: the key is closed first, then the saga fails.
+        let unused = migrated(&backend).await;
+        in_doubt(&unused.db).await;
+        let sim = Arc::new(Simulator::new(&settings));
+        let provider = Resilient::new(sim.clone(), &settings);
+        let moved = crate::deadline::resolve(&unused.db, &provider, Utc::now(), doubt, 10)
+            .await
+            .expect("resolved");
+        assert_eq!(moved, 1, "on {}", unused.backend);
+        let row = row_of(&unused.db).await;
+        assert_eq!(
+            row.saga_state(),
+            Some(State::CaptureFailed),
+            "on {}",
+            unused.backend
+        );
+        assert_eq!(
+            outbox_types(&unused.db).await,
+            ["falcon.evt.payment.capture_failed.p1"]
+        );
+        let late = sim.capture(&request).await;
+        assert!(
+            matches!(&late, Err(ProviderError::Declined(m)) if m.contains("voided")),
+            "a capture arriving after the close charged: {late:?}"
+        );
+        assert!(sim.charges().is_empty(), "{:?}", sim.charges());
+
+        // The provider is out: nothing is guessed, the saga waits.
+        let out = migrated(&backend).await;
+        in_doubt(&out.db).await;
+        let failing = ProviderSettings {
+            transient_error_bps: 10_000,
+            ..settings.clone()
+        };
+        let provider = Resilient::new(Arc::new(Simulator::new(&failing)), &failing);
+        let moved = crate::deadline::resolve(&out.db, &provider, Utc::now(), doubt, 10)
+            .await
+            .expect("a round");
+        assert_eq!(moved, 0);
+        assert_eq!(row_of(&out.db).await.saga_state(), Some(State::Approved));
+        assert!(outbox_types(&out.db).await.is_empty());
+
+        // Marked a moment ago, or before its deadline: not in doubt yet.
+        let fresh = migrated(&backend).await;
+        insert_p1(&fresh.db, State::Approved).await;
+        payment::Entity::update_many()
+            .col_expr(
+                payment::Column::CaptureStartedAt,
+                sea_orm::sea_query::Expr::value(Utc::now()),
+            )
+            .exec(&fresh.db)
+            .await
+            .expect("marked");
+        let sim = Arc::new(Simulator::new(&settings));
+        let provider = Resilient::new(sim.clone(), &settings);
+        let later = Utc::now() + chrono::Duration::seconds(5);
+        assert_eq!(
+            crate::deadline::resolve(&fresh.db, &provider, later, doubt, 10)
+                .await
+                .expect("a round"),
+            0,
+            "a capture marked 5 s ago is not in doubt"
+        );
+        assert_eq!(row_of(&fresh.db).await.saga_state(), Some(State::Approved));
+    }
+}
+
+/// The actor's own capture of a payment in doubt (its retry once the
+/// provider is back), with the resolver settling the same payment while
+/// that capture is in flight: before the charge reaches the provider, or
+/// just after it charged.
+struct ResolvesDuringCapture {
+    db: sea_orm::DatabaseConnection,
+    sim: Arc<crate::provider::Simulator>,
+    resolver: Resilient,
+    charge_first: bool,
+}
+
+#[async_trait::async_trait]
+impl SettlementProvider for ResolvesDuringCapture {
+    async fn capture(&self, request: &CaptureRequest) -> Result<Settlement, ProviderError> {
+        let resolve = || {
+            crate::deadline::resolve(
+                &self.db,
+                &self.resolver,
+                Utc::now(),
+                std::time::Duration::from_secs(30),
+                10,
+            )
+        };
+        if self.charge_first {
+            let answer = self.sim.capture(request).await;
+            resolve().await.expect("resolved");
+            answer
+        } else {
+            resolve().await.expect("resolved");
+            self.sim.capture(request).await
+        }
+    }
+    async fn lookup(&self, key: &str) -> Result<Option<Held>, ProviderError> {
+        self.sim.lookup(key).await
+    }
+    async fn close(&self, request: &CaptureRequest) -> Result<Held, ProviderError> {
+        self.sim.close(request).await
+    }
+}
+
+/// The resolver and the actor's own capture race for one payment in doubt,
+/// in both orders at the provider, and end where the provider's record
+/// says: a charge that landed an instant before the resolver gave up
+/// stands and the payment completes (it is never undone, and never
+/// compensated while the money moved); a close that came first makes the
+/// late capture charge nothing, and the payment fails compensated. Either
+/// way the provider charged exactly when the payment captured.
+#[tokio::test]
+async fn a_capture_racing_its_resolution_ends_as_the_provider_says() {
+    use crate::provider::Simulator;
+    for backend in backends() {
+        for charge_first in [true, false] {
+            let settings = ProviderSettings {
+                retry_attempts_max: 1,
+                ..Default::default()
+            };
+            let fresh = migrated(&backend).await;
+            in_doubt(&fresh.db).await;
+            let sim = Arc::new(Simulator::new(&settings));
+            let provider = Arc::new(ResolvesDuringCapture {
+                db: fresh.db.clone(),
+                sim: sim.clone(),
+                resolver: Resilient::new(sim.clone(), &settings),
+                charge_first,
+            });
+            let handler = Payment::new(
+                fresh.db.clone(),
+                Arc::new(Resilient::new(provider, &settings)),
+                std::time::Duration::from_secs(60),
+            );
+            let d = event(EventData::FundsReserved(p1()), 1);
+            let events = careful(&handler, &d).await.expect("a step");
+            let row = row_of(&fresh.db).await;
+            let outbox = outbox_types(&fresh.db).await;
+            let on = format!("charge first: {charge_first}, on {}", fresh.backend);
+            if charge_first {
+                assert_eq!(row.saga_state(), Some(State::Captured), "{on}");
+                assert_eq!(outbox, ["falcon.evt.payment.captured.p1"], "{on}");
+                assert_eq!(sim.charges().len(), 1, "{on}");
+                assert_eq!(
+                    sim.lookup("p1").await.expect("a record"),
+                    Some(Held::Charged(Settlement {
+                        settlement_id: row.settlement_id.clone().expect("settled"),
+                    })),
+                    "the charge stands, {on}"
+                );
+            } else {
+                assert_eq!(row.saga_state(), Some(State::CaptureFailed), "{on}");
+                assert_eq!(outbox, ["falcon.evt.payment.capture_failed.p1"], "{on}");
+                assert!(sim.charges().is_empty(), "{:?}, {on}", sim.charges());
+            }
+            // The actor's own step found the saga settled: nothing more.
+            assert!(events.is_empty(), "{events:?}, {on}");
+        }
     }
 }

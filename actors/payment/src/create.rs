@@ -39,6 +39,7 @@ fn new_row(c: &CreatePayment, deadline: chrono::Duration, now: DateTime<Utc>) ->
         updated_at: now,
         deadline_at: now + deadline,
         principal: Some(c.principal.clone()),
+        capture_started_at: None,
     }
 }
 

@@ -11,7 +11,17 @@
 //! capture, cannot both move a saga.
 //!
 //! A payment already captured is past the pivot: it is never compensated
-//! by a deadline (its transfer cannot fail).
+//! by a deadline (its transfer cannot fail). Nor is one marked capturing
+//! (`capture_started_at`): the provider may have charged it, and only the
+//! provider's answer moves it. A marked payment past its deadline whose
+//! capture has stayed in doubt for `saga.capture_doubt_s` (the provider was
+//! out, the process capturing it died) is resolved by [`resolve`], which
+//! closes the key at the provider: a charge it holds (one that landed
+//! before the close, even an instant before) completes the capture, a
+//! decline fails it, and a key it never charged is closed, so that a
+//! capture still on its way can no longer charge, and the saga is then
+//! compensated. Nothing is guessed, and nothing charged is undone: while
+//! the provider does not answer, the saga waits.
 
 use std::time::Duration;
 
@@ -26,8 +36,12 @@ use sea_orm::{
 };
 
 use crate::entity::payment;
+use crate::provider::{CaptureRequest, Captures, Held, ProviderError, Resilient};
+use crate::rows::Rows;
+use crate::steps;
 use falcon_kernel::relay::Poke;
 use falcon_kernel::store::{begin_write, Outbox};
+use falcon_kernel::StepError;
 
 /// States a deadline compensates: funds may be held, nothing captured.
 const BEFORE_CAPTURE: [State; 3] = [State::Requested, State::Approved, State::Reserved];
@@ -42,6 +56,7 @@ pub async fn sweep(
     let states: Vec<&str> = BEFORE_CAPTURE.iter().map(State::as_str).collect();
     let due = payment::Entity::find()
         .filter(payment::Column::State.is_in(states))
+        .filter(payment::Column::CaptureStartedAt.is_null())
         .filter(payment::Column::DeadlineAt.lt(now))
         .order_by_asc(payment::Column::DeadlineAt)
         .limit(limit)
@@ -67,6 +82,7 @@ pub async fn sweep(
             .col_expr(payment::Column::UpdatedAt, Expr::value(now))
             .filter(payment::Column::PaymentId.eq(&p.payment_id))
             .filter(payment::Column::State.eq(&p.state))
+            .filter(payment::Column::CaptureStartedAt.is_null())
             .exec(&*txn)
             .await?;
         if r.rows_affected != 1 {
@@ -91,6 +107,111 @@ pub async fn sweep(
     Ok(moved)
 }
 
+/// Resolves up to `limit` captures in doubt at `now`: payments marked
+/// capturing at least `doubt` ago and past their deadline. Each is settled
+/// by what the provider holds for its key; returns how many moved. A
+/// provider that does not answer leaves the rest for the next round.
+pub async fn resolve(
+    db: &DatabaseConnection,
+    provider: &Resilient,
+    now: DateTime<Utc>,
+    doubt: Duration,
+    limit: u64,
+) -> Result<usize, DbErr> {
+    let Some(marked_before) = chrono::Duration::from_std(doubt)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+    else {
+        return Ok(0);
+    };
+    let in_doubt = payment::Entity::find()
+        .filter(payment::Column::State.is_in(steps::capture_awaiting_states()))
+        .filter(payment::Column::CaptureStartedAt.lt(marked_before))
+        .filter(payment::Column::DeadlineAt.lt(now))
+        .order_by_asc(payment::Column::DeadlineAt)
+        .limit(limit)
+        .all(db)
+        .await?;
+    let mut moved = 0;
+    for row in in_doubt {
+        let Ok(data) = row.data() else { continue };
+        let Ok(amount) = crate::records::same_payment(&row, &data) else {
+            continue;
+        };
+        let request = CaptureRequest {
+            payment_id: row.payment_id.clone(),
+            amount,
+        };
+        let answer = match ask(provider, &request).await {
+            Ok(answer) => answer,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(saga_id = %row.payment_id, error = %e.report(), "capture in doubt; the provider did not answer, the saga waits");
+                break;
+            }
+            Err(e) => {
+                // A refusal of this key (held for another amount): nothing
+                // is guessed, the saga waits for an operator, and the
+                // captures behind it are still asked.
+                tracing::error!(saga_id = %row.payment_id, error = %e.report(), "capture in doubt; the provider refused to close the key, the saga waits");
+                continue;
+            }
+        };
+        let mut captures = Captures::new();
+        captures.insert(row.payment_id.clone(), answer);
+        let txn = begin_write(db).await?;
+        let mut out = Outbox::standalone(crate::SOURCE, format!("doubt:{}", row.payment_id), now);
+        match steps::capture(&txn, &mut Rows::default(), &data, &captures, &mut out).await {
+            Ok(()) => {}
+            Err(StepError::Database(e)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(saga_id = %row.payment_id, error = %e, "capture in doubt could not be settled");
+                continue;
+            }
+        }
+        let published = !out.events.is_empty();
+        out.write(&*txn).await?;
+        txn.commit().await?;
+        if published {
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}
+
+/// The provider's answer for a capture in doubt: what the key holds once
+/// it is closed. A key never charged is closed, so that a capture still on
+/// its way (the actor's own retry after an outage) can no longer charge;
+/// a charge that landed first stands and completes the saga. The provider
+/// orders the two, so the actor's capture and this answer agree.
+async fn ask(
+    provider: &Resilient,
+    request: &CaptureRequest,
+) -> Result<Result<crate::provider::Settlement, ProviderError>, ProviderError> {
+    let key = &request.payment_id;
+    let resolved = |outcome: &'static str| {
+        metrics::counter!(falcon_kernel::telemetry::names::CAPTURES_RESOLVED, "outcome" => outcome)
+            .increment(1);
+    };
+    Ok(match provider.close(request).await? {
+        Held::Charged(s) => {
+            tracing::info!(saga_id = %key, "capture in doubt: the provider charged it; completing");
+            resolved("charged");
+            Ok(s)
+        }
+        Held::Declined(reason) => {
+            resolved("declined");
+            Err(ProviderError::Declined(reason))
+        }
+        Held::Voided => {
+            tracing::warn!(saga_id = %key, "capture in doubt: the provider never charged it; key closed, compensating");
+            resolved("closed");
+            Err(ProviderError::Declined(format!(
+                "the capture stayed in doubt past the deadline and the provider had not charged {key}; the key is closed"
+            )))
+        }
+    })
+}
+
 pub struct Sweeper;
 
 pub struct SweeperArgs {
@@ -98,6 +219,11 @@ pub struct SweeperArgs {
     pub interval: Duration,
     pub batch_max: u64,
     pub poke: Poke,
+    /// The provider captures in doubt are resolved with.
+    pub provider: std::sync::Arc<Resilient>,
+    /// How long a capture stays in doubt before [`resolve`] asks
+    /// (`saga.capture_doubt_s`).
+    pub doubt: Duration,
 }
 
 pub enum SweeperMsg {
@@ -128,6 +254,13 @@ impl Actor for Sweeper {
             Ok(0) => {}
             Ok(_) => s.poke.poke(),
             Err(e) => tracing::warn!(error = %e, "deadline sweep failed; next tick retries"),
+        }
+        match resolve(&s.db, &s.provider, Utc::now(), s.doubt, s.batch_max).await {
+            Ok(0) => {}
+            Ok(_) => s.poke.poke(),
+            Err(e) => {
+                tracing::warn!(error = %e, "resolving captures in doubt failed; next tick retries")
+            }
         }
         Ok(())
     }

@@ -42,6 +42,12 @@ pub mod payment {
         /// last token of the command's subject), carried in every event
         /// built from the row; `None` for payments from before identities.
         pub principal: Option<String>,
+        /// When the payment was first marked capturing, in a transaction of
+        /// its own, before the provider was asked: from then on the
+        /// provider may have charged, so the deadline no longer compensates
+        /// the saga; only the provider's answer (asked again by the payment
+        /// id, its idempotency key, after a crash or an outage) moves it.
+        pub capture_started_at: Option<ChronoDateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use falcon_kernel::handler::{consumer_spec, decode_event, events_for, Handler, Item};
 use falcon_kernel::settings::ConsumerSettings;
 use falcon_kernel::store::Outbox;
+use falcon_kernel::store::{begin_write, padded_chunks};
 use falcon_kernel::StepError;
 use falcon_nats::{ConsumerSpec, Delivery};
 use falcon_sagas::Actor;
@@ -19,7 +20,8 @@ use falcon_schemas::event::PaymentData;
 use falcon_schemas::subject::{EVT_PREFIX, STREAM_CMD, STREAM_EVT};
 use falcon_schemas::{Command, EventData, EventType, ParseError, Reason};
 use futures::future::join_all;
-use sea_orm::{DatabaseConnection, DatabaseTransaction};
+use sea_orm::sea_query::{Expr, Func};
+use sea_orm::{ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter};
 use tracing::Instrument;
 
 use crate::entity::payment;
@@ -107,6 +109,7 @@ impl Handler for Payment {
             return Captures::new();
         }
         let requests = self.capture_requests(reserved).await;
+        let requests = self.mark_capturing(requests).await;
         let results = join_all(requests.iter().map(|r| self.provider.capture(r))).await;
         requests
             .into_iter()
@@ -189,9 +192,11 @@ enum Message {
 
 impl Payment {
     /// The captures to ask for: each reserved payment that agrees with
-    /// its row, for the row's amount. Rows are read outside the batch's
-    /// transaction (their amount and wallets never change once written);
-    /// when they cannot be read, nothing is captured, and the steps wait.
+    /// its row, for the row's amount ([`Payment::mark_capturing`] then
+    /// keeps only those whose saga still awaits capture). Rows are read
+    /// outside the batch's transaction (their amount and wallets never
+    /// change once written); when they cannot be read, nothing is
+    /// captured, and the steps wait.
     async fn capture_requests(&self, reserved: Vec<PaymentData>) -> Vec<CaptureRequest> {
         let rows = match falcon_kernel::store::rows_by_key::<payment::Entity, _>(
             &self.db,
@@ -218,6 +223,59 @@ impl Payment {
                 })
             })
             .collect()
+    }
+
+    /// Marks the payments about to be captured, in a transaction of its
+    /// own committed before the provider is asked (`capture_started_at`,
+    /// kept from the first attempt), and returns the requests of those it
+    /// marked: a payment whose saga is past capture (a duplicate, a replay,
+    /// a redriven dead letter, a saga the deadline compensated) is not
+    /// marked and not captured. From the mark on, the deadline
+    /// leaves the saga alone: the provider may have charged, and only its
+    /// answer, asked again by the payment id after a crash or an outage,
+    /// moves the saga. When the mark cannot be written nothing is captured,
+    /// and the steps wait.
+    async fn mark_capturing(&self, requests: Vec<CaptureRequest>) -> Vec<CaptureRequest> {
+        if requests.is_empty() {
+            return requests;
+        }
+        let now = chrono::Utc::now();
+        let mut ids: Vec<&str> = requests.iter().map(|r| r.payment_id.as_str()).collect();
+        ids.sort_unstable();
+        let marked = async {
+            let txn = begin_write(&self.db).await?;
+            let mut marked = std::collections::HashSet::new();
+            // Padded `IN` lists: a few statement shapes, always cached.
+            for chunk in padded_chunks(&ids) {
+                let rows = payment::Entity::update_many()
+                    .col_expr(
+                        payment::Column::CaptureStartedAt,
+                        Func::coalesce([
+                            Expr::col(payment::Column::CaptureStartedAt),
+                            Expr::value(now),
+                        ])
+                        .into(),
+                    )
+                    .filter(payment::Column::PaymentId.is_in(chunk))
+                    .filter(payment::Column::State.is_in(steps::capture_awaiting_states()))
+                    .exec_with_returning(&*txn)
+                    .await?;
+                marked.extend(rows.into_iter().map(|r| r.payment_id));
+            }
+            txn.commit().await?;
+            Ok::<_, sea_orm::DbErr>(marked)
+        }
+        .await;
+        match marked {
+            Ok(marked) => requests
+                .into_iter()
+                .filter(|r| marked.contains(&r.payment_id))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "marking payments capturing; the batch waits");
+                Vec::new()
+            }
+        }
     }
 
     async fn on_command(

@@ -1,12 +1,12 @@
 //! The payment actor's migrations, applied at start: the tables
-//! ([`Initial`]), the saga view ([`SagaView`]), and the principal of each
-//! payment and refund ([`Principal`]).
+//! ([`Initial`]), the saga view ([`SagaView`]), the principal of each
+//! payment and refund ([`Principal`]), and the capture mark ([`Capturing`]).
 //!
 //! The first migration creates each table from its entity as it is now, so
 //! a migration that adds a column adds it only where it is missing (a
 //! database created before it).
 
-use falcon_kernel::store::migration::{add_column_if_missing, OutboxSetAside};
+use falcon_kernel::store::migration::{add_column_if_missing, InboxProcessedAt, OutboxSetAside};
 use sea_orm_migration::prelude::*;
 
 use super::entity::{payment, refund};
@@ -21,6 +21,9 @@ impl MigratorTrait for Migrator {
             Box::new(SagaView),
             Box::new(Principal),
             Box::new(OutboxSetAside),
+            Box::new(Capturing),
+            Box::new(InboxProcessedAt),
+            Box::new(SagaHistory),
         ]
     }
 }
@@ -85,5 +88,45 @@ impl MigrationTrait for Principal {
             sea_orm::Value::String(None),
         )
         .await
+    }
+}
+
+/// `payments.capture_started_at`: when the payment was marked capturing,
+/// before the provider was asked (nullable: never, or a row from before).
+struct Capturing;
+
+impl MigrationName for Capturing {
+    fn name(&self) -> &str {
+        "m0004_payment_capturing"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Capturing {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        add_column_if_missing(
+            manager,
+            payment::Entity,
+            payment::Column::CaptureStartedAt,
+            sea_orm::Value::ChronoDateTimeUtc(None),
+        )
+        .await
+    }
+}
+
+/// `saga_history`: every saga event the view folds, kept beyond the
+/// stream's retention.
+struct SagaHistory;
+
+impl MigrationName for SagaHistory {
+    fn name(&self) -> &str {
+        "m0005_payment_saga_history"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for SagaHistory {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        create_entity_table(manager, crate::view::saga_history::Entity).await
     }
 }

@@ -20,10 +20,23 @@ impl Default for PaymentSettings {
     }
 }
 
-/// The settlement provider simulator and the resilience around it.
+/// The settlement provider (a provider of its own over HTTP, or the
+/// built-in simulator) and the resilience around it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProviderSettings {
+    /// The provider's base URL (`http://host:port`), spoken to over its
+    /// HTTP contract (`falcon-provider` is one). Plain HTTP: TLS to a
+    /// provider outside the cluster is the egress proxy's (docs/DESIGN.md,
+    /// "The provider port"). Empty: the built-in simulator, in the process,
+    /// configured by the keys below. Default empty.
+    pub url: String,
+    /// A file holding the API key sent as `Authorization: Bearer` to the
+    /// provider at `url`. Empty: none. Default empty.
+    pub api_key_file: String,
+    /// How long one call to the provider at `url` may take, in ms; past it
+    /// the outcome is unknown and the provider is asked by key. Default 2000.
+    pub timeout_ms: u64,
     /// Simulated latency of one capture, in ms. Default 0.
     pub latency_ms: u64,
     /// Captures declined, in basis points (10000 = all). The decision is a
@@ -47,6 +60,9 @@ pub struct ProviderSettings {
 impl Default for ProviderSettings {
     fn default() -> Self {
         ProviderSettings {
+            url: String::new(),
+            api_key_file: String::new(),
+            timeout_ms: 2000,
             latency_ms: 0,
             decline_bps: 0,
             transient_error_bps: 0,
@@ -75,6 +91,12 @@ pub struct SagaSettings {
     /// A saga not terminal and unchanged for this long, in seconds, counts
     /// as stuck (`falcon_sagas_stuck`). Default 120.
     pub stuck_after_s: u64,
+    /// A capture started this long ago, in seconds, and not settled by
+    /// the saga's deadline is in doubt: the payment actor asks the provider
+    /// for its key, completes it when charged, and otherwise voids the key
+    /// and compensates. Longer than one capture's calls and retries.
+    /// Default 30.
+    pub capture_doubt_s: u64,
 }
 
 impl Default for SagaSettings {
@@ -84,7 +106,15 @@ impl Default for SagaSettings {
             sweep_interval_ms: 1000,
             sweep_batch_max: 256,
             stuck_after_s: 120,
+            capture_doubt_s: 30,
         }
+    }
+}
+
+impl ProviderSettings {
+    /// The API key in `api_key_file`, trimmed: `None` when no file is set.
+    pub fn api_key(&self) -> Result<Option<String>, String> {
+        falcon_kernel::endpoint::api_key_file("provider.api_key_file", &self.api_key_file)
     }
 }
 
@@ -105,6 +135,15 @@ impl PaymentConfig {
             return Err(
                 "provider.decline_bps / transient_error_bps: basis points, 0 to 10000".into(),
             );
+        }
+        if !p.url.is_empty() && !p.url.starts_with("http://") {
+            return Err(format!(
+                "provider.url {:?}: an http:// URL (TLS is the egress proxy's), or empty for the built-in simulator",
+                p.url
+            ));
+        }
+        if !(1..=600_000).contains(&p.timeout_ms) {
+            return Err("provider.timeout_ms: 1 to 600000".into());
         }
         Ok(())
     }

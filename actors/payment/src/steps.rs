@@ -251,6 +251,32 @@ pub(crate) async fn complete(
     Ok(())
 }
 
+/// Whether a `funds_reserved` would still capture a payment in `state`:
+/// false once its saga is past capture (a duplicate, a replay, a dead
+/// letter redriven, or a deadline that compensated the saga meanwhile).
+fn awaits_capture_in(state: State) -> bool {
+    matches!(
+        State::apply(Some(state), EventType::FundsReserved),
+        Transition::Moved(_) | Transition::Invalid { .. }
+    )
+}
+
+/// [`awaits_capture_in`] of the row's state; the capture step checks it
+/// inside its transaction.
+pub(crate) fn awaits_capture(row: &payment::Model) -> bool {
+    row.saga_state().is_none_or(awaits_capture_in)
+}
+
+/// The states, as stored, in which a payment awaits capture: the guard of
+/// the capture mark, so that `prepare` asks the provider only for those.
+pub(crate) fn capture_awaiting_states() -> Vec<&'static str> {
+    State::ALL
+        .into_iter()
+        .filter(|s| awaits_capture_in(*s))
+        .map(|s| s.as_str())
+        .collect()
+}
+
 /// The `capture` step: the funds are reserved; the provider's answer
 /// (asked before the transaction, in `prepare`) captures the payment
 /// (`payment.captured`) or fails the capture (`payment.capture_failed`,
@@ -264,14 +290,9 @@ pub(crate) async fn capture(
 ) -> Result<(), StepError> {
     let row = recorded(txn, rows, p).await?;
     // Past capture already (a redelivery, or a deadline compensated the
-    // saga meanwhile): nothing to do, whatever the provider said.
-    if let Some(s) = row.saga_state() {
-        if !matches!(
-            State::apply(Some(s), EventType::FundsReserved),
-            Transition::Moved(_) | Transition::Invalid { .. }
-        ) {
-            return Ok(());
-        }
+    // saga meanwhile): nothing to do, and `prepare` asked no provider.
+    if !awaits_capture(&row) {
+        return Ok(());
     }
     let payment = row.data()?;
     let (next, change, event) = match captures.get(&p.payment_id) {

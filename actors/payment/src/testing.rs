@@ -47,6 +47,7 @@ pub(crate) async fn insert_p1(db: &impl ConnectionTrait, state: State) {
         updated_at: Set(now),
         deadline_at: Set(now),
         principal: Set(Some(PRINCIPAL.into())),
+        capture_started_at: Set(None),
     })
     .exec(db)
     .await

@@ -10,6 +10,7 @@ impl MigratorTrait for Migrator {
             Box::new(Initial),
             Box::new(VelocityIndex),
             Box::new(falcon_kernel::store::migration::OutboxSetAside),
+            Box::new(falcon_kernel::store::migration::InboxProcessedAt),
         ]
     }
 }

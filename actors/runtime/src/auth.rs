@@ -807,6 +807,7 @@ mod tests {
             [
                 "payment-evt-2",
                 "payment-view-2",
+                "recon-evt-2",
                 "risk-evt-2",
                 "wallet-evt-2"
             ]

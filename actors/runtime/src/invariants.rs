@@ -9,15 +9,28 @@
 //! refund (3) — is checked over the facts both returned
 //! ([`falcon_kernel::verify::cross_check`]). Every actor's outbox must be
 //! published, and every message its consumers acked must have its inbox row
-//! (5).
+//! (5) while the row is within `retention.inbox_keep_s` (older rows are
+//! pruned: an older message is caught by its business key instead).
 //!
 //! With `settled = false` (a system under load), sagas in flight and an
 //! outbox backlog are counted, not reported as violations.
+//!
+//! Memory stays bounded whatever the tables and streams hold: the checks
+//! are SQL aggregates and pages read in key order (see
+//! [`falcon_kernel::verify`]), and a stream is read a page at a time with
+//! the inbox asked about each page's messages by key. A report lists at
+//! most [`LISTED_PER_KIND_MAX`] violations of each kind and counts the
+//! rest ([`Report::unlisted`]).
 
+use std::collections::{BTreeMap, HashSet};
+
+use falcon_kernel::store::bulk::padded_chunks;
 use falcon_kernel::store::{inbox, outbox};
-use falcon_kernel::verify::{cross_check, Counts, Facts, Violation};
+use falcon_kernel::verify::{cross_check, Counts, Facts, Violation, LISTED_PER_KIND_MAX};
 use falcon_kernel::Error;
-use sea_orm::{ColumnTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect,
+};
 use serde::Serialize;
 
 use crate::registry::REGISTRY;
@@ -26,13 +39,23 @@ use crate::stores::Stores;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Report {
+    /// The violations listed: at most [`LISTED_PER_KIND_MAX`] of a kind.
     pub violations: Vec<Violation>,
     pub counts: Counts,
+    /// Violations found beyond those listed, by code (absent from the JSON
+    /// when none were).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unlisted: BTreeMap<&'static str, u64>,
 }
 
 impl Report {
     pub fn ok(&self) -> bool {
         self.violations.is_empty()
+    }
+
+    /// Every violation found, listed or not.
+    pub fn found(&self) -> u64 {
+        self.violations.len() as u64 + self.unlisted.values().sum::<u64>()
     }
 
     fn violate(&mut self, invariant: u8, code: &'static str, detail: String) {
@@ -83,9 +106,12 @@ pub async fn check(stores: &Stores, settled: bool) -> Result<Report, DbErr> {
         facts.merge(entry.verify(db, settled).await?);
     }
     if all {
-        cross_check(&mut facts);
+        cross_check(&mut facts).await?;
     }
     report.violations.extend(facts.violations);
+    for (code, n) in facts.unlisted {
+        *report.unlisted.entry(code).or_default() += n;
+    }
     report.counts = facts.counts;
     Ok(report)
 }
@@ -96,10 +122,18 @@ pub async fn check_streams(
     js: &async_nats::jetstream::Context,
     report: &mut Report,
 ) -> Result<(), Error> {
-    use std::collections::HashSet;
-
     use falcon_nats::read::{RangeReader, Start};
     use falcon_schemas::subject::HEADER_MSG_ID;
+
+    // Messages stored before this may have had their inbox rows pruned
+    // (with a minute of margin for the time between storing and
+    // processing); none when rows are kept for ever.
+    let keep_s = settings.retention.inbox_keep_s;
+    let pruned_before = i64::try_from(keep_s)
+        .ok()
+        .filter(|_| keep_s > 0)
+        .and_then(|s| chrono::Duration::try_seconds(s.saturating_sub(60)))
+        .and_then(|d| chrono::Utc::now().checked_sub_signed(d));
 
     let dead: HashSet<(String, u64)> = falcon_nats::dlq::list(js, None)
         .await?
@@ -107,6 +141,7 @@ pub async fn check_streams(
         .map(|l| (l.origin.consumer, l.origin.stream_seq))
         .collect();
     report.counts.dlq_depth = Some(dead.len() as u64);
+    let mut unprocessed = 0;
     for (actor, db) in stores.each() {
         for spec in crate::runtime::consumer_specs(settings, &[actor]) {
             let Ok(stream) = js.get_stream(spec.stream).await else {
@@ -119,16 +154,7 @@ pub async fn check_streams(
             if floor == 0 {
                 continue;
             }
-            let seen: HashSet<String> = inbox::Entity::find()
-                .filter(
-                    inbox::Column::Consumer.eq(falcon_nats::topology::declared_name(&spec.name)),
-                )
-                .all(db)
-                .await
-                .map_err(Error::database(actor.as_str()))?
-                .into_iter()
-                .map(|r| r.msg_id)
-                .collect();
+            let consumer = falcon_nats::topology::declared_name(&spec.name);
             let mut reader = RangeReader::open(
                 js,
                 spec.stream,
@@ -142,14 +168,30 @@ pub async fn check_streams(
                 if page.is_empty() {
                     break;
                 }
-                for m in page {
-                    let msg_id = m
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(HEADER_MSG_ID))
-                        .map(|v| v.as_str());
-                    let key = falcon_nats::consumer::inbox_key(msg_id, spec.stream, m.stream_seq);
-                    if !seen.contains(&key) && !dead.contains(&(spec.name.clone(), m.stream_seq)) {
+                // Only messages whose inbox rows are still kept.
+                let page: Vec<_> = page
+                    .into_iter()
+                    .filter(|m| pruned_before.is_none_or(|t| m.published.is_none_or(|p| p >= t)))
+                    .collect();
+                let keys: Vec<String> = page
+                    .iter()
+                    .map(|m| {
+                        let msg_id = m
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get(HEADER_MSG_ID))
+                            .map(|v| v.as_str());
+                        falcon_nats::consumer::inbox_key(msg_id, spec.stream, m.stream_seq)
+                    })
+                    .collect();
+                let seen = processed(db, consumer, &keys)
+                    .await
+                    .map_err(Error::database(actor.as_str()))?;
+                for (m, key) in page.iter().zip(&keys) {
+                    if seen.contains(key) || dead.contains(&(spec.name.clone(), m.stream_seq)) {
+                        continue;
+                    }
+                    if unprocessed < LISTED_PER_KIND_MAX {
                         report.violate(
                             5,
                             "acked_without_effect",
@@ -158,11 +200,35 @@ pub async fn check_streams(
                                 spec.name, m.subject, m.stream_seq
                             ),
                         );
+                    } else {
+                        *report.unlisted.entry("acked_without_effect").or_default() += 1;
                     }
+                    unprocessed += 1;
                 }
             }
             reader.close().await;
         }
     }
     Ok(())
+}
+
+/// Which of `keys` (inbox keys) the inbox of `consumer` records.
+async fn processed(
+    db: &DatabaseConnection,
+    consumer: &str,
+    keys: &[String],
+) -> Result<HashSet<String>, DbErr> {
+    let mut seen = HashSet::with_capacity(keys.len());
+    for chunk in padded_chunks(keys) {
+        let found: Vec<String> = inbox::Entity::find()
+            .select_only()
+            .column(inbox::Column::MsgId)
+            .filter(inbox::Column::Consumer.eq(consumer))
+            .filter(inbox::Column::MsgId.is_in(chunk))
+            .into_tuple()
+            .all(db)
+            .await?;
+        seen.extend(found);
+    }
+    Ok(seen)
 }

@@ -14,6 +14,8 @@ use falcon_kernel::{ActorDef, Error};
 use falcon_nats::ConsumerSpec;
 use falcon_payment::settings::PaymentConfig;
 use falcon_payment::PaymentActor;
+use falcon_recon::settings::ReconConfig;
+use falcon_recon::ReconActor;
 use falcon_risk::RiskActor;
 use falcon_sagas::{Actor, State};
 use falcon_wallet::WalletActor;
@@ -23,7 +25,7 @@ use crate::settings::Settings;
 
 /// Every actor, in the order `falcon run` starts them; each line is an
 /// actor crate's declaration and where its settings are in [`Settings`].
-pub static REGISTRY: [&dyn Registered; 3] = [
+pub static REGISTRY: [&dyn Registered; 4] = [
     &Entry::<PaymentActor>::new(|s| PaymentConfig {
         payment: s.payment.clone(),
         provider: s.provider.clone(),
@@ -31,6 +33,12 @@ pub static REGISTRY: [&dyn Registered; 3] = [
     }),
     &Entry::<RiskActor>::new(|s| s.risk.clone()),
     &Entry::<WalletActor>::new(|s| s.wallet.clone()),
+    &Entry::<ReconActor>::new(|s| ReconConfig {
+        recon: s.recon.clone(),
+        provider_url: s.provider.url.clone(),
+        provider_api_key_file: s.provider.api_key_file.clone(),
+        provider_timeout_ms: s.provider.timeout_ms,
+    }),
 ];
 
 /// Checks every setting: the runtime's own sections, then each registered

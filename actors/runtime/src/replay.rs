@@ -277,6 +277,12 @@ pub async fn rebuild(
     }
     let ring = settings.key_ring().map_err(Error::Config)?;
     handler.reset().await.map_err(Error::database(actor))?;
+    // What the actor kept beyond the stream's retention first; the stream
+    // then folds again what it still holds (a no-op for what was kept).
+    let restored = handler.restore().await.map_err(Error::database(actor))?;
+    if restored > 0 {
+        tracing::info!(model, restored, "folded the kept history before the stream");
+    }
     inbox::Entity::delete_many()
         .filter(inbox::Column::Consumer.eq(spec.name.as_str()))
         .exec(handler.db())

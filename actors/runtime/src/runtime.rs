@@ -176,6 +176,7 @@ impl Runtime {
                 instance: instance.clone(),
                 consumer: settings.consumer.clone(),
                 relay: settings.relay.clone(),
+                retention: settings.retention.clone(),
                 stats: stats.clone(),
                 faults: faults.clone(),
                 ring: ring.clone(),
@@ -194,6 +195,7 @@ impl Runtime {
             let parts = entry.parts(settings, db)?;
             let (relay, poke) = wiring.relay(entry.actor(), db);
             children.push(relay);
+            children.push(wiring.pruner(entry.actor(), db));
             let mut units = Vec::new();
             for l in &parts.loops {
                 // A read model publishes nothing: its loop wakes no relay.

@@ -4,9 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use falcon_kernel::settings::{ConsumerSettings, RelaySettings, Retry, SqliteSettings};
+pub use falcon_kernel::settings::{
+    ConsumerSettings, RelaySettings, RetentionSettings, Retry, SqliteSettings,
+};
 use falcon_nats::StreamSettings;
 pub use falcon_payment::settings::{PaymentSettings, ProviderSettings, SagaSettings};
+pub use falcon_recon::settings::ReconSettings;
 pub use falcon_risk::settings::RiskSettings;
 pub use falcon_wallet::settings::WalletSettings;
 use serde::{Deserialize, Serialize};
@@ -25,9 +28,11 @@ pub struct Settings {
     pub streams: StreamsSettings,
     pub consumer: ConsumerSettings,
     pub relay: RelaySettings,
+    pub retention: RetentionSettings,
     pub payment: PaymentSettings,
     pub risk: RiskSettings,
     pub wallet: WalletSettings,
+    pub recon: ReconSettings,
     pub provider: ProviderSettings,
     pub saga: SagaSettings,
     pub sqlite: SqliteSettings,
@@ -93,9 +98,11 @@ impl Default for Settings {
             streams: StreamsSettings::default(),
             consumer: ConsumerSettings::default(),
             relay: RelaySettings::default(),
+            retention: RetentionSettings::default(),
             payment: PaymentSettings::default(),
             risk: RiskSettings::default(),
             wallet: WalletSettings::default(),
+            recon: ReconSettings::default(),
             provider: ProviderSettings::default(),
             saga: SagaSettings::default(),
             sqlite: SqliteSettings::default(),
@@ -140,8 +147,16 @@ impl Default for NatsSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamsSettings {
-    /// Retention of every stream, in seconds. Default 604800 (7 days).
+    /// Retention of every stream, in seconds, unless the stream's own key
+    /// below says otherwise. Default 604800 (7 days).
     pub max_age_s: u64,
+    /// Retention of FALCON_CMD (commands), in seconds; 0: `max_age_s`.
+    pub cmd_max_age_s: u64,
+    /// Retention of FALCON_EVT (the sagas' events: what `saga show`,
+    /// `replay` and `replay --rebuild` read), in seconds; 0: `max_age_s`.
+    pub evt_max_age_s: u64,
+    /// Retention of FALCON_DLQ (dead letters), in seconds; 0: `max_age_s`.
+    pub dlq_max_age_s: u64,
     /// JetStream de-duplication window on `Nats-Msg-Id`, in seconds.
     /// Default 120; the contract requires at least 120.
     pub duplicate_window_s: u64,
@@ -160,6 +175,9 @@ impl Default for StreamsSettings {
     fn default() -> Self {
         StreamsSettings {
             max_age_s: 7 * 24 * 3600,
+            cmd_max_age_s: 0,
+            evt_max_age_s: 0,
+            dlq_max_age_s: 0,
             duplicate_window_s: 120,
             replicas: 1,
             cmd_max_bytes: 1 << 30,
@@ -174,12 +192,27 @@ impl StreamsSettings {
     /// the consumers and the streams' transforms must agree).
     pub fn to_stream_settings(&self, partitions: u32) -> StreamSettings {
         StreamSettings {
-            max_age: Duration::from_secs(self.max_age_s),
+            max_age: self
+                .stream_max_ages_s()
+                .map(|(_, s)| Duration::from_secs(s)),
             duplicate_window: Duration::from_secs(self.duplicate_window_s),
             replicas: self.replicas,
             max_bytes: [self.cmd_max_bytes, self.evt_max_bytes, self.dlq_max_bytes],
             partitions,
         }
+    }
+}
+
+impl StreamsSettings {
+    /// Each stream's retention key and its value in seconds (`max_age_s`
+    /// where the stream's own key is 0): FALCON_CMD, FALCON_EVT, FALCON_DLQ.
+    pub fn stream_max_ages_s(&self) -> [(&'static str, u64); 3] {
+        let or_default = |s: u64| if s == 0 { self.max_age_s } else { s };
+        [
+            ("streams.cmd_max_age_s", or_default(self.cmd_max_age_s)),
+            ("streams.evt_max_age_s", or_default(self.evt_max_age_s)),
+            ("streams.dlq_max_age_s", or_default(self.dlq_max_age_s)),
+        ]
     }
 }
 
@@ -221,13 +254,11 @@ impl Settings {
         const DAY_S: u64 = 86_400;
         const DAY_MS: u64 = DAY_S * 1000;
         let (s, c, r) = (&self.streams, &self.consumer, &self.relay);
-        let checks: [(&str, u64, u64, u64); 17] = [
-            (
-                "streams.max_age_s",
-                s.max_age_s,
-                s.duplicate_window_s.max(3600),
-                3650 * DAY_S,
-            ),
+        // Retention: never inside the duplicate window or below an hour,
+        // never past ten years.
+        let (age_min, age_max) = (s.duplicate_window_s.max(3600), 3650 * DAY_S);
+        let checks: [(&str, u64, u64, u64); 19] = [
+            ("streams.max_age_s", s.max_age_s, age_min, age_max),
             (
                 "streams.duplicate_window_s",
                 s.duplicate_window_s,
@@ -288,11 +319,38 @@ impl Settings {
             ),
             ("relay.batch_max", r.batch_max, 1, 100_000),
             ("relay.interval_ms", r.interval_ms, 1, DAY_MS),
+            ("retention.interval_s", self.retention.interval_s, 1, DAY_S),
+            ("retention.batch_max", self.retention.batch_max, 1, 100_000),
             ("shutdown.grace_ms", self.shutdown.grace_ms, 1, DAY_MS),
         ];
         for (key, value, min, max) in checks {
             if !(min..=max).contains(&value) {
                 return Err(format!("{key}: {value} is outside {min}..={max}"));
+            }
+        }
+        // Inbox rows outlive the broker's duplicate window, and an hour
+        // (0: kept for ever); outbox rows need no floor (published means
+        // the broker holds the event).
+        let inbox_min = s.duplicate_window_s.max(3600);
+        let keep = self.retention.inbox_keep_s;
+        if keep != 0 && !(inbox_min..=age_max).contains(&keep) {
+            return Err(format!(
+                "retention.inbox_keep_s: {keep} is outside {inbox_min}..={age_max} (at least the duplicate window and an hour; 0 keeps the rows for ever)"
+            ));
+        }
+        if self.retention.outbox_keep_s > age_max {
+            return Err(format!(
+                "retention.outbox_keep_s: {} is over {age_max}",
+                self.retention.outbox_keep_s
+            ));
+        }
+        // Each stream's own retention, as it resolves (0 takes max_age_s,
+        // checked above), within the same bounds.
+        for (key, value) in s.stream_max_ages_s() {
+            if !(age_min..=age_max).contains(&value) {
+                return Err(format!(
+                    "{key}: {value} is outside {age_min}..={age_max} (0 takes streams.max_age_s)"
+                ));
             }
         }
         if self.http.sample_interval_ms == 0 || self.http.sample_interval_ms > DAY_MS {
@@ -346,6 +404,34 @@ mod tests {
         assert!(!format!("{m:?}").contains("pw@"));
     }
 
+    /// Each stream keeps its messages for its own retention; a stream
+    /// without one keeps them for `max_age_s`.
+    #[test]
+    fn each_stream_has_its_retention() {
+        let mut s = StreamsSettings {
+            max_age_s: 86_400,
+            evt_max_age_s: 3650 * 86_400,
+            dlq_max_age_s: 90 * 86_400,
+            ..Default::default()
+        };
+        let ages: Vec<(String, Duration)> =
+            falcon_nats::topology::stream_configs(&s.to_stream_settings(1))
+                .into_iter()
+                .map(|c| (c.name, c.max_age))
+                .collect();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            ages,
+            vec![
+                ("FALCON_CMD".to_owned(), day),
+                ("FALCON_EVT".to_owned(), day * 3650),
+                ("FALCON_DLQ".to_owned(), day * 90),
+            ]
+        );
+        s.evt_max_age_s = 0;
+        assert_eq!(s.stream_max_ages_s()[1], ("streams.evt_max_age_s", 86_400));
+    }
+
     #[test]
     fn bad_values_name_their_key() {
         let mut s = Settings::default();
@@ -375,6 +461,12 @@ mod tests {
         let mut s = Settings::default();
         s.streams.max_age_s = u64::MAX;
         assert!(matches!(s.validate(), Err(e) if e.starts_with("streams.max_age_s:")));
+        s.streams.max_age_s = 7 * 86_400;
+        s.streams.dlq_max_age_s = 60;
+        assert!(matches!(s.validate(), Err(e) if e.starts_with("streams.dlq_max_age_s:")));
+        s.streams.dlq_max_age_s = 3651 * 86_400;
+        assert!(matches!(s.validate(), Err(e) if e.starts_with("streams.dlq_max_age_s:")));
+        s.streams.dlq_max_age_s = 0;
         let mut s = Settings::default();
         s.streams.max_age_s = 1;
         assert!(matches!(s.validate(), Err(e) if e.starts_with("streams.max_age_s:")));

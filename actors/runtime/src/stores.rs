@@ -1,7 +1,6 @@
 //! The actors' databases, opened and migrated through the registry.
 
-use falcon_kernel::store::connect;
-use falcon_kernel::store::connect::sqlite_file;
+use falcon_kernel::store::connect::{self, connect, sqlite_file};
 use falcon_kernel::Error;
 use falcon_sagas::Actor;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr, TransactionTrait};
@@ -28,9 +27,14 @@ pub async fn open(
     settings: &Settings,
 ) -> Result<DatabaseConnection, Error> {
     let name = entry.actor().as_str();
-    let db = connect(&entry.database_url(settings), &settings.sqlite)
-        .await
-        .map_err(Error::database(name))?;
+    let loops = entry.consumers(&settings.consumer).len();
+    let db = connect(
+        &entry.database_url(settings),
+        &settings.sqlite,
+        connect::postgres_pool(loops),
+    )
+    .await
+    .map_err(Error::database(name))?;
     migrate_serialised(entry, &db, &entry.database_url(settings))
         .await
         .map_err(Error::database(name))?;

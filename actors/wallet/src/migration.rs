@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use falcon_kernel::store::migration::{add_column_if_missing, OutboxSetAside};
+use falcon_kernel::store::migration::{add_column_if_missing, InboxProcessedAt, OutboxSetAside};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
@@ -34,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(Refunded),
             Box::new(Checks),
             Box::new(OutboxSetAside),
+            Box::new(InboxProcessedAt),
         ]
     }
 }

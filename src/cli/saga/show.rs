@@ -1,5 +1,6 @@
 //! `falcon saga show`: a saga's timeline from FALCON_EVT, the source of
-//! truth, folded through the saga state machine: each event with its
+//! truth, and from the saga history the payment database keeps beyond the
+//! stream's retention, folded through the saga state machine: each event with its
 //! actor, step, latency since the previous one and kind (forward, failure,
 //! compensation), then the state and what the saga waits on.
 
@@ -74,6 +75,20 @@ fn kind_of(data: &EventData) -> &'static str {
     }
 }
 
+/// The events of `id` the payment database kept.
+async fn kept_events(settings: &Settings, id: &str) -> Result<Vec<(u64, Event)>> {
+    let stores =
+        falcon_runtime::runtime::Stores::open(settings, &[falcon_sagas::Actor::Payment]).await?;
+    let db = stores
+        .get(falcon_sagas::Actor::Payment)
+        .ok_or_else(|| anyhow::anyhow!("no payment database"))?;
+    let (events, bad) = falcon_payment::view::history::of_saga(db, id).await?;
+    for b in bad {
+        eprintln!("falcon: skipping a kept event that no longer decodes: {b}");
+    }
+    Ok(events)
+}
+
 pub async fn show(settings: &Settings, id: &str, json: bool) -> Result<ExitCode> {
     if id.is_empty() || id.contains(['.', '*', '>', ' ']) {
         bail!("{id:?} is not a saga id");
@@ -94,6 +109,17 @@ pub async fn show(settings: &Settings, id: &str, json: bool) -> Result<ExitCode>
                 s.subject, s.stream_seq
             ),
         }
+    }
+    // The payment database keeps every saga event beyond the stream's
+    // retention: what the stream no longer holds comes from there.
+    match kept_events(settings, id).await {
+        Ok(kept) => {
+            let seen: std::collections::HashSet<String> =
+                events.iter().map(|(_, e)| e.id.clone()).collect();
+            events.extend(kept.into_iter().filter(|(_, e)| !seen.contains(&e.id)));
+            events.sort_by_key(|(seq, _)| *seq);
+        }
+        Err(e) => eprintln!("falcon: the saga history could not be read ({e:#}); the stream alone"),
     }
     let Some((_, first)) = events.first() else {
         bail!("no events for saga {id}");

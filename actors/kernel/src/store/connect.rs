@@ -7,8 +7,13 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbE
 
 use crate::settings::SqliteSettings;
 
-/// Opens a database by URL (`sqlite://…` or `postgres://…`).
-pub async fn connect(url: &str, sqlite: &SqliteSettings) -> Result<DatabaseConnection, DbErr> {
+/// Opens a database by URL (`sqlite://…` or `postgres://…`). A PostgreSQL
+/// pool holds up to `postgres_pool` connections ([`postgres_pool`]).
+pub async fn connect(
+    url: &str,
+    sqlite: &SqliteSettings,
+    postgres_pool: u32,
+) -> Result<DatabaseConnection, DbErr> {
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.sqlx_logging(false)
         .acquire_timeout(Duration::from_secs(30));
@@ -31,11 +36,27 @@ pub async fn connect(url: &str, sqlite: &SqliteSettings) -> Result<DatabaseConne
                     .statement_cache_capacity(STATEMENT_CACHE)
             });
     } else {
-        opts.max_connections(16)
+        opts.max_connections(postgres_pool.max(POSTGRES_POOL_SPARE))
             .min_connections(1)
             .map_sqlx_postgres_opts(|o| o.statement_cache_capacity(STATEMENT_CACHE));
     }
     Database::connect(opts).await
+}
+
+/// Connections a PostgreSQL pool needs beyond one per consumer loop: the
+/// outbox relay, the deadline sweeper, the health probe and the gauges,
+/// and the migrations (one connection holds their lock while another runs
+/// them).
+pub const POSTGRES_POOL_SPARE: u32 = 4;
+
+/// The PostgreSQL pool of a database that `loops` consumer loops write:
+/// a connection for each loop's batch transaction, so that the partitions'
+/// round trips overlap instead of queueing for a connection, and
+/// [`POSTGRES_POOL_SPARE`] more.
+pub fn postgres_pool(loops: usize) -> u32 {
+    u32::try_from(loops)
+        .unwrap_or(u32::MAX)
+        .saturating_add(POSTGRES_POOL_SPARE)
 }
 
 /// Prepared statements kept per connection. `IN` lists and guarded updates

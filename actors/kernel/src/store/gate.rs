@@ -96,8 +96,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let url = |name: &str| format!("sqlite://{}/{name}.db?mode=rwc", dir.path().display());
         let settings = SqliteSettings::default();
-        let db = connect(&url("one"), &settings).await.expect("one");
-        let other = connect(&url("other"), &settings).await.expect("other");
+        let db = connect(&url("one"), &settings, 8).await.expect("one");
+        let other = connect(&url("other"), &settings, 8).await.expect("other");
         let first = write_gate(&db).await;
         let mut second = Box::pin(write_gate(&db));
         assert!(

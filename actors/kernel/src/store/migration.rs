@@ -79,3 +79,30 @@ impl MigrationTrait for OutboxSetAside {
         .await
     }
 }
+
+/// An index on the inbox's `processed_at`, which the pruner deletes by
+/// (`falcon_kernel::prune`). Every actor's migrator lists it after
+/// [`OutboxSetAside`].
+pub struct InboxProcessedAt;
+
+impl MigrationName for InboxProcessedAt {
+    fn name(&self) -> &str {
+        "m9002_inbox_processed_at"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for InboxProcessedAt {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_index(
+                sea_orm::sea_query::Index::create()
+                    .if_not_exists()
+                    .name("idx-inbox-processed_at")
+                    .table(super::inbox::Entity)
+                    .col(super::inbox::Column::ProcessedAt)
+                    .to_owned(),
+            )
+            .await
+    }
+}

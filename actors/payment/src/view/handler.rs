@@ -58,6 +58,11 @@ impl Handler for SagaView {
         Ok(())
     }
 
+    /// The saga history, kept beyond the stream's retention.
+    async fn restore(&self) -> Result<u64, DbErr> {
+        super::history::restore(&self.db).await
+    }
+
     async fn rows(&self) -> Result<u64, DbErr> {
         saga_view::Entity::find().count(&self.db).await
     }
@@ -71,8 +76,9 @@ impl Handler for SagaView {
         _: &(),
         _out: &mut Outbox,
     ) -> Result<(), StepError> {
-        let event = decode_any_event(delivery)?;
-        project(txn, &[(event, delivery.stream_seq)]).await
+        let events = [(decode_any_event(delivery)?, delivery.stream_seq)];
+        super::history::keep(txn, &events).await?;
+        project(txn, &events).await
     }
 
     /// The whole batch set-based: one read, one insert, an update per saga.
@@ -86,6 +92,7 @@ impl Handler for SagaView {
             .iter()
             .map(|item| Ok((decode_any_event(item.delivery)?, item.delivery.stream_seq)))
             .collect::<Result<Vec<_>, StepError>>()?;
+        super::history::keep(txn, &events).await?;
         project(txn, &events).await
     }
 }
@@ -98,14 +105,19 @@ mod tests {
 
     /// The filter derived from the saga table is the one written by hand
     /// before it: every event type but the three that belong to a wallet
-    /// alone. And every saga event has its bit in the fold.
+    /// alone and the reconciliation actor's mismatches. And every saga event has its bit in the fold.
     #[test]
     fn the_view_reads_every_event_but_the_wallet_only_ones() {
         let derived: Vec<EventType> = saga_event_types().collect();
         let by_hand: Vec<EventType> = EventType::ALL
             .iter()
             .copied()
-            .filter(|t| !matches!(t, E::WalletOpened | E::WalletDeposited | E::WalletRejected))
+            .filter(|t| {
+                !matches!(
+                    t,
+                    E::WalletOpened | E::WalletDeposited | E::WalletRejected | E::ReconMismatch
+                )
+            })
             .collect();
         assert_eq!(derived, by_hand);
         let mut canonical = CANONICAL.to_vec();

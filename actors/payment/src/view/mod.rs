@@ -12,18 +12,22 @@
 //! - `fold`: the rule, pure: which state a saga's set of event types folds
 //!   to ([`fold_seen`]) and the row an event leaves.
 //! - `projection`: [`project`], the set-based writes of a batch's rows.
+//! - [`history`]: every saga event it folds, kept in the payment database
+//!   beyond the stream's retention ([`saga_history`]).
 //! - `queries`: what the CLI and the gauges read ([`list`], [`stuck`],
 //!   [`stuck_count`], as [`SagaRow`]s).
 
 mod entity;
 mod fold;
 mod handler;
+pub mod history;
 mod projection;
 mod queries;
 
 pub use entity::saga_view;
 pub use fold::{fold_seen, CANONICAL, UNKNOWN};
 pub use handler::{saga_event_types, SagaView};
+pub use history::saga_history;
 pub use projection::project;
 pub use queries::{list, stuck, stuck_count, SagaRow};
 

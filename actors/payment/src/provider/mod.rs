@@ -11,6 +11,9 @@ use falcon_schemas::Money;
 
 use crate::settings::ProviderSettings;
 
+mod http;
+pub use http::{Charge, ChargeStatus, HttpProvider};
+
 /// A capture to settle. `payment_id` is the provider's idempotency key: a
 /// retried capture settles once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,20 +88,71 @@ impl ProviderError {
     }
 }
 
-/// The port: anything that can settle a capture.
-#[async_trait::async_trait]
-pub trait SettlementProvider: Send + Sync {
-    async fn capture(&self, request: &CaptureRequest) -> Result<Settlement, ProviderError>;
+/// What a provider holds for an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// Charged, and standing.
+    Charged(Settlement),
+    /// Declined: nothing was charged, and the key will not charge.
+    Declined(String),
+    /// Voided: a charge undone, or a key closed before it charged.
+    Voided,
 }
 
-/// A simulated provider: latency and failure rates from config. Declines
-/// are decided by a hash of the payment id, so a retry (or another process)
-/// gets the same answer, as a real provider's idempotency key would give.
+/// The port: anything that can settle a capture, say what it holds for a
+/// key, and close a key.
+#[async_trait::async_trait]
+pub trait SettlementProvider: Send + Sync {
+    /// Charges the request's amount, once per key.
+    async fn capture(&self, request: &CaptureRequest) -> Result<Settlement, ProviderError>;
+    /// What the provider holds for `key`; `None` when it never saw it.
+    async fn lookup(&self, key: &str) -> Result<Option<Held>, ProviderError>;
+    /// Settles the request's key for good without charging, and returns
+    /// what the key holds afterwards: a key never charged is closed
+    /// ([`Held::Voided`]; a capture still on its way is then answered
+    /// "voided" and charges nothing), and a key already settled keeps its
+    /// record, a charge included. The provider orders a close and a charge
+    /// of one key, so the answer is the key's for good: a charge that
+    /// landed first is returned, never undone.
+    async fn close(&self, request: &CaptureRequest) -> Result<Held, ProviderError>;
+}
+
+/// A simulated provider: latency and failure rates from config. It honours
+/// the idempotency key as a real provider does: it keeps the final answer
+/// (a charge or a decline) of every key it settled, a repeated key gets
+/// that first answer and charges nothing more, and a key reused for a
+/// different amount is refused. Declines are decided by a hash of the
+/// payment id, so another process's simulator gives the same answer too.
+/// Its ledger lives as long as the process and holds the last
+/// [`LEDGER_MAX`] keys (an older key asked again gets the same answer from
+/// the hash, uncounted); a provider of its own, with a durable ledger, is
+/// the next step of docs/DESIGN.md's provider port.
 #[derive(Debug, Clone)]
 pub struct Simulator {
     latency: Duration,
     decline_bps: u32,
     transient_error_bps: u32,
+    ledger: Arc<std::sync::Mutex<Ledger>>,
+}
+
+/// The keys the simulator remembers at most, so that a long run's memory
+/// stays bounded (about 150 bytes a key).
+pub const LEDGER_MAX: usize = 100_000;
+
+/// The simulator's answers by key, and the keys in the order settled.
+#[derive(Debug, Default)]
+struct Ledger {
+    settled: HashMap<String, Settled>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// What the simulator settled for a key: the amount asked, and its answer
+/// (a voided key answers with a decline).
+#[derive(Debug, Clone)]
+struct Settled {
+    amount: Money,
+    answer: Result<Settlement, ProviderError>,
+    voided: bool,
 }
 
 impl Simulator {
@@ -107,7 +161,21 @@ impl Simulator {
             latency: Duration::from_millis(s.latency_ms),
             decline_bps: s.decline_bps,
             transient_error_bps: s.transient_error_bps,
+            ledger: Arc::default(),
         }
+    }
+
+    /// The charges it made: one per key it settled, with the amount.
+    pub fn charges(&self) -> Vec<(String, Money)> {
+        let ledger = self.ledger();
+        let mut charges: Vec<(String, Money)> = ledger
+            .settled
+            .iter()
+            .filter(|(_, s)| s.answer.is_ok())
+            .map(|(key, s)| (key.clone(), s.amount))
+            .collect();
+        charges.sort_by(|a, b| a.0.cmp(&b.0));
+        charges
     }
 }
 
@@ -118,25 +186,113 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
+impl Simulator {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Ledger {
+    fn insert(&mut self, key: &str, settled: Settled) {
+        if !self.settled.contains_key(key) {
+            if self.order.len() >= LEDGER_MAX {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.settled.remove(&oldest);
+                }
+            }
+            self.order.push_back(key.to_owned());
+        }
+        self.settled.insert(key.to_owned(), settled);
+    }
+}
+
+/// The simulator's answer for a voided key.
+fn voided(key: &str) -> ProviderError {
+    ProviderError::Declined(format!("the provider voided {key}"))
+}
+
 #[async_trait::async_trait]
 impl SettlementProvider for Simulator {
+    async fn lookup(&self, key: &str) -> Result<Option<Held>, ProviderError> {
+        if rand::random_range(0..10_000) < self.transient_error_bps {
+            return Err(ProviderError::unavailable("simulated outage"));
+        }
+        Ok(self.ledger().settled.get(key).map(|s| match &s.answer {
+            Ok(settlement) => Held::Charged(settlement.clone()),
+            Err(_) if s.voided => Held::Voided,
+            Err(e) => Held::Declined(e.to_string()),
+        }))
+    }
+
+    async fn close(&self, request: &CaptureRequest) -> Result<Held, ProviderError> {
+        if rand::random_range(0..10_000) < self.transient_error_bps {
+            return Err(ProviderError::unavailable("simulated outage"));
+        }
+        let key = &request.payment_id;
+        let mut ledger = self.ledger();
+        if let Some(s) = ledger.settled.get(key) {
+            if s.amount != request.amount {
+                return Err(ProviderError::Declined(format!(
+                    "idempotency key {key} was used for {}, not {}",
+                    s.amount, request.amount
+                )));
+            }
+            return Ok(match &s.answer {
+                Ok(settlement) => Held::Charged(settlement.clone()),
+                Err(_) if s.voided => Held::Voided,
+                Err(e) => Held::Declined(e.to_string()),
+            });
+        }
+        ledger.insert(
+            key,
+            Settled {
+                amount: request.amount,
+                answer: Err(voided(key)),
+                voided: true,
+            },
+        );
+        Ok(Held::Voided)
+    }
+
     async fn capture(&self, request: &CaptureRequest) -> Result<Settlement, ProviderError> {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
-        let h = fnv1a(&request.payment_id);
-        if h % 10_000 < u64::from(self.decline_bps) {
-            return Err(ProviderError::Declined(format!(
-                "simulated decline of {}",
-                request.amount
-            )));
-        }
         if rand::random_range(0..10_000) < self.transient_error_bps {
             return Err(ProviderError::unavailable("simulated outage"));
         }
-        Ok(Settlement {
-            settlement_id: format!("sim-{h:016x}"),
-        })
+        let mut ledger = self.ledger();
+        if let Some(settled) = ledger.settled.get(&request.payment_id) {
+            if settled.amount != request.amount {
+                return Err(ProviderError::Declined(format!(
+                    "idempotency key {} was used for {}, not {}",
+                    request.payment_id, settled.amount, request.amount
+                )));
+            }
+            return settled.answer.clone();
+        }
+        let h = fnv1a(&request.payment_id);
+        let answer = if h % 10_000 < u64::from(self.decline_bps) {
+            Err(ProviderError::Declined(format!(
+                "simulated decline of {}",
+                request.amount
+            )))
+        } else {
+            Ok(Settlement {
+                settlement_id: format!("sim-{h:016x}"),
+            })
+        };
+        ledger.insert(
+            &request.payment_id,
+            Settled {
+                amount: request.amount,
+                answer: answer.clone(),
+                voided: false,
+            },
+        );
+        answer
     }
 }
 
@@ -240,9 +396,7 @@ impl Resilient {
     }
 
     pub async fn capture(&self, request: &CaptureRequest) -> Result<Settlement, ProviderError> {
-        if self.breaker.state() == BreakerState::Open {
-            return Err(ProviderError::unavailable("circuit breaker open"));
-        }
+        self.refuse_while_open()?;
         let result = (|| async { self.inner.capture(request).await })
             .retry(self.retry)
             .when(ProviderError::is_transient)
@@ -255,6 +409,30 @@ impl Resilient {
         metrics::gauge!(falcon_kernel::telemetry::names::BREAKER_STATE)
             .set(self.breaker.state().gauge_value());
         result
+    }
+}
+
+impl Resilient {
+    /// Refuses a call at once while the breaker is open.
+    fn refuse_while_open(&self) -> Result<(), ProviderError> {
+        if self.breaker.state() == BreakerState::Open {
+            return Err(ProviderError::unavailable("circuit breaker open"));
+        }
+        Ok(())
+    }
+
+    /// What the provider holds for `key`: one call, no retry (the caller
+    /// asks again on its next round), refused while the breaker is open.
+    pub async fn lookup(&self, key: &str) -> Result<Option<Held>, ProviderError> {
+        self.refuse_while_open()?;
+        self.inner.lookup(key).await
+    }
+
+    /// Closes the request's key and returns what it holds: one call, no
+    /// retry, refused while the breaker is open.
+    pub async fn close(&self, request: &CaptureRequest) -> Result<Held, ProviderError> {
+        self.refuse_while_open()?;
+        self.inner.close(request).await
     }
 }
 
@@ -295,6 +473,49 @@ mod tests {
             .await
             .expect("no failures configured");
         assert_eq!(a, b, "same payment, same settlement");
+    }
+
+    /// A repeated key gets the first answer and charges once; a key reused
+    /// for another amount is refused; a decline is remembered too.
+    #[tokio::test]
+    async fn simulator_honours_the_idempotency_key() {
+        let sim = Simulator::new(&ProviderSettings::default());
+        let first = sim.capture(&request("p1")).await.expect("charged");
+        let again = sim.capture(&request("p1")).await.expect("the first answer");
+        assert_eq!(first, again);
+        let other_amount = CaptureRequest {
+            amount: Money::from_minor(
+                101,
+                falcon_schemas::Currency::from_code("USD").expect("USD"),
+            ),
+            ..request("p1")
+        };
+        let refused = sim.capture(&other_amount).await.expect_err("refused");
+        assert!(
+            matches!(&refused, ProviderError::Declined(m) if m.contains("idempotency key p1")),
+            "{refused}"
+        );
+        sim.capture(&request("p2")).await.expect("charged");
+        let charges = sim.charges();
+        assert_eq!(
+            charges
+                .iter()
+                .map(|(k, m)| (k.as_str(), m.minor()))
+                .collect::<Vec<_>>(),
+            vec![("p1", 100), ("p2", 100)],
+            "one charge per key"
+        );
+        let declining = Simulator::new(&ProviderSettings {
+            decline_bps: 10_000,
+            ..Default::default()
+        });
+        for _ in 0..2 {
+            assert!(matches!(
+                declining.capture(&request("p3")).await,
+                Err(ProviderError::Declined(_))
+            ));
+        }
+        assert!(declining.charges().is_empty());
     }
 
     #[tokio::test]
