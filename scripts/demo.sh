@@ -30,9 +30,11 @@
 #   3. a payment published as a plain NATS message (scripts/nats_pub.py,
 #      with a user and password), its resend, which JetStream drops as a
 #      duplicate, and a payment from a wallet that client does not own
-#   4. a capture the settlement provider declines: the held funds are
+#   4. a capture the settlement provider (falcon-provider, a process with
+#      its own ledger) declines: the held funds are
 #      released (compensation) and the payment fails
-#   5. balances, saga list, two saga timelines, `falcon verify`, `falcon recon`
+#   5. balances, saga list, two saga timelines, `falcon verify`, what the
+#      provider charged, `falcon recon` (the three sources compared)
 #   6. what operators watch: one more payment, /health/ready and a few lines
 #      of /metrics
 
@@ -110,6 +112,49 @@ start_actors() {
     RUN_PID=$FALCON_BG_PID
 }
 
+# provider_faults JSON: the faults falcon-provider applies from now on.
+provider_faults() {
+    printf '%s$ PUT %s/admin/faults %s%s\n' "$BOLD" "$FALCON__PROVIDER__URL" "$1" "$RESET"
+    python3 - "$FALCON__PROVIDER__URL/admin/faults" "$DEMO_DIR/provider/admin.key" "$1" <<'PY'
+import sys, urllib.request
+url, key_file, body = sys.argv[1:]
+key = open(key_file).read().strip()
+req = urllib.request.Request(url, data=body.encode(), method="PUT",
+                             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+print(urllib.request.urlopen(req, timeout=10).read().decode())
+PY
+}
+
+# provider_get PATH: a GET of falcon-provider's API, with the actors' key.
+provider_get() {
+    printf '%s$ GET %s%s%s\n' "$BOLD" "$FALCON__PROVIDER__URL" "$1" "$RESET"
+    python3 - "$FALCON__PROVIDER__URL$1" "$FALCON__PROVIDER__API_KEY_FILE" <<'PY'
+import sys, urllib.request
+url, key_file = sys.argv[1:]
+key = open(key_file).read().strip()
+req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+print(urllib.request.urlopen(req, timeout=10).read().decode())
+PY
+}
+
+# Waits (bounded by WAIT_S) until a reconciliation run has read the
+# provider's list to the end and compared every payment.
+wait_recon_synced() {
+    local deadline=$((SECONDS + WAIT_S))
+    until "$FALCON_BIN" --json recon --runs 1 2>/dev/null | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+runs = r.get("runs") or []
+sys.exit(0 if runs and runs[0].get("provider") == "synced" and r.get("pending", 1) == 0 else 1)' 2>/dev/null; do
+        check_actors_alive
+        if ((SECONDS >= deadline)); then
+            note "no synced reconciliation run within ${WAIT_S}s; going on"
+            return 0
+        fi
+        sleep 0.5
+    done
+}
+
 stop_actors() {
     [[ -n ${RUN_PID:-} ]] || return 0
     note "stopping falcon run (SIGTERM: it finishes in-flight work and exits)"
@@ -147,13 +192,17 @@ export FALCON__RECON__DATABASE_URL="sqlite://$DEMO_DIR/recon.db?mode=rwc"
 # Reconcile every 2 s what has been quiet for 1 s (defaults: 60 s, 300 s).
 export FALCON__RECON__INTERVAL_S=2
 export FALCON__RECON__SETTLE_S=1
-export FALCON__PROVIDER__DECLINE_BPS=0
+# The settlement provider: falcon-provider, a process of its own with a
+# durable ledger of charges by key (exports FALCON__PROVIDER__URL and the
+# API key file for the payment and reconciliation actors).
+falcon_start_provider "$DEMO_DIR/provider"
 # /metrics and /health on a free port (the default, 9464, may be taken).
 HTTP_PORT=$(falcon_free_port)
 export FALCON__HTTP__LISTEN=127.0.0.1:$HTTP_PORT
 export FALCON__HTTP__SAMPLE_INTERVAL_MS=500
 note "FALCON__NATS__URL=$FALCON__NATS__URL"
 note "databases: $DEMO_DIR/{payment,risk,wallet,recon}.db"
+note "settlement provider: falcon-provider at $FALCON__PROVIDER__URL (ledger $DEMO_DIR/provider/ledger.db)"
 
 falcon streams apply
 start_actors main
@@ -237,13 +286,11 @@ pub_shop cmd-pay-fake falcon.cmd.payment.create.client '{"payment_id":"pay-fake"
 # ---------------------------------------------------------------------------
 section "4. A capture the provider declines (compensation)"
 # ---------------------------------------------------------------------------
-note "restart the actors with a settlement provider that declines every capture"
-stop_actors
-start_actors declining FALCON__PROVIDER__DECLINE_BPS=10000
-note "funds are reserved, the capture fails, the wallet releases the hold -> failed (compensated)"
+note "the provider is told (PUT /admin/faults, with its admin key) to decline every new charge"
+provider_faults '{"decline_bps": 10000}'
+note "funds are reserved, the capture is declined, the wallet releases the hold -> failed (compensated)"
 falcon_outcome pay --from alice --to carol --amount 30.00 --currency USD --id pay-declined --wait
-stop_actors
-start_actors resumed
+provider_faults '{"decline_bps": 0}'
 
 # ---------------------------------------------------------------------------
 section "5. Where the money is"
@@ -261,12 +308,17 @@ falcon saga show pay-declined
 section "Invariants"
 falcon verify
 
+section "The provider's side"
+note "what falcon-provider charged (GET /v1/totals): one charge per completed payment, 25.00 + 12.50 = 37.50 USD; pay-declined was declined"
+provider_get /v1/totals
+
 section "Reconciliation"
-note "the wallet ledger against the payments' states (the built-in simulator keeps no settlement list, so the provider is not compared: provider none)"
+note "the wallet ledger, the payments' states and the provider's list of charges, compared (provider synced, no mismatch)"
+wait_recon_synced
 falcon recon --runs 3
 
 section "6. What operators watch"
-note "this process was restarted after section 4: its counters start at zero; one more payment, then its numbers"
+note "one more payment, then this process's numbers since it started"
 falcon_outcome pay --from bob --to carol --amount 2.50 --currency USD --id pay-watched --wait
 note "GET http://127.0.0.1:$HTTP_PORT/health/ready and /metrics (the gauges refresh every 500 ms)"
 python3 - "http://127.0.0.1:$HTTP_PORT" <<'PY'

@@ -346,16 +346,50 @@ falcon_require_cargo() {
         falcon_die "cargo not found: FalconPay needs a Rust toolchain (>= 1.85), e.g. from rustup; it is not installed by these scripts"
 }
 
+# Builds `falcon` and `falcon-provider` (release) unless FALCON_BIN names a
+# prebuilt falcon; exports FALCON_BIN and FALCON_PROVIDER_BIN (by default the
+# falcon-provider next to FALCON_BIN).
 falcon_build() {
     if [[ -n ${FALCON_BIN:-} && -x ${FALCON_BIN:-} ]]; then
         falcon_log "using prebuilt falcon: $FALCON_BIN"
+        export FALCON_PROVIDER_BIN=${FALCON_PROVIDER_BIN:-$(dirname "$FALCON_BIN")/falcon-provider}
         return 0
     fi
     falcon_require_cargo
-    falcon_log "building falcon (release; target dir $CARGO_TARGET_DIR)"
-    (cd "$FALCON_ROOT" && cargo build --release --bin falcon)
+    falcon_log "building falcon and falcon-provider (release; target dir $CARGO_TARGET_DIR)"
+    (cd "$FALCON_ROOT" && cargo build --release --bin falcon --bin falcon-provider)
     local target_dir=$CARGO_TARGET_DIR
     [[ $target_dir == /* ]] || target_dir="$FALCON_ROOT/$target_dir"
     export FALCON_BIN="$target_dir/release/falcon"
+    export FALCON_PROVIDER_BIN="$target_dir/release/falcon-provider"
     [[ -x $FALCON_BIN ]] || falcon_die "build finished but $FALCON_BIN is missing"
+}
+
+# Starts falcon-provider (FALCON_PROVIDER_BIN) in the background on a port
+# of its choosing on loopback, with its ledger, its API key (api.key) and
+# its admin key (admin.key: /admin/faults, /admin/stats) in DIR, and exports
+# FALCON__PROVIDER__URL and FALCON__PROVIDER__API_KEY_FILE for the actors;
+# FALCON_PROVIDER_PID is its pid. Extra arguments go to falcon-provider
+# (e.g. --decline-bps 10000).
+falcon_start_provider() {
+    local dir=${1:?usage: falcon_start_provider DIR [ARGS...]}
+    shift
+    [[ -x ${FALCON_PROVIDER_BIN:-} ]] || falcon_die "falcon-provider not found (FALCON_PROVIDER_BIN=${FALCON_PROVIDER_BIN:-})"
+    mkdir -p "$dir"
+    local k
+    for k in api admin; do
+        (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/$k.key" && echo >>"$dir/$k.key")
+    done
+    falcon_start_bg falcon-provider "$dir/provider.log" "$FALCON_PROVIDER_BIN" \
+        --listen 127.0.0.1:0 --ledger "$dir/ledger.db" --api-key-file "$dir/api.key" \
+        --admin-key-file "$dir/admin.key" "$@"
+    FALCON_PROVIDER_PID=$FALCON_BG_PID
+    local deadline=$((SECONDS + 30))
+    until grep -q 'listening on' "$dir/provider.log" 2>/dev/null; do
+        falcon__pid_alive "$FALCON_PROVIDER_PID" || falcon_die "falcon-provider exited: $(tail -5 "$dir/provider.log")"
+        ((SECONDS < deadline)) || falcon_die "falcon-provider not listening after 30 s: $(tail -5 "$dir/provider.log")"
+        sleep 0.05
+    done
+    export FALCON__PROVIDER__URL="http://$(sed -n 's/^falcon-provider listening on //p' "$dir/provider.log" | head -1)"
+    export FALCON__PROVIDER__API_KEY_FILE="$dir/api.key"
 }

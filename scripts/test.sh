@@ -55,7 +55,7 @@ fi
 for f in scripts/*.sh scripts/chaos/*.sh .ci/run; do
     bash -n "$f"
 done
-for f in scripts/nats_pub.py scripts/chaos/drive.py; do
+for f in scripts/nats_pub.py scripts/chaos/drive.py scripts/soak.py; do
     python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' "$f"
 done
 

@@ -62,6 +62,7 @@ METRICS = {
     # the last run finished (Unix seconds).
     "falcon_recon_mismatches_total": ("counter", {"kind"}),
     "falcon_recon_mismatches_open": ("gauge", set()),
+    "falcon_recon_pending": ("gauge", set()),
     "falcon_recon_runs_total": ("counter", {"outcome"}),
     "falcon_recon_last_run_timestamp_seconds": ("gauge", set()),
 }

@@ -50,6 +50,10 @@ pub async fn run(settings: &Settings, args: ReconArgs, json: bool) -> Result<Exi
         );
     }
     println!("provider checkpoint: {}", r.provider_checkpoint);
+    println!(
+        "waiting to be compared: {} (changed, compared once quiet for recon.settle_s)",
+        r.pending
+    );
     for o in &r.open {
         let m = &o.mismatch;
         println!(

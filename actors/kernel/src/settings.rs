@@ -105,8 +105,10 @@ impl Default for RelaySettings {
 pub struct RetentionSettings {
     /// A processed message's inbox row is deleted this long after, in
     /// seconds; a copy of the message arriving later is caught by its
-    /// business key instead. At least `streams.duplicate_window_s` and an
-    /// hour; 0 keeps the rows for ever. Default 86400 (a day).
+    /// business key instead. At least `streams.duplicate_window_s` and the
+    /// redelivery span (`consumer.max_deliver` times the longer of
+    /// `ack_wait_ms` and `nak_delay_ms_max`: 300 s by default); 0 keeps the
+    /// rows for ever. Default 86400 (a day).
     pub inbox_keep_s: u64,
     /// A published outbox row is deleted this long after publication, in
     /// seconds (unpublished and set-aside rows are kept). 0 keeps them for

@@ -89,6 +89,10 @@ pub mod names {
     pub const RECON_OPEN: &str = "falcon_recon_mismatches_open";
     /// Counter `{outcome}` (`ok`, `error`): reconciliation runs.
     pub const RECON_RUNS: &str = "falcon_recon_runs_total";
+    /// Gauge: payments whose facts changed and wait to be compared, after
+    /// the last reconciliation run (quiet or not yet); growing run after
+    /// run, the reconciliation is falling behind.
+    pub const RECON_PENDING: &str = "falcon_recon_pending";
     /// Gauge: when the last reconciliation run finished, in Unix seconds.
     pub const RECON_LAST_RUN: &str = "falcon_recon_last_run_timestamp_seconds";
 }

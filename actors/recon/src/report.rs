@@ -23,6 +23,8 @@ pub struct Report {
     pub open: Vec<Open>,
     /// How many are open in all.
     pub open_count: u64,
+    /// Payments whose facts changed and wait to be compared.
+    pub pending: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,5 +95,6 @@ pub async fn report(db: &DatabaseConnection, runs: u64) -> Result<Report, DbErr>
         provider_checkpoint: crate::run::checkpoint(db).await?,
         open,
         open_count,
+        pending: crate::run::pending(db).await?,
     })
 }

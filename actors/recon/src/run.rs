@@ -6,7 +6,8 @@
 //!    page's records written into the facts and the checkpoint advanced in
 //!    one transaction;
 //! 3. the comparison: the marked rows whose facts have been quiet for
-//!    `recon.settle_s`, oldest first, at most `recon.check_max`. The
+//!    `recon.settle_s`, oldest first, `recon.check_max` at a time until
+//!    none is left or the round has run for `recon.interval_s`. The
 //!    provider is compared only when its list was read to the end in this
 //!    round; a standing charge for a failed payment is voided at the
 //!    provider first (`recon.void_unexpected`); then, in one transaction,
@@ -53,6 +54,9 @@ pub struct Outcome {
     pub opened: i64,
     pub resolved: i64,
     pub open: i64,
+    /// Payments still marked after the round (changed, waiting to settle
+    /// or to be compared).
+    pub pending: u64,
     pub error: Option<String>,
 }
 
@@ -89,16 +93,26 @@ pub async fn reconcile(
     }
     // The provider is compared only once its list was read to the end; a
     // row whose provider facts may be behind waits, marked.
+    // Chunks of `check_max` until none is left or the round has used its
+    // budget, so that the comparison keeps up with any rate of payments
+    // (a chunk a round would cap it at check_max / interval_s).
     if outcome.provider == "synced" || outcome.provider == "none" {
-        compare(
-            db,
-            provider,
-            s,
-            now,
-            outcome.provider == "synced",
-            &mut outcome,
-        )
-        .await?;
+        let started = std::time::Instant::now();
+        let budget = Duration::from_secs(s.interval_s.max(1));
+        loop {
+            let checked = compare(
+                db,
+                provider,
+                s,
+                now,
+                outcome.provider == "synced",
+                &mut outcome,
+            )
+            .await?;
+            if checked < s.check_max || started.elapsed() >= budget {
+                break;
+            }
+        }
     }
     outcome.open = mismatch::Entity::find()
         .filter(mismatch::Column::ResolvedAt.is_null())
@@ -106,6 +120,7 @@ pub async fn reconcile(
         .await?
         .try_into()
         .unwrap_or(i64::MAX);
+    outcome.pending = pending(db).await?;
     record_run(db, &outcome, now).await?;
     Ok(Some(outcome))
 }
@@ -145,6 +160,14 @@ async fn ensure_state(db: &impl sea_orm::ConnectionTrait, name: &str) -> Result<
     .exec(db)
     .await?;
     Ok(())
+}
+
+/// Payments whose facts changed since they were last compared.
+pub async fn pending(db: &DatabaseConnection) -> Result<u64, DbErr> {
+    fact::Entity::find()
+        .filter(fact::Column::Dirty.eq(true))
+        .count(db)
+        .await
 }
 
 /// The provider checkpoint: the last rev read.
@@ -242,7 +265,8 @@ async fn write_page(
     txn.commit().await
 }
 
-/// Compares the marked rows quiet since `now - settle_s`.
+/// Compares at most `check_max` of the marked rows quiet since
+/// `now - settle_s`, oldest first; how many it compared.
 async fn compare(
     db: &DatabaseConnection,
     client: Option<&Client>,
@@ -250,7 +274,7 @@ async fn compare(
     now: DateTime<Utc>,
     with_provider: bool,
     outcome: &mut Outcome,
-) -> Result<(), DbErr> {
+) -> Result<u64, DbErr> {
     let quiet_since = now
         - chrono::Duration::from_std(Duration::from_secs(s.settle_s))
             .unwrap_or(chrono::Duration::zero());
@@ -263,9 +287,12 @@ async fn compare(
         .all(db)
         .await?;
     if rows.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
-    outcome.checked = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+    let checked = rows.len() as u64;
+    outcome.checked = outcome
+        .checked
+        .saturating_add(i64::try_from(rows.len()).unwrap_or(i64::MAX));
     let mut found: Vec<(fact::Model, Vec<MismatchData>)> = rows
         .into_iter()
         .map(|row| {
@@ -393,7 +420,7 @@ async fn compare(
         metrics::counter!(falcon_kernel::telemetry::names::RECON_MISMATCHES, "kind" => kind.as_str())
             .increment(n);
     }
-    Ok(())
+    Ok(checked)
 }
 
 /// When the last run on record finished.
@@ -433,7 +460,64 @@ async fn record_run(
     let result = if o.error.is_some() { "error" } else { "ok" };
     metrics::counter!(names, "outcome" => result).increment(1);
     metrics::gauge!(falcon_kernel::telemetry::names::RECON_OPEN).set(o.open as f64);
+    metrics::gauge!(falcon_kernel::telemetry::names::RECON_PENDING).set(o.pending as f64);
     metrics::gauge!(falcon_kernel::telemetry::names::RECON_LAST_RUN)
         .set(finished_at.timestamp() as f64);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migration::Migrator;
+    use falcon_kernel::testing::{backends, Fresh};
+
+    /// A round compares chunk after chunk until nothing quiet is left:
+    /// `check_max` bounds a transaction, not the rate it keeps up with.
+    #[tokio::test]
+    async fn a_round_compares_every_quiet_row_a_chunk_at_a_time() {
+        for backend in backends() {
+            let fresh = Fresh::migrated::<Migrator>(&backend, "recon").await;
+            let db = &fresh.db;
+            let t0 = Utc::now();
+            for i in 0..25 {
+                let key = format!("pay-{i:04}");
+                crate::handler::ensure_row(db, &key, t0)
+                    .await
+                    .expect("a row");
+                fact::Entity::update_many()
+                    .col_expr(fact::Column::Currency, Expr::value("USD"))
+                    .col_expr(fact::Column::PaymentState, Expr::value(rules::COMPLETED))
+                    .col_expr(fact::Column::PaymentMinor, Expr::value(100))
+                    .col_expr(fact::Column::WalletMinor, Expr::value(100))
+                    .filter(fact::Column::Key.eq(key))
+                    .exec(db)
+                    .await
+                    .expect("facts that agree");
+            }
+            let s = ReconSettings {
+                check_max: 10,
+                ..ReconSettings::default()
+            };
+            let now = t0 + chrono::Duration::seconds(s.settle_s as i64 + 1);
+            let outcome = reconcile(db, None, &s, "node-a", now)
+                .await
+                .expect("a round")
+                .expect("the lease");
+            assert_eq!(outcome.checked, 25, "{}: {outcome:?}", fresh.backend);
+            assert_eq!((outcome.opened, outcome.open, outcome.pending), (0, 0, 0));
+            let marked = fact::Entity::find()
+                .filter(fact::Column::Dirty.eq(true))
+                .count(db)
+                .await
+                .expect("a count");
+            assert_eq!(marked, 0, "{}: every row compared", fresh.backend);
+            // Nothing changed: the next round compares nothing.
+            let again = reconcile(db, None, &s, "node-a", now)
+                .await
+                .expect("a round")
+                .expect("the lease");
+            assert_eq!(again.checked, 0, "{}", fresh.backend);
+        }
+    }
 }

@@ -20,8 +20,9 @@ pub struct ReconSettings {
     pub page_max: u32,
     /// Pages of the provider's list read per run, at most. Default 100.
     pub pages_per_run_max: u32,
-    /// Payments compared per run, at most (the rest wait for the next
-    /// run). Default 10000.
+    /// Payments compared per transaction; a run compares one such chunk
+    /// after another until none is left or it has run for `interval_s`
+    /// (the rest wait for the next run). Default 10000.
     pub check_max: u64,
     /// Whether a standing charge for a payment that failed is voided at
     /// the provider (and reported `action: voided`), or only reported.

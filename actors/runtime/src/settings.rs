@@ -328,14 +328,20 @@ impl Settings {
                 return Err(format!("{key}: {value} is outside {min}..={max}"));
             }
         }
-        // Inbox rows outlive the broker's duplicate window, and an hour
-        // (0: kept for ever); outbox rows need no floor (published means
-        // the broker holds the event).
-        let inbox_min = s.duplicate_window_s.max(3600);
+        // Inbox rows outlive the broker's duplicate window and every
+        // redelivery of their message (max_deliver deliveries, each at most
+        // the longer of ack_wait and the longest nak delay apart), so that
+        // the cheap check catches what it can; past that the business keys
+        // guarantee one effect (0: kept for ever). Outbox rows need no
+        // floor (published means the broker holds the event).
+        let redelivery_s = (c.max_deliver.max(0) as u64)
+            .saturating_mul(c.ack_wait_ms.max(c.nak_delay_ms_max))
+            .div_ceil(1000);
+        let inbox_min = s.duplicate_window_s.max(redelivery_s);
         let keep = self.retention.inbox_keep_s;
         if keep != 0 && !(inbox_min..=age_max).contains(&keep) {
             return Err(format!(
-                "retention.inbox_keep_s: {keep} is outside {inbox_min}..={age_max} (at least the duplicate window and an hour; 0 keeps the rows for ever)"
+                "retention.inbox_keep_s: {keep} is outside {inbox_min}..={age_max} (at least the duplicate window and the redelivery span, consumer.max_deliver x the longer of consumer.ack_wait_ms and consumer.nak_delay_ms_max; 0 keeps the rows for ever)"
             ));
         }
         if self.retention.outbox_keep_s > age_max {
@@ -473,6 +479,31 @@ mod tests {
         let mut s = Settings::default();
         s.consumer.ack_wait_ms = 0;
         assert!(matches!(s.validate(), Err(e) if e.starts_with("consumer.ack_wait_ms:")));
+    }
+
+    #[test]
+    fn inbox_rows_outlive_every_redelivery() {
+        let mut s = Settings::default();
+        // Defaults: 10 deliveries, 30 s apart at most: 300 s.
+        s.retention.inbox_keep_s = 299;
+        assert!(
+            matches!(s.validate(), Err(e) if e.starts_with("retention.inbox_keep_s: 299 is outside 300.."))
+        );
+        s.retention.inbox_keep_s = 300;
+        assert_eq!(s.validate(), Ok(()));
+        s.retention.inbox_keep_s = 0;
+        assert_eq!(s.validate(), Ok(()));
+        // A longer redelivery span raises the floor; so does the window.
+        s.retention.inbox_keep_s = 600;
+        s.consumer.ack_wait_ms = 120_000;
+        assert!(
+            matches!(s.validate(), Err(e) if e.starts_with("retention.inbox_keep_s: 600 is outside 1200.."))
+        );
+        s.consumer.ack_wait_ms = 30_000;
+        s.streams.duplicate_window_s = 900;
+        assert!(
+            matches!(s.validate(), Err(e) if e.starts_with("retention.inbox_keep_s: 600 is outside 900.."))
+        );
     }
 
     #[test]
