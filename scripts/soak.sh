@@ -12,7 +12,8 @@
 #   --db sqlite     one SQLite file per actor (default); postgres: fresh
 #                   databases on FALCON_PG_HOST:FALCON_PG_PORT
 #   --payments N    payments driven (default 1000000)
-#   --interval S    seconds between samples (default 15)
+#   --interval S    seconds between samples (default 30; each sample counts
+#                   every table's rows, which costs the machine a little)
 #   --out DIR       where soak.csv, soak.svg and the logs go (default a new
 #                   directory under ${TMPDIR:-/tmp})
 #   BENCH ARGS      more `falcon bench` arguments (default: --concurrency
@@ -31,7 +32,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$FALCON_ROOT"
 
-db=sqlite payments=1000000 interval=15 out="" bench_args=()
+db=sqlite payments=1000000 interval=30 out="" bench_args=()
 while (($#)); do
     case $1 in
     --db) db=$2; shift 2 ;;
@@ -60,14 +61,17 @@ falcon_on_exit "rm -rf $(printf '%q' "$work/nats") $(printf '%q' "$work")/*.db $
 
 export FALCON__SECURITY__KEYS_DIR=$work/keys
 "$FALCON_BIN" auth init >/dev/null || falcon_die "falcon auth init failed"
-{ cat deploy/nats/single.conf; printf '\ninclude "keys/nats-auth.conf"\n'; } >"$work/nats.conf"
+# The single-node file, with room on disk for an hour of a million
+# payments' messages, and the generated authorization.
+{ sed 's/^\( *max_file_store:\).*/\1 64GB/' deploy/nats/single.conf; printf '\ninclude "keys/nats-auth.conf"\n'; } >"$work/nats.conf"
+grep -q 'max_file_store: 64GB' "$work/nats.conf" || falcon_die "deploy/nats/single.conf has no max_file_store to raise"
 falcon_start_nats "$work/nats" "$work/nats.conf"
 export FALCON__NATS__URL=$NATS_URL
 export RUST_LOG=${RUST_LOG:-warn}
 
 export FALCON__RETENTION__INBOX_KEEP_S=300 FALCON__RETENTION__OUTBOX_KEEP_S=300 FALCON__RETENTION__INTERVAL_S=30
 export FALCON__STREAMS__CMD_MAX_AGE_S=3600 FALCON__STREAMS__EVT_MAX_AGE_S=3600
-export FALCON__STREAMS__CMD_MAX_BYTES=$((16 << 30)) FALCON__STREAMS__EVT_MAX_BYTES=$((64 << 30))
+export FALCON__STREAMS__CMD_MAX_BYTES=$((8 << 30)) FALCON__STREAMS__EVT_MAX_BYTES=$((40 << 30))
 
 dbs=()
 case $db in
