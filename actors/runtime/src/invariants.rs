@@ -155,11 +155,14 @@ pub async fn check_streams(
                 continue;
             }
             let consumer = falcon_nats::topology::declared_name(&spec.name);
+            // From the pruning horizon on: what is older has no inbox row
+            // to check (read whole, a long stream cost minutes).
+            let start = pruned_before.map_or(Start::All, Start::Time);
             let mut reader = RangeReader::open(
                 js,
                 spec.stream,
                 spec.filter_subjects.clone(),
-                Start::All,
+                start,
                 Some(floor),
             )
             .await?;
