@@ -209,8 +209,10 @@ def fmt(v):
     return f"{v:g}"
 
 
-def panel(y0, title, series, t_max, unit, w=900, h=220, log=False):
-    """SVG of one panel at vertical offset y0: series is [(label, [(t, v)])]."""
+def panel(y0, title, series, t_max, unit, w=900):
+    """SVG of one panel at vertical offset y0: series is [(label, [(t, v)])];
+    tall enough for its legend."""
+    h = max(220, 60 + 14 * len(series) + 10)
     left, top, pw, ph = 70, y0 + 28, w - 70 - 230, h - 60
     v_max = nice_max(max((v for _, pts in series for _, v in pts), default=1.0))
     out = [f'<text x="{left}" y="{y0 + 18}" font-size="14" font-weight="bold">{escape(title)}</text>',
@@ -257,7 +259,7 @@ def plot(args):
     for title, series, unit in (
         ("Sagas ended per second (between samples)", [("sagas/s", tp)], "sagas/s"),
         ("Resident memory (VmRSS)", rss, "MB"),
-        ("Rows kept for ever (the business record)", growing, "rows"),
+        ("Rows of the other tables (the business record, kept; small state tables)", growing, "rows"),
         ("Rows pruned by retention (inbox, outbox)", bounded, "rows"),
     ):
         if series:
