@@ -661,32 +661,26 @@ impl Ledger {
 
     /// The totals, by SQL aggregates.
     pub async fn totals(&self) -> Result<Totals, Error> {
-        let declined_count = self
-            .db
-            .query_one_raw(stmt(
-                "SELECT COUNT(*) FROM charges WHERE status = ?",
-                [Status::Declined.as_str().into()],
-            ))
-            .await?
-            .map(|row| row.try_get_by_index::<i64>(0))
-            .transpose()?
-            .unwrap_or(0);
-        let closed_count = self
-            .db
-            .query_one_raw(stmt(
-                "SELECT COUNT(*) FROM charges WHERE status = ? AND settlement_id IS NULL",
-                [Status::Voided.as_str().into()],
-            ))
-            .await?
-            .map(|row| row.try_get_by_index::<i64>(0))
-            .transpose()?
-            .unwrap_or(0);
         Ok(Totals {
             charged: self.sums(Status::Charged).await?,
             voided: self.sums(Status::Voided).await?,
-            declined_count,
-            closed_count,
+            declined_count: self.count(Status::Declined, "").await?,
+            closed_count: self
+                .count(Status::Voided, " AND settlement_id IS NULL")
+                .await?,
         })
+    }
+
+    /// Records of `status` matching the extra condition `and`.
+    async fn count(&self, status: Status, and: &str) -> Result<i64, Error> {
+        let sql = format!("SELECT COUNT(*) FROM charges WHERE status = ?{and}");
+        Ok(self
+            .db
+            .query_one_raw(stmt(&sql, [status.as_str().into()]))
+            .await?
+            .map(|row| row.try_get_by_index::<i64>(0))
+            .transpose()?
+            .unwrap_or(0))
     }
 
     /// Count and sum per currency of the records in `status`. SQLite's
