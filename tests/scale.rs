@@ -130,7 +130,7 @@ async fn two_relays_over_one_outbox_publish_every_row(b: Backend) -> Result<()> 
 async fn three_processes_start_at_once_on_fresh_databases(b: Backend) -> Result<()> {
     let w = World::new(b).await?;
     let dir = tempfile::tempdir()?;
-    let (running, bases) = processes(&w, dir.path(), "start")?;
+    let (running, bases, _one_at_a_time) = processes(&w, dir.path(), "start").await?;
     for (base, run) in bases.iter().zip(&running) {
         eventually(|| async {
             Ok(http_get(&format!("{base}/health/ready"))
@@ -166,9 +166,27 @@ async fn three_processes_start_at_once_on_fresh_databases(b: Backend) -> Result<
     Ok(())
 }
 
+/// Held by a test while its three processes run. Three processes of four
+/// actors hold up to about 100 PostgreSQL connections under load (each
+/// actor's pool is a connection per consumer loop and four more); two such
+/// tests at once (the suite runs two tests at a time) passed PostgreSQL's
+/// default `max_connections` of 100 ("sorry, too many clients already") and
+/// the test's own checks timed out waiting for a connection.
+static THREE_PROCESSES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Three `falcon run` processes, nodes `<node>-<i>`, each with its HTTP
-/// endpoints on a port of its own: the processes and their base URLs.
-fn processes(w: &World, dir: &std::path::Path, node: &str) -> Result<(Vec<Running>, Vec<String>)> {
+/// endpoints on a port of its own: the processes, their base URLs, and the
+/// guard that keeps other three-process tests waiting while it is held.
+async fn processes(
+    w: &World,
+    dir: &std::path::Path,
+    node: &str,
+) -> Result<(
+    Vec<Running>,
+    Vec<String>,
+    tokio::sync::MutexGuard<'static, ()>,
+)> {
+    let guard = THREE_PROCESSES.lock().await;
     let mut running = Vec::new();
     let mut bases = Vec::new();
     for i in 0..3 {
@@ -180,7 +198,7 @@ fn processes(w: &World, dir: &std::path::Path, node: &str) -> Result<(Vec<Runnin
         ];
         running.push(Running::spawn(w, dir, &[], &env)?);
     }
-    Ok((running, bases))
+    Ok((running, bases, guard))
 }
 
 /// The loops a process reports on `/health/ready`, each with whether it
@@ -256,7 +274,7 @@ async fn a_killed_process_hands_its_loops_to_the_survivors(b: Backend) -> Result
     let w = World::new(b).await?;
     let dir = tempfile::tempdir()?;
     ok(falcon(&w, dir.path(), &["streams", "apply"])?)?;
-    let (mut running, bases) = processes(&w, dir.path(), "own")?;
+    let (mut running, bases, _one_at_a_time) = processes(&w, dir.path(), "own").await?;
     let all: Vec<(&str, &Running)> = bases.iter().map(String::as_str).zip(&running).collect();
     let before = settled_owners(&all).await?;
     let victim = 0;
