@@ -560,4 +560,118 @@ async fn bench_runs_a_small_load(backend: Backend) -> Result<()> {
     Ok(())
 }
 
-backend_tests!(bench_runs_a_small_load);
+/// `falcon doctor` checks each actor's database: on PostgreSQL it reports
+/// the server's autovacuum as the server has it (read here, not set: the
+/// server is shared) and how many processes its connections admit at the
+/// pools a process opens, `postgres.pool_max` capping them.
+async fn doctor_checks_each_database(backend: Backend) -> Result<()> {
+    use falcon_runtime::registry::REGISTRY;
+    let w = World::new(backend.clone()).await?;
+    let dir = tempfile::tempdir()?;
+    let doctor = |pool_max: &str| -> Result<serde_json::Value> {
+        let out = common::cli::command(&w, dir.path())
+            .env("FALCON__POSTGRES__POOL_MAX", pool_max)
+            .args(["--json", "doctor"])
+            .output()?;
+        json(&out)
+    };
+    let report = doctor("0")?;
+    let checks = report["databases"].as_array().cloned().unwrap_or_default();
+    let find = |checks: &[serde_json::Value], name: &str| {
+        checks.iter().find(|c| c["name"] == name).map(|c| {
+            (
+                c["value"].as_str().unwrap_or_default().to_owned(),
+                c["ok"] == true,
+            )
+        })
+    };
+    let Backend::Postgres(admin) = backend else {
+        for entry in REGISTRY {
+            let name = format!("{} database", entry.actor());
+            assert_eq!(find(&checks, &name).map(|c| c.1), Some(true), "{report}");
+        }
+        assert_eq!(report["databases_ok"], true, "{report}");
+        return Ok(());
+    };
+    let admin_db = sea_orm::Database::connect(&admin).await?;
+    let autovacuum = sea_orm::ConnectionTrait::query_one_raw(
+        &admin_db,
+        sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT current_setting('autovacuum') AS v",
+        ),
+    )
+    .await?
+    .map(|r| r.try_get::<String>("", "v"))
+    .transpose()?
+    .unwrap_or_default();
+    for entry in REGISTRY {
+        let actor = entry.actor();
+        let (db, ok) = find(&checks, &format!("{actor} database")).unwrap_or_default();
+        assert!(ok && db.starts_with("postgresql "), "{actor}: {db}");
+        assert_eq!(
+            find(&checks, &format!("{actor} autovacuum")),
+            Some((autovacuum.clone(), autovacuum != "off")),
+            "{report}"
+        );
+    }
+    // One server for the four databases: one connections check, counting
+    // each actor's pool (a connection per consumer loop, four more).
+    let per_process: u32 = REGISTRY
+        .iter()
+        .map(|e| {
+            falcon_kernel::store::connect::postgres_pool(e.consumers(&w.settings.consumer).len(), 0)
+        })
+        .sum();
+    let connections: Vec<&serde_json::Value> = checks
+        .iter()
+        .filter(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(" connections"))
+        })
+        .collect();
+    assert_eq!(connections.len(), 1, "{report}");
+    let value = connections[0]["value"].as_str().unwrap_or_default();
+    assert!(
+        value.starts_with(&format!("a process opens up to {per_process} (")),
+        "{value}"
+    );
+    // A cap below the migrations' two connections is refused; a cap of
+    // three is three a pool.
+    let refused = common::cli::command(&w, dir.path())
+        .env("FALCON__POSTGRES__POOL_MAX", "1")
+        .args(["--json", "doctor"])
+        .output()?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("postgres.pool_max"),
+        "{err}"
+    );
+    let capped = doctor("3")?;
+    let value = capped["databases"]
+        .as_array()
+        .and_then(|c| {
+            c.iter().find(|c| {
+                c["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(" connections"))
+            })
+        })
+        .and_then(|c| c["value"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let all = 3 * REGISTRY.len();
+    assert!(
+        value.starts_with(&format!("a process opens up to {all} (")),
+        "{value}"
+    );
+    assert_eq!(
+        report["databases_ok"] == true,
+        checks.iter().all(|c| c["ok"] == true),
+        "{report}"
+    );
+    Ok(())
+}
+
+backend_tests!(bench_runs_a_small_load, doctor_checks_each_database);

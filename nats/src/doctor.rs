@@ -134,6 +134,58 @@ fn fill(name: &str, bytes: u64, max_bytes: i64) -> Check {
     )
 }
 
+/// The shortest stretch of history a stream's fill rate is projected from:
+/// less is noise (a burst at start-up, a test).
+pub const RATE_SPAN_MIN: Duration = Duration::from_secs(600);
+
+/// Whether a stream's `max_bytes` holds its `max_age` at the rate it has
+/// been written: `bytes` stored over the `span` from its first message to
+/// its last. A stream whose bytes run out before its messages age out
+/// fills, and then refuses every new message (discard `new`): sagas stop.
+/// `key` names the setting to raise. `None` while the span is shorter than
+/// [`RATE_SPAN_MIN`].
+fn holds_retention(
+    name: &str,
+    key: &str,
+    bytes: u64,
+    span: Duration,
+    max_bytes: i64,
+    max_age: Duration,
+) -> Option<Check> {
+    if span < RATE_SPAN_MIN {
+        return None;
+    }
+    let max = u64::try_from(max_bytes).ok().filter(|m| *m > 0)?;
+    // Integers throughout (u128: no product overflows), in tenths for show.
+    let (bytes, max, span_s, age_s) = (
+        u128::from(bytes),
+        u128::from(max),
+        u128::from(span.as_secs().max(1)),
+        u128::from(max_age.as_secs()),
+    );
+    let tenths = |n: u128, unit: u128| format!("{}.{}", n * 10 / unit / 10, n * 10 / unit % 10);
+    let hours = |s: u128| format!("{} h", tenths(s, 3600));
+    // What max_age holds at the rate bytes/span.
+    let needed = bytes * age_s / span_s;
+    let ok = needed <= max;
+    let value = format!(
+        "{} MB/h written over the last {}: {} of retention needs {needed} of {max} bytes",
+        tenths(bytes * 3600 / span_s, 1_000_000),
+        hours(span_s),
+        hours(age_s),
+    );
+    let advice = (!ok).then(|| {
+        // needed > max >= 1 here, so bytes > 0.
+        let full_after_s = max * span_s / bytes.max(1);
+        format!(
+            "at this rate it is full after {} of its {} retention and then refuses new messages: raise {key} to at least {needed} or shorten its max_age_s to {full_after_s} s, then `falcon streams apply`",
+            hours(full_after_s),
+            hours(age_s),
+        )
+    });
+    Some(check(format!("{name} retention"), value, ok, advice))
+}
+
 /// Examines the server and the named consumers.
 pub async fn examine(
     client: &async_nats::Client,
@@ -186,6 +238,25 @@ pub async fn examine(
                         (replicas < 3).then(|| "one copy per server: a lost disk loses the stream; use 3 replicas on a cluster".to_owned()),
                     ));
                     checks.push(fill(name, info.state.bytes, info.config.max_bytes));
+                    let key = match name {
+                        STREAM_CMD => Some("streams.cmd_max_bytes"),
+                        STREAM_EVT => Some("streams.evt_max_bytes"),
+                        // Dead letters come in bursts: a rate says nothing.
+                        _ => None,
+                    };
+                    let span = info.state.last_timestamp - info.state.first_timestamp;
+                    if let Some(c) = key.and_then(|key| {
+                        holds_retention(
+                            name,
+                            key,
+                            info.state.bytes,
+                            span.try_into().unwrap_or_default(),
+                            info.config.max_bytes,
+                            info.config.max_age,
+                        )
+                    }) {
+                        checks.push(c);
+                    }
                     let window = info.config.duplicate_window;
                     let ok = window >= DEDUP_WINDOW_MIN;
                     checks.push(check(
@@ -254,5 +325,33 @@ mod tests {
         assert!(!super::fill("S", u64::MAX, 100).ok);
         assert!(super::require_version("garbage").is_err());
         assert_eq!(super::require_version("2.12.0"), Ok(()));
+    }
+
+    #[test]
+    fn a_stream_that_fills_before_its_messages_age_out_is_flagged() {
+        use std::time::Duration;
+        let hour = Duration::from_secs(3600);
+        let day = 24 * hour;
+        let holds = |bytes: u64, span: Duration, max: i64, age: Duration| {
+            super::holds_retention("FALCON_EVT", "streams.evt_max_bytes", bytes, span, max, age)
+        };
+        // 1 GB an hour for a day of retention: 24 GB, past a 4 GiB stream.
+        let full = holds(1_000_000_000, hour, 4 << 30, day).expect("an hour of history");
+        assert!(!full.ok, "{full:?}");
+        let advice = full.advice.unwrap_or_default();
+        assert!(
+            advice.contains("streams.evt_max_bytes to at least 24000000000"),
+            "{advice}"
+        );
+        assert!(advice.contains("full after 4.2 h"), "{advice}");
+        // The same rate with an hour's retention fits.
+        assert!(holds(1_000_000_000, hour, 4 << 30, hour).is_some_and(|c| c.ok));
+        // At steady state (aged out as fast as written) it still projects right.
+        assert!(holds(3 << 30, day, 4 << 30, day).is_some_and(|c| c.ok));
+        assert!(holds(5 << 30, day, 4 << 30, day).is_some_and(|c| !c.ok));
+        // Too little history, or no limit: no projection.
+        assert_eq!(holds(1 << 30, Duration::from_secs(599), 4 << 30, day), None);
+        assert_eq!(holds(1 << 30, hour, -1, day), None);
+        assert_eq!(holds(0, hour, 4 << 30, day).map(|c| c.ok), Some(true));
     }
 }

@@ -1,7 +1,8 @@
 //! `falcon doctor`: whether acknowledged messages are durable on the
 //! connected server, and whether it is secured (the security mode, the
-//! server refusing anonymous clients, signed events), check by check; a
-//! non-zero exit when either falls short. `falcon run --require-durable`
+//! server refusing anonymous clients, signed events), and whether the
+//! actors' databases are configured for the load (autovacuum, connections
+//! for the pools), check by check; a non-zero exit when any falls short. `falcon run --require-durable`
 //! asks the same durability [`report`].
 
 use std::process::ExitCode;
@@ -125,16 +126,21 @@ pub async fn run(settings: &Settings, _args: DoctorArgs, json: bool) -> Result<E
     let report = report(settings).await?;
     let security = security(settings).await;
     let secure = security.iter().all(|c| c.ok);
+    let databases = falcon_runtime::databases::examine(settings).await;
+    let databases_ok = databases.iter().all(|c| c.ok);
     if json {
         let mut v = serde_json::to_value(&report)?;
         v["security"] = serde_json::to_value(&security)?;
         v["secure"] = secure.into();
+        v["databases"] = serde_json::to_value(&databases)?;
+        v["databases_ok"] = databases_ok.into();
         output::json(&v)?;
     } else {
         let rows: Vec<Vec<String>> = report
             .checks
             .iter()
             .chain(&security)
+            .chain(&databases)
             .map(|c| {
                 vec![
                     if c.ok { "ok" } else { "NO" }.to_owned(),
@@ -161,8 +167,16 @@ pub async fn run(settings: &Settings, _args: DoctorArgs, json: bool) -> Result<E
                 "NOT secured: see the security checks marked NO"
             }
         );
+        println!(
+            "{}",
+            if databases_ok {
+                "databases: configured for the load, with room for this process"
+            } else {
+                "databases fall short: see the database checks marked NO"
+            }
+        );
     }
-    Ok(if report.durable && secure {
+    Ok(if report.durable && secure && databases_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -156,6 +156,20 @@ impl Default for SqliteSettings {
     }
 }
 
+/// How PostgreSQL pools are sized (SQLite ignores this).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// Most connections one process opens to one actor's database. 0 (the
+    /// default): a connection per consumer loop of the actor, so that its
+    /// partitions' transactions overlap, and four more (relay, sweeper,
+    /// probe and gauges, migrations). Below that the loops queue for a
+    /// connection. Every process of every actor counts against the
+    /// server's `max_connections`; `falcon doctor` says how many processes
+    /// fit. Otherwise 2..=1000.
+    pub pool_max: u32,
+}
+
 /// The default SQLite URL of an actor's database: `./data/<actor>.db`.
 pub fn sqlite_url(actor: &str) -> String {
     format!("sqlite://./data/{actor}.db?mode=rwc")

@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod chaos;
+pub mod databases;
 pub mod dlq;
 pub mod invariants;
 pub mod probe;

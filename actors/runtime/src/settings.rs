@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use falcon_kernel::settings::{
-    ConsumerSettings, RelaySettings, RetentionSettings, Retry, SqliteSettings,
+    ConsumerSettings, PostgresSettings, RelaySettings, RetentionSettings, Retry, SqliteSettings,
 };
 use falcon_nats::StreamSettings;
 pub use falcon_payment::settings::{PaymentSettings, ProviderSettings, SagaSettings};
@@ -36,6 +36,7 @@ pub struct Settings {
     pub provider: ProviderSettings,
     pub saga: SagaSettings,
     pub sqlite: SqliteSettings,
+    pub postgres: PostgresSettings,
     pub http: HttpSettings,
     pub shutdown: ShutdownSettings,
     pub chaos: ChaosSettings,
@@ -106,6 +107,7 @@ impl Default for Settings {
             provider: ProviderSettings::default(),
             saga: SagaSettings::default(),
             sqlite: SqliteSettings::default(),
+            postgres: PostgresSettings::default(),
             http: HttpSettings::default(),
             shutdown: ShutdownSettings::default(),
             chaos: ChaosSettings::default(),
@@ -148,7 +150,9 @@ impl Default for NatsSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct StreamsSettings {
     /// Retention of every stream, in seconds, unless the stream's own key
-    /// below says otherwise. Default 604800 (7 days).
+    /// below says otherwise. Default 86400 (a day: what the default
+    /// `*_max_bytes` hold at a sustained few sagas a second; a terminal
+    /// saga's history outlives it in the payment database's archive).
     pub max_age_s: u64,
     /// Retention of FALCON_CMD (commands), in seconds; 0: `max_age_s`.
     pub cmd_max_age_s: u64,
@@ -156,6 +160,7 @@ pub struct StreamsSettings {
     /// `replay` and `replay --rebuild` read), in seconds; 0: `max_age_s`.
     pub evt_max_age_s: u64,
     /// Retention of FALCON_DLQ (dead letters), in seconds; 0: `max_age_s`.
+    /// Default 604800 (7 days: a dead letter waits for a person).
     pub dlq_max_age_s: u64,
     /// JetStream de-duplication window on `Nats-Msg-Id`, in seconds.
     /// Default 120; the contract requires at least 120.
@@ -174,10 +179,10 @@ pub struct StreamsSettings {
 impl Default for StreamsSettings {
     fn default() -> Self {
         StreamsSettings {
-            max_age_s: 7 * 24 * 3600,
+            max_age_s: 24 * 3600,
             cmd_max_age_s: 0,
             evt_max_age_s: 0,
-            dlq_max_age_s: 0,
+            dlq_max_age_s: 7 * 24 * 3600,
             duplicate_window_s: 120,
             replicas: 1,
             cmd_max_bytes: 1 << 30,
@@ -327,6 +332,12 @@ impl Settings {
             if !(min..=max).contains(&value) {
                 return Err(format!("{key}: {value} is outside {min}..={max}"));
             }
+        }
+        let pool = self.postgres.pool_max;
+        if pool != 0 && !(2..=1_000).contains(&pool) {
+            return Err(format!(
+                "postgres.pool_max: {pool} is outside 2..=1000 (0 sizes each pool by its consumer loops)"
+            ));
         }
         // Inbox rows outlive the broker's duplicate window and every
         // redelivery of their message (max_deliver deliveries, each at most

@@ -31,7 +31,7 @@ pub async fn open(
     let db = connect(
         &entry.database_url(settings),
         &settings.sqlite,
-        connect::postgres_pool(loops),
+        connect::postgres_pool(loops, settings.postgres.pool_max),
     )
     .await
     .map_err(Error::database(name))?;

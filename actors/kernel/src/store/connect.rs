@@ -36,7 +36,7 @@ pub async fn connect(
                     .statement_cache_capacity(STATEMENT_CACHE)
             });
     } else {
-        opts.max_connections(postgres_pool.max(POSTGRES_POOL_SPARE))
+        opts.max_connections(postgres_pool.max(2))
             .min_connections(1)
             .map_sqlx_postgres_opts(|o| o.statement_cache_capacity(STATEMENT_CACHE));
     }
@@ -52,8 +52,12 @@ pub const POSTGRES_POOL_SPARE: u32 = 4;
 /// The PostgreSQL pool of a database that `loops` consumer loops write:
 /// a connection for each loop's batch transaction, so that the partitions'
 /// round trips overlap instead of queueing for a connection, and
-/// [`POSTGRES_POOL_SPARE`] more.
-pub fn postgres_pool(loops: usize) -> u32 {
+/// [`POSTGRES_POOL_SPARE`] more; or `pool_max` when it is set
+/// (`postgres.pool_max`), never below the two the migrations hold.
+pub fn postgres_pool(loops: usize, pool_max: u32) -> u32 {
+    if pool_max > 0 {
+        return pool_max.max(2);
+    }
     u32::try_from(loops)
         .unwrap_or(u32::MAX)
         .saturating_add(POSTGRES_POOL_SPARE)
