@@ -59,15 +59,19 @@ def metric_sums(url):
     return sums
 
 
-def rss_mb(pid):
+def memory_mb(pid):
+    """VmRSS and its parts (RssAnon: the heap; RssFile: mapped files;
+    RssShmem: shared memory, such as SQLite's WAL index), in MB."""
+    out = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
+                key = line.split(":", 1)[0]
+                if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                    out[key] = int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
         pass
-    return ""
+    return out
 
 
 def sqlite_path(url):
@@ -136,8 +140,13 @@ def sample(args):
                 print(f"soak.py: metrics: {e}", file=sys.stderr)
                 row["ended"] = row["pruned"] = ""
             for name, pid in pids:
-                mb = rss_mb(pid)
+                mem = memory_mb(pid)
+                mb = mem.get("VmRSS", "")
                 row[f"rss_mb:{name}"] = round(mb, 1) if mb != "" else ""
+                # The parts, in the CSV only: where a rise comes from.
+                for part in ("RssAnon", "RssFile", "RssShmem"):
+                    v = mem.get(part, "")
+                    row[f"{part.lower()}_mb:{name}"] = round(v, 1) if v != "" else ""
             for name, url in dbs:
                 try:
                     for table, n in table_rows(url).items():

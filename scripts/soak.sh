@@ -125,6 +125,9 @@ falcon_log "falcon verify"
 verify_started=$SECONDS
 "$FALCON_BIN" verify | tail -5 | tee "$out/verify.txt" || rc=$?
 falcon_log "falcon verify took $((SECONDS - verify_started)) s"
+falcon_log "falcon doctor (the streams' projection, the databases' settings)"
+"$FALCON_BIN" doctor >"$out/doctor.txt" 2>&1 || true
+grep -E "retention|autovacuum|connections" "$out/doctor.txt" || true
 falcon_log "falcon recon"
 "$FALCON_BIN" recon --runs 5 | tee "$out/recon.txt" || rc=$?
 du -sh "$work"/* 2>/dev/null | tee "$out/disk.txt"
