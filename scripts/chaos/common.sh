@@ -21,9 +21,13 @@
 # payments at fault) on FAIL or with --keep.
 #
 # Every process runs with FALCON__CONSUMER__ACK_WAIT_MS=2000 (redeliveries
-# after a kill come in 2 s), FALCON__PROVIDER__DECLINE_BPS=300 (3% of the
-# captures declined: the compensation path) and a risk velocity limit out of
-# the way; the environment may override each. Payments go from 8 payers
+# after a kill come in 2 s), against a falcon-provider process of the run's
+# own that declines FALCON__PROVIDER__DECLINE_BPS=300 (3% of the captures:
+# the compensation path), and with a risk velocity limit out of the way; the
+# environment may override each. The verdict adds provider_delta: what the
+# provider charged less what the completed payments moved, in cents (0, or
+# FAIL; FALCON_CHAOS_PROVIDER=simulator runs on the built-in simulator and
+# leaves it out). Payments go from 8 payers
 # (payer-thin runs out of money: insufficient funds) to 4 payees, 0.01 to
 # 5.00 USD each.
 #
@@ -161,6 +165,17 @@ chaos_init() {
     "$FALCON_BIN" auth init --password-client chaos >/dev/null ||
         chaos_fail "falcon auth init failed"
     : >"$CHAOS_WORK/pids"
+    # The settlement provider: a falcon-provider process with its own
+    # ledger, which outlives every kill of the actors (the verdict compares
+    # what it charged with the payments completed, to the cent).
+    # FALCON_CHAOS_PROVIDER=simulator keeps the built-in simulator instead.
+    if [[ ${FALCON_CHAOS_PROVIDER:-falcon-provider} == falcon-provider ]]; then
+        falcon_start_provider "$CHAOS_WORK/provider" --decline-bps "$FALCON__PROVIDER__DECLINE_BPS" >&2
+        CHAOS_EXTRA+=("provider=falcon-provider")
+    else
+        unset FALCON__PROVIDER__URL FALCON__PROVIDER__API_KEY_FILE
+        CHAOS_EXTRA+=("provider=simulator")
+    fi
 }
 
 # chaos_secure_conf BASE_CONF: prints the path of a copy of BASE_CONF that
@@ -429,8 +444,12 @@ chaos_finish() {
     local -a problem_args=()
     for id in ${CHAOS_PROBLEMS[@]+"${CHAOS_PROBLEMS[@]}"}; do problem_args+=(--problem "$id"); done
     local verdict
+    local -a provider_args=()
+    [[ -z ${FALCON__PROVIDER__URL:-} ]] ||
+        provider_args=(--provider-url "$FALCON__PROVIDER__URL" --provider-key-file "$FALCON__PROVIDER__API_KEY_FILE")
     verdict=$(python3 "$CHAOS_DRIVE" report --falcon "$FALCON_BIN" --name "$CHAOS_NAME" \
         --acked "$CHAOS_WORK/acked.tsv" --before "$CHAOS_WORK/before.json" \
+        ${provider_args[@]+"${provider_args[@]}"} \
         --driver-stats "$CHAOS_WORK/driver.json" --json-out "$CHAOS_WORK/report.json" \
         --kills "$CHAOS_KILLS" --elapsed "$elapsed" \
         ${problem_args[@]+"${problem_args[@]}"} \

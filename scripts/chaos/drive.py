@@ -692,6 +692,21 @@ def cmd_report(a) -> int:
         problems.append(f"{dlq_depth} dead letters: {dict(subj.most_common(5))}")
     if stray:
         problems.append(f"{len(stray)} other sagas not terminal, e.g. {stray[:5]}")
+    provider_delta = None
+    if a.provider_url:
+        # What the settlement provider holds as charged (voids excluded)
+        # must be exactly the completed payments: each charged once, to the
+        # cent, whatever was killed between the charge and its record.
+        completed_all = sum(1 for s in sagas.values() if s.get("state") == "completed" and s.get("kind", "payment") == "payment")
+        try:
+            count, amount = provider_charged(a.provider_url, a.provider_key_file, "USD")
+            provider_delta = amount - total_completed
+            if (count, amount) != (completed_all, total_completed):
+                problems.append(
+                    f"the provider charged {count} payments, {amount} cents; {completed_all} completed, {total_completed} cents"
+                )
+        except Exception as e:  # an unreachable provider is a FAIL, not a crash
+            problems.append(f"the provider's totals could not be read: {e}")
     if a.driver_stats and os.path.exists(a.driver_stats):
         ds = json.load(open(a.driver_stats))
         if ds.get("unacked"):
@@ -704,6 +719,7 @@ def cmd_report(a) -> int:
         f"VERDICT {a.name}: {'PASS' if ok else 'FAIL'} driven={len(ids)} terminal={completed + failed} "
         f"completed={completed} failed={failed} lost={len(lost)} double_applied={double_applied} "
         f"dlq={dlq_depth} kills={a.kills} elapsed={a.elapsed}s money_delta={money_delta} view_stale={len(stale)}"
+        + (f" provider_delta={provider_delta}" if a.provider_url else "")
         + (f" {extra}" if extra else "")
     )
     if reasons:
@@ -735,6 +751,22 @@ def cmd_report(a) -> int:
 
 
 # ---------------------------------------------------------------------------
+
+
+def provider_charged(url: str, key_file: str, currency: str) -> tuple[int, int]:
+    """falcon-provider's GET /v1/totals: the count and minor units of the
+    charges it holds in `currency` (voided ones excluded)."""
+    import urllib.request
+
+    with open(key_file) as f:
+        key = f.read().strip()
+    req = urllib.request.Request(url.rstrip("/") + "/v1/totals", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        doc = json.loads(r.read(1 << 20))
+    for c in doc.get("charged") or []:
+        if c.get("currency") == currency:
+            return int(c.get("count", 0)), int(c.get("amount_minor", 0))
+    return 0, 0
 
 
 def main(argv: list[str]) -> int:
@@ -781,6 +813,8 @@ def main(argv: list[str]) -> int:
             sp.add_argument("--driver-stats")
             sp.add_argument("--json-out")
             sp.add_argument("--problem", action="append", help="a problem found by the caller (FAILs the verdict)")
+            sp.add_argument("--provider-url", help="falcon-provider's base URL: its charges must equal the completed payments")
+            sp.add_argument("--provider-key-file", help="the API key file for --provider-url")
             sp.add_argument("extra", nargs="*", help="key=value pairs appended to the verdict line")
         else:
             sp.add_argument("--wallets", required=True)

@@ -161,8 +161,8 @@ pub async fn autovacuum_on(db: &DatabaseConnection) -> Result<bool, DbErr> {
     Ok(row.try_get::<String>("", "on")? != "off")
 }
 
-/// Vacuums a PostgreSQL database whose server runs no autovacuum, after a
-/// round that deleted rows; returns whether it did. FalconPay's tables
+/// Vacuums a PostgreSQL database whose server runs no autovacuum (the
+/// pruner calls it every round); returns whether it did. FalconPay's tables
 /// churn by design (an outbox row is inserted, updated once when
 /// published, deleted an hour later; a payment's row is updated at every
 /// step), and without vacuum their dead rows pile up in the indexes: on a
@@ -195,30 +195,41 @@ pub enum PrunerMsg {
     Round,
 }
 
+/// A pruner's state: its arguments, and whether it has said that the
+/// server runs no autovacuum (once a process, not every round).
+pub struct PrunerState {
+    args: PrunerArgs,
+    warned: bool,
+}
+
 impl Actor for Pruner {
     type Msg = PrunerMsg;
-    type State = PrunerArgs;
+    type State = PrunerState;
     type Arguments = PrunerArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<PrunerMsg>,
         args: PrunerArgs,
-    ) -> Result<PrunerArgs, ActorProcessingErr> {
+    ) -> Result<PrunerState, ActorProcessingErr> {
         let every = Duration::from_secs(args.retention.interval_s.max(1));
         // The first round an interval after start: nothing is pruned while
         // the other processes starting with this one still migrate, and a
         // process that restarts in a loop does no pruning work at all.
         myself.send_interval(every, || PrunerMsg::Round);
-        Ok(args)
+        Ok(PrunerState {
+            args,
+            warned: false,
+        })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<PrunerMsg>,
         _msg: PrunerMsg,
-        s: &mut PrunerArgs,
+        state: &mut PrunerState,
     ) -> Result<(), ActorProcessingErr> {
+        let s = &state.args;
         let actor = s.actor.as_str();
         match prune(&s.db, &s.retention, Utc::now()).await {
             Ok(p) => {
@@ -230,18 +241,25 @@ impl Actor for Pruner {
                 }
                 if p != Pruned::default() {
                     tracing::debug!(actor, inbox = p.inbox, outbox = p.outbox, "pruned");
-                    match vacuum_unattended(&s.db).await {
-                        Ok(true) => tracing::warn!(
-                            actor,
-                            "autovacuum is off on this database's server: the pruner vacuumed it (turn autovacuum on; `falcon doctor`)"
-                        ),
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(actor, error = %e, "vacuuming after the prune failed; the next round retries"),
-                    }
                 }
             }
             Err(e) => {
                 tracing::warn!(actor, error = %e, "pruning the inbox and outbox failed; the next round retries")
+            }
+        }
+        // Every round, not only after deletes: an outbox row is dead once
+        // published (updated), long before it is pruned.
+        match vacuum_unattended(&s.db).await {
+            Ok(true) if !state.warned => {
+                state.warned = true;
+                tracing::warn!(
+                    actor,
+                    "autovacuum is off on this database's server: the pruner vacuums it every round until it is on (`falcon doctor`)"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(actor, error = %e, "vacuuming the database failed; the next round retries")
             }
         }
         Ok(())

@@ -142,11 +142,9 @@ struct Folded {
     wallet_refunded: i64,
 }
 
-/// Rows per statement (13 values each).
-const CHUNK: usize = 500;
-
 /// Folds events into their payments' facts at `now`, set-based: one
-/// multi-row upsert per [`CHUNK`] payments. A fact an event sets replaces
+/// multi-row upsert per chunk of payments (13 values a row, in the
+/// statement sizes of [`falcon_kernel::store::insert_chunks`]). A fact an event sets replaces
 /// the row's (a later event wins); refunds add up; a column no event of
 /// the batch states keeps its value. Every row touched is marked.
 pub async fn fold(
@@ -202,9 +200,7 @@ pub async fn fold(
     let excluded = |c: fact::Column| Expr::col((Alias::new("excluded"), c));
     let kept = |c: fact::Column| Expr::col((fact::Entity, c));
     let set_or_keep = |c: fact::Column| -> Expr { Func::coalesce([excluded(c), kept(c)]).into() };
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<_> = rows.by_ref().take(CHUNK).collect();
+    for chunk in falcon_kernel::store::insert_chunks(rows) {
         let mut on_conflict = OnConflict::column(fact::Column::Key);
         for c in [
             fact::Column::Currency,

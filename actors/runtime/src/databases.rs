@@ -117,7 +117,7 @@ pub async fn examine(settings: &Settings) -> Vec<Check> {
                     if f.autovacuum { "on" } else { "off" }.into(),
                     f.autovacuum,
                     (!f.autovacuum).then(|| {
-                        "turn autovacuum on: the outbox, inbox and payments churn, and without it their dead rows slow every claim (the pruner vacuums after each round meanwhile)".to_owned()
+                        "turn autovacuum on: the outbox, inbox and payments churn, and without it their dead rows slow every claim (meanwhile the pruner vacuums the database every round)".to_owned()
                     }),
                 ));
                 let slot = servers.entry(server).or_default();

@@ -6,8 +6,9 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, EntityTrait, TryInsertResult};
 
 use crate::error::StepError;
 
-/// Rows per multi-row INSERT: well under the bound on bind parameters.
-const INSERT_CHUNK: usize = 200;
+/// Rows per multi-row INSERT at most (a power of two, see
+/// [`insert_chunks`]): well under the bound on bind parameters.
+pub const INSERT_CHUNK: usize = 128;
 /// Values per `IN (…)` list (and rows per guarded multi-row update): well
 /// under SQLite's and PostgreSQL's bound on bind parameters.
 pub const IN_CHUNK: usize = 512;
@@ -188,12 +189,29 @@ where
     Ok(())
 }
 
-/// Rows grouped for multi-row inserts of at most [`INSERT_CHUNK`] rows.
+/// Rows grouped for multi-row inserts, in order: chunks of
+/// [`INSERT_CHUNK`] rows, and the rest cut into powers of two (200 rows go
+/// as 128, 64 and 8). Each size of a multi-row insert is a prepared
+/// statement of its own, which every connection keeps in its statement
+/// cache; on SQLite a cached insert of 200 rows of six columns holds about
+/// 85 KB. With every size from 1 to 200 of every table's insert, each
+/// connection's 256 cached statements filled with them, and the process's
+/// memory crept for as long as the load brought sizes not seen yet (the
+/// soak, docs/BENCHMARKS.md). Eight sizes a table fit the cache for good,
+/// stay prepared, and hold a few hundred kilobytes; the price is up to
+/// seven more statements for an odd batch, cheap next to preparing one.
 pub fn insert_chunks<T>(rows: impl IntoIterator<Item = T>) -> impl Iterator<Item = Vec<T>> {
+    let rows: Vec<T> = rows.into_iter().collect();
+    let mut left = rows.len();
     let mut rows = rows.into_iter();
     std::iter::from_fn(move || {
-        let chunk: Vec<T> = rows.by_ref().take(INSERT_CHUNK).collect();
-        (!chunk.is_empty()).then_some(chunk)
+        let size = match left {
+            0 => return None,
+            n if n >= INSERT_CHUNK => INSERT_CHUNK,
+            n => 1 << n.ilog2(),
+        };
+        left -= size;
+        Some(rows.by_ref().take(size).collect())
     })
 }
 
@@ -274,6 +292,28 @@ mod tests {
         let last = padded_chunks(&items).last().expect("a chunk");
         assert_eq!(last, vec![1024, 1025, 1026, 1027, 1028, 1029, 1029, 1029]);
         assert_eq!(padded_chunks::<u32>(&[]).count(), 0);
+    }
+
+    #[test]
+    fn insert_chunks_come_in_powers_of_two_in_order() {
+        for n in [0usize, 1, 2, 3, 7, 127, 128, 129, 200, 300, 1000] {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<Vec<usize>> = insert_chunks(rows.clone()).collect();
+            assert_eq!(chunks.concat(), rows, "{n} rows, in order, each once");
+            for c in &chunks {
+                assert!(
+                    c.len().is_power_of_two() && c.len() <= INSERT_CHUNK,
+                    "{n}: {}",
+                    c.len()
+                );
+            }
+        }
+        let sizes = |n: usize| insert_chunks(0..n).map(|c| c.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(200), vec![128, 64, 8]);
+        assert_eq!(sizes(300), vec![128, 128, 32, 8, 4]);
+        // Every batch of up to 256 rows uses one of eight statements.
+        let shapes: std::collections::BTreeSet<usize> = (0..=256).flat_map(sizes).collect();
+        assert_eq!(shapes.len(), 8);
     }
 
     /// Three rows go out as a padded chunk of four: each is written once

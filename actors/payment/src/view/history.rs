@@ -61,9 +61,7 @@ pub async fn keep(txn: &impl ConnectionTrait, events: &[(Event, u64)]) -> Result
             body: Set(String::from_utf8_lossy(&e.encode()).into_owned()),
         })
         .collect();
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<_> = rows.by_ref().take(PAGE as usize).collect();
+    for chunk in falcon_kernel::store::insert_chunks(rows) {
         saga_history::Entity::insert_many(chunk)
             .on_conflict(
                 OnConflict::columns([saga_history::Column::SagaId, saga_history::Column::Seq])
