@@ -29,7 +29,6 @@ async fn facts(db: &sea_orm::DatabaseConnection) -> Result<ServerFacts, DbErr> {
         .query_one_raw(Statement::from_string(
             DatabaseBackend::Postgres,
             "SELECT current_setting('server_version') AS version, \
-                    current_setting('autovacuum') AS autovacuum, \
                     current_setting('max_connections')::int \
                       - current_setting('superuser_reserved_connections')::int AS usable, \
                     (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int AS in_use",
@@ -38,7 +37,8 @@ async fn facts(db: &sea_orm::DatabaseConnection) -> Result<ServerFacts, DbErr> {
         .ok_or_else(|| DbErr::Custom("the server answered nothing".into()))?;
     Ok(ServerFacts {
         version: row.try_get("", "version")?,
-        autovacuum: row.try_get::<String>("", "autovacuum")? != "off",
+        // The pruner's own reading, so that the two never disagree.
+        autovacuum: falcon_kernel::prune::autovacuum_on(db).await?,
         usable: u32::try_from(row.try_get::<i32>("", "usable")?).unwrap_or(0),
         in_use: u32::try_from(row.try_get::<i32>("", "in_use")?).unwrap_or(0),
     })
