@@ -6,8 +6,9 @@
       Every S seconds (default 10) appends one row to CSV: the time since
       the start, the sagas that ended (the sum of falcon run's
       falcon_sagas_{completed,failed,compensated}_total), the rows pruned so
-      far (falcon_rows_pruned_total), the resident memory of each named
-      process (VmRSS, MB), and the rows of every table of every database
+      far (falcon_rows_pruned_total), falcon run's heap (allocated and
+      resident, from its allocator's gauges, MB), the resident memory of
+      each named process (VmRSS, MB), and the rows of every table of every database
       (sqlite://PATH or postgres://...; PostgreSQL is read with psql).
       Stops when F exists, or on SIGTERM.
 
@@ -40,6 +41,9 @@ ENDED = (
     "falcon_sagas_compensated_total",
 )
 PRUNED = "falcon_rows_pruned_total"
+# The allocator's gauges (src/memory.rs): what falcon run holds, and the
+# resident pages its allocator keeps for it.
+HEAP = (("allocated", "falcon_memory_allocated_bytes"), ("resident", "falcon_memory_resident_bytes"))
 SAMPLE_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
@@ -136,6 +140,9 @@ def sample(args):
                 sums = metric_sums(args.metrics)
                 row["ended"] = int(sum(sums.get(m, 0.0) for m in ENDED))
                 row["pruned"] = int(sums.get(PRUNED, 0.0))
+                for name, metric in HEAP:
+                    if metric in sums:
+                        row[f"heap_mb:{name}"] = round(sums[metric] / (1 << 20), 1)
             except Exception as e:  # the process restarting, or slow: a gap
                 print(f"soak.py: metrics: {e}", file=sys.stderr)
                 row["ended"] = row["pruned"] = ""
@@ -252,6 +259,10 @@ def plot(args):
     tp = throughput(rows)
     rss = [(k.split(":", 1)[1], [(num(r["t_s"]), num(r[k])) for r in rows if num(r[k]) is not None])
            for k in rows[0] if k.startswith("rss_mb:")]
+    # falcon run's heap as its allocator counts it, beside its RSS.
+    rss += [(f"falcon-run heap {k.split(':', 1)[1]}",
+             [(num(r["t_s"]), num(r[k])) for r in rows if num(r[k]) is not None])
+            for k in rows[0] if k.startswith("heap_mb:")]
     tables = []
     for k in rows[0]:
         if not k.startswith("rows:"):
@@ -267,7 +278,12 @@ def plot(args):
     parts, y = [], 40
     for title, series, unit in (
         ("Sagas ended per second (between samples)", [("sagas/s", tp)], "sagas/s"),
-        ("Resident memory (VmRSS)", rss, "MB"),
+        # falcon run on a scale of its own: the broker's memory, which grows
+        # with the messages it stores, would flatten it.
+        ("falcon run: resident memory (VmRSS), and its heap as its allocator counts it",
+         [x for x in rss if x[0].startswith("falcon-run")], "MB"),
+        ("Other processes: resident memory (VmRSS)",
+         [x for x in rss if not x[0].startswith("falcon-run")], "MB"),
         ("Rows of the other tables (the business record, kept; small state tables)", growing, "rows"),
         ("Rows pruned by retention (inbox, outbox)", bounded, "rows"),
     ):

@@ -20,6 +20,8 @@
 //!     the validation of `--actors` and `--actor`;
 //!   - [`output`]: aligned tables and `--json`;
 //!   - [`http`]: the `/metrics` and health endpoint of `falcon run`;
+//!   - [`memory`]: the process's allocator (jemalloc on Linux) and its
+//!     gauges on `/metrics`;
 //! - and the process's own setup: [`config`] (loading the settings:
 //!   defaults < file < environment) and [`telemetry`] (logs and traces).
 
@@ -27,6 +29,7 @@ mod actors;
 mod cli;
 mod config;
 mod http;
+mod memory;
 mod output;
 mod send;
 mod summary;

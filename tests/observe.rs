@@ -489,6 +489,22 @@ async fn metrics_health_and_logs_are_served() -> Result<()> {
         )
         .is_some());
     }
+    // The allocator's two gauges: what the process holds, at most what
+    // its allocator keeps resident, and both within the process's RSS as
+    // the kernel counts it.
+    let allocated = metric(&text, "falcon_memory_allocated_bytes").context("allocated")?;
+    let resident = metric(&text, "falcon_memory_resident_bytes").context("resident")?;
+    let pid = full.child.id().context("falcon run's pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    ensure!(
+        allocated > 1e6 && allocated <= resident && resident <= (rss_kb * 1024 * 3 / 2) as f64,
+        "allocated {allocated}, resident {resident}, VmRSS {rss_kb} kB"
+    );
     // How full each stream is, against its limit.
     for (stream, max) in [
         ("FALCON_CMD", w.settings.streams.cmd_max_bytes),

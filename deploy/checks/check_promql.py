@@ -65,6 +65,10 @@ METRICS = {
     "falcon_recon_pending": ("gauge", set()),
     "falcon_recon_runs_total": ("counter", {"outcome"}),
     "falcon_recon_last_run_timestamp_seconds": ("gauge", set()),
+    # The process's allocator (src/memory.rs): bytes held, and resident
+    # pages the allocator keeps.
+    "falcon_memory_allocated_bytes": ("gauge", set()),
+    "falcon_memory_resident_bytes": ("gauge", set()),
 }
 
 # Labels Prometheus adds to every scraped series (target labels).

@@ -127,13 +127,18 @@ pub async fn check_streams(
 
     // Messages stored before this may have had their inbox rows pruned
     // (with a minute of margin for the time between storing and
-    // processing); none when rows are kept for ever.
+    // processing); none when rows are kept for ever. The pruners go on
+    // while this runs, and reading every consumer of a long stream takes
+    // minutes: the horizon is taken afresh for each page, just before its
+    // rows are looked up.
     let keep_s = settings.retention.inbox_keep_s;
-    let pruned_before = i64::try_from(keep_s)
-        .ok()
-        .filter(|_| keep_s > 0)
-        .and_then(|s| chrono::Duration::try_seconds(s.saturating_sub(60)))
-        .and_then(|d| chrono::Utc::now().checked_sub_signed(d));
+    let pruned_before = || {
+        i64::try_from(keep_s)
+            .ok()
+            .filter(|_| keep_s > 0)
+            .and_then(|s| chrono::Duration::try_seconds(s.saturating_sub(60)))
+            .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+    };
 
     let dead: HashSet<(String, u64)> = falcon_nats::dlq::list(js, None)
         .await?
@@ -157,7 +162,7 @@ pub async fn check_streams(
             let consumer = falcon_nats::topology::declared_name(&spec.name);
             // From the pruning horizon on: what is older has no inbox row
             // to check (read whole, a long stream cost minutes).
-            let start = pruned_before.map_or(Start::All, Start::Time);
+            let start = pruned_before().map_or(Start::All, Start::Time);
             let mut reader = RangeReader::open(
                 js,
                 spec.stream,
@@ -172,9 +177,10 @@ pub async fn check_streams(
                     break;
                 }
                 // Only messages whose inbox rows are still kept.
+                let horizon = pruned_before();
                 let page: Vec<_> = page
                     .into_iter()
-                    .filter(|m| pruned_before.is_none_or(|t| m.published.is_none_or(|p| p >= t)))
+                    .filter(|m| horizon.is_none_or(|t| m.published.is_none_or(|p| p >= t)))
                     .collect();
                 let keys: Vec<String> = page
                     .iter()
