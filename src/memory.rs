@@ -79,7 +79,8 @@ mod tests {
         let (before, _) = sample().expect("jemalloc statistics");
         let held = vec![1u8; 64 << 20];
         let (during, resident) = sample().expect("jemalloc statistics");
-        assert!(during >= before + (64 << 20), "{before} -> {during}");
+        // Other tests of this binary allocate and free meanwhile: a margin.
+        assert!(during >= before + (56 << 20), "{before} -> {during}");
         assert!(resident >= 64 << 20, "resident {resident}");
         drop(held);
         let (after, _) = sample().expect("jemalloc statistics");
