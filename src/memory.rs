@@ -10,22 +10,13 @@
 //! that had used them (SQLite runs a thread per connection), so RSS said
 //! little about what the process held (docs/BENCHMARKS.md, the soak).
 //!
-//! `falcon run` samples the allocator every [`EVERY`] into two gauges:
-//! [`ALLOCATED`], the bytes the process holds, and [`RESIDENT`], the bytes
-//! of memory the allocator keeps mapped for it. A gap that grows between
-//! them is fragmentation; a rise of both is the process holding more.
+//! The `/metrics` endpoint's upkeep ([`crate::http`]) calls [`record`],
+//! which sets two gauges: `falcon_memory_allocated_bytes`, the bytes the
+//! process holds, and `falcon_memory_resident_bytes`, the bytes of memory
+//! the allocator keeps resident for it. A gap that grows between them is
+//! fragmentation; a rise of both is the process holding more.
 
-use std::time::Duration;
-
-/// Gauge: bytes allocated by the process and not freed (jemalloc's
-/// `stats.allocated`).
-pub const ALLOCATED: &str = "falcon_memory_allocated_bytes";
-/// Gauge: bytes in physically resident pages the allocator keeps mapped
-/// (jemalloc's `stats.resident`: the live heap, its metadata and the freed
-/// pages not yet returned).
-pub const RESIDENT: &str = "falcon_memory_resident_bytes";
-/// How often the gauges are sampled.
-pub const EVERY: Duration = Duration::from_secs(10);
+use falcon_kernel::telemetry::names;
 
 #[cfg(all(target_os = "linux", feature = "jemalloc"))]
 #[global_allocator]
@@ -49,21 +40,13 @@ pub fn sample() -> Option<(u64, u64)> {
     }
 }
 
-/// Sets the two gauges every [`EVERY`] until the task is aborted; does
-/// nothing where [`sample`] has no figures.
-pub fn spawn_gauges() -> Option<tokio::task::JoinHandle<()>> {
-    sample()?;
-    Some(tokio::spawn(async {
-        let mut tick = tokio::time::interval(EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Some((allocated, resident)) = sample() {
-                metrics::gauge!(ALLOCATED).set(allocated as f64);
-                metrics::gauge!(RESIDENT).set(resident as f64);
-            }
-        }
-    }))
+/// Sets the two gauges from [`sample`]; does nothing where it has no
+/// figures.
+pub fn record() {
+    if let Some((allocated, resident)) = sample() {
+        metrics::gauge!(names::MEMORY_ALLOCATED).set(allocated as f64);
+        metrics::gauge!(names::MEMORY_RESIDENT).set(resident as f64);
+    }
 }
 
 #[cfg(test)]

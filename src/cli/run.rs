@@ -45,7 +45,6 @@ pub async fn run(settings: &Settings, args: RunArgs, _json: bool) -> Result<Exit
         Some(crate::http::serve(&settings.http.listen).await?)
     };
     let runtime = Runtime::start(settings, &actors).await?;
-    let memory = crate::memory::spawn_gauges();
     if let Some(e) = &endpoint {
         e.ready_with(runtime.probe().clone());
     }
@@ -73,9 +72,6 @@ pub async fn run(settings: &Settings, args: RunArgs, _json: bool) -> Result<Exit
     let stopped = tokio::time::timeout(grace, runtime.shutdown()).await;
     if let Some(e) = endpoint {
         e.stop();
-    }
-    if let Some(m) = memory {
-        m.abort();
     }
     match stopped {
         Ok(flushed) => {

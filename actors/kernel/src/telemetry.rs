@@ -95,6 +95,13 @@ pub mod names {
     pub const RECON_PENDING: &str = "falcon_recon_pending";
     /// Gauge: when the last reconciliation run finished, in Unix seconds.
     pub const RECON_LAST_RUN: &str = "falcon_recon_last_run_timestamp_seconds";
+    /// Gauge: bytes the process holds, allocated and not freed (the
+    /// `falcon` binary's allocator, jemalloc's `stats.allocated`).
+    pub const MEMORY_ALLOCATED: &str = "falcon_memory_allocated_bytes";
+    /// Gauge: bytes in resident pages the allocator keeps mapped (the live
+    /// heap, its metadata and freed pages not yet returned; jemalloc's
+    /// `stats.resident`).
+    pub const MEMORY_RESIDENT: &str = "falcon_memory_resident_bytes";
 }
 
 /// A payment saga reaching its end, recorded once its step has committed.
