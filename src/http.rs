@@ -78,14 +78,14 @@ pub async fn serve(listen: &str) -> Result<Endpoint> {
         .with_context(|| format!("http.listen: cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     // The recorder keeps histogram samples until rendered: drain them now
-    // and then even when nobody scrapes; and read the allocator's figures.
+    // and then even when nobody scrapes.
     let upkeep = metrics.clone();
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
         let server = axum::serve(listener, app);
         tokio::select! {
             r = server => if let Err(e) = r { tracing::error!(error = %e, "http endpoint stopped") },
-            () = async { loop { tick.tick().await; upkeep.run_upkeep(); crate::memory::record(); } } => {}
+            () = async { loop { tick.tick().await; upkeep.run_upkeep(); } } => {}
         }
     });
     tracing::info!(%addr, "serving /metrics, /health/live, /health/ready");
@@ -93,6 +93,8 @@ pub async fn serve(listen: &str) -> Result<Endpoint> {
 }
 
 async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
+    // The allocator's figures as of this scrape (two reads: no sampler).
+    crate::memory::record();
     (
         [(
             header::CONTENT_TYPE,

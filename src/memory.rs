@@ -10,8 +10,8 @@
 //! that had used them (SQLite runs a thread per connection), so RSS said
 //! little about what the process held (docs/BENCHMARKS.md, the soak).
 //!
-//! The `/metrics` endpoint's upkeep ([`crate::http`]) calls [`record`],
-//! which sets two gauges: `falcon_memory_allocated_bytes`, the bytes the
+//! Each scrape of `/metrics` ([`crate::http`]) calls [`record`] first,
+//! which sets two gauges as of that moment: `falcon_memory_allocated_bytes`, the bytes the
 //! process holds, and `falcon_memory_resident_bytes`, the bytes of memory
 //! the allocator keeps resident for it. A gap that grows between them is
 //! fragmentation; a rise of both is the process holding more.
